@@ -1,0 +1,77 @@
+"""Shared fixtures: real Spark sessions (local[2] and a multi-process local-cluster).
+
+Only one SparkContext can live in a JVM, so the fixtures share one session at a time and
+switch master only when a test asks for the other kind. Test files that need the cluster are
+named ``test_cluster_*.py`` so that pytest's file order keeps them together.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+# Spark's Python workers must run this interpreter (the virtualenv with spark_pyfunc in it).
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+LOCAL_MASTER = "local[2]"
+CLUSTER_MASTER = "local-cluster[2,2,1024]"
+
+_active: dict = {}
+
+
+def get_session(master: str, tmp_root: str):
+    """Return a SparkSession on ``master``, stopping the current one if it differs."""
+    from pyspark.sql import SparkSession
+
+    current = _active.get("session")
+    if current is not None and _active.get("master") == master:
+        return current
+    if current is not None:
+        current.stop()
+        _active.clear()
+    builder = (
+        SparkSession.builder.master(master)
+        .appName("spark_pyfunc-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.sql.warehouse.dir", os.path.join(tmp_root, "warehouse"))
+        .config("spark.local.dir", os.path.join(tmp_root, "spark-local"))
+        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={tmp_root}")
+    )
+    if master.startswith("local-cluster"):
+        builder = builder.config("spark.executor.memory", "512m").config(
+            "spark.worker.dir", os.path.join(tmp_root, "work")
+        )
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    _active.update(session=session, master=master)
+    return session
+
+
+@pytest.fixture(scope="session")
+def spark_tmp(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("spark"))
+
+
+@pytest.fixture
+def spark(spark_tmp):
+    """A local[2] session: for UDF semantics."""
+    return get_session(LOCAL_MASTER, spark_tmp)
+
+
+@pytest.fixture
+def cluster_spark(spark_tmp):
+    """A local-cluster with 2 executors of 2 cores each, in their own JVM and Python processes."""
+    return get_session(CLUSTER_MASTER, spark_tmp)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_spark_at_end() -> Iterator[None]:
+    yield
+    session = _active.pop("session", None)
+    if session is not None:
+        session.stop()
