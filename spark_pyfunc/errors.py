@@ -24,6 +24,11 @@ class ModelExistsError(SparkPyfuncError, FileExistsError):
     """``save_model`` was asked to write into a directory that is not empty."""
 
 
+class ModelSaveError(SparkPyfuncError):
+    """``save_model`` got something it cannot save: the python model, an artifact, a code path,
+    the input example, model_config, metadata or the requirements."""
+
+
 class MissingDependencyError(SparkPyfuncError, ImportError):
     """Loading a model needs a module that is not importable here.
 

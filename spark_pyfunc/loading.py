@@ -1,0 +1,294 @@
+"""load_model(): a pyfunc model directory -> PyFuncModel, following MLflow's load sequence.
+
+MLmodel -> code directory on sys.path -> unpickle the python model -> context (artifacts,
+model_config) -> ``load_context``. Custom pyfunc models (``loader_module:
+mlflow.pyfunc.model``), whether spark_pyfunc or MLflow wrote them, load here without MLflow;
+any other loader module (``mlflow.sklearn``, models-from-code, ...) is imported and its
+``_load_pyfunc`` called, as ``mlflow.pyfunc.load_model`` does.
+
+Security: loading a model unpickles it and so runs its code. Load only models you trust.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import importlib
+import logging
+import lzma
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import yaml
+
+from spark_pyfunc.errors import MissingDependencyError, ModelFormatError
+from spark_pyfunc.format import ModelMetadata, read_metadata
+from spark_pyfunc.python_model import PythonModelContext, bind_inference
+from spark_pyfunc.schema import enforce_params, enforce_schema
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+#: How MLflow names the compression of a compressed python model (MLFLOW_LOG_MODEL_COMPRESSION).
+_OPENERS: dict[str, Callable[..., Any]] = {"lzma": lzma.open, "bzip2": bz2.open, "gzip": gzip.open}
+#: Modules whose pip distribution has another name.
+_PIP_NAMES = {"sklearn": "scikit-learn", "yaml": "PyYAML", "PIL": "Pillow", "cv2": "opencv-python"}
+#: Methods of a python model that are not inference methods.
+_NOT_INFERENCE = {"load_context", "predict_type_hints"}
+
+
+class PyFuncModel:
+    """A loaded model: ``predict``/``invoke`` check input and params against the signature
+    first, as ``mlflow.pyfunc.PyFuncModel.predict`` does, then call the model."""
+
+    def __init__(
+        self,
+        metadata: ModelMetadata,
+        *,
+        python_model: Any = None,
+        context: PythonModelContext | None = None,
+        impl: Any = None,
+    ) -> None:
+        self._metadata = metadata
+        self._python_model = python_model
+        self._context = context
+        self._impl = impl
+        self._calls: dict[str, Callable[[Any, dict[str, Any] | None], Any]] = {}
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        return self._metadata
+
+    def __repr__(self) -> str:
+        model = self._python_model if self._python_model is not None else self._impl
+        return (
+            f"PyFuncModel({self._metadata.path}, loader_module={self._metadata.loader_module}, "
+            f"model={type(model).__name__})"
+        )
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        return self.invoke("predict", data, params)
+
+    def invoke(self, method: str, data: Any, params: dict[str, Any] | None = None) -> Any:
+        """Call the model's inference method ``method`` (``predict``, ``predict_proba``, ...)
+        with predict's calling convention and the same schema and params enforcement."""
+        call = self._calls.get(method)
+        if call is None:
+            call = self._calls[method] = self._bind(method)
+        signature = self._metadata.signature
+        inputs = signature.inputs if signature is not None else None
+        # MLflow leaves checking input to the model's own predict when the signature came
+        # from its type hints.
+        if inputs is not None and not self._metadata.raw.get("is_signature_from_type_hint"):
+            data = enforce_schema(data, inputs)
+        params = enforce_params(params, signature.params if signature is not None else None)
+        return call(data, params)
+
+    def unwrap_python_model(self) -> Any:
+        """The user's python model object (a PythonModel instance), as loaded."""
+        if self._python_model is not None:
+            return self._python_model
+        inner = getattr(self._impl, "python_model", None)
+        if inner is None:
+            raise ModelFormatError(
+                f"model {self._metadata.path} was loaded by {self._metadata.loader_module}, "
+                f"which has no python model to unwrap"
+            )
+        return inner
+
+    def _bind(self, method: str) -> Callable[[Any, dict[str, Any] | None], Any]:
+        """A function (data, params) -> prediction calling ``method`` the way MLflow would."""
+        target = self._python_model if self._python_model is not None else self._impl
+        name = method
+        if self._python_model is None and method == "predict":
+            name = self._metadata.pyfunc_conf.get("predict_fn", "predict")
+        fn = getattr(target, name, None) if _is_public_name(name) else None
+        if not callable(fn):
+            raise ModelFormatError(
+                f"the model {self._metadata.path} ({type(target).__qualname__}) has no "
+                f"inference method {method!r}"
+            )
+        return bind_inference(fn, self._context if self._python_model is not None else None)
+
+
+def _is_public_name(name: Any) -> bool:
+    return (
+        isinstance(name, str)
+        and name.isidentifier()
+        and not name.startswith("_")
+        and name not in _NOT_INFERENCE
+    )
+
+
+def load_model(
+    path: str | os.PathLike[str], model_config: Mapping[str, Any] | str | os.PathLike | None = None
+) -> PyFuncModel:
+    """Load the pyfunc model in directory ``path``.
+
+    ``model_config`` (a dict, or a YAML/JSON file) is merged over the configuration saved with
+    the model and reaches the model as ``context.model_config``. Unlike MLflow, which keeps
+    only the keys the saved configuration already has, every key given is passed on.
+    """
+    started = time.perf_counter()
+    metadata = read_metadata(path)
+    _add_code_to_sys_path(metadata.code_path())
+    config = {**metadata.model_config, **_read_config(model_config)}
+    if metadata.is_custom_pyfunc:
+        _warn_on_version_mismatch(metadata)
+        python_model = _unpickle(metadata)
+        context = PythonModelContext(
+            {name: str(p) for name, p in _existing_artifacts(metadata).items()}, config
+        )
+        python_model.load_context(context)
+        model = PyFuncModel(metadata, python_model=python_model, context=context)
+    else:
+        model = PyFuncModel(metadata, impl=_delegate(metadata, config))
+    logger.info(
+        "loaded model %s (%s) in %.2fs",
+        metadata.path,
+        metadata.loader_module,
+        time.perf_counter() - started,
+    )
+    return model
+
+
+def _read_config(model_config: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
+    if model_config is None:
+        return {}
+    if isinstance(model_config, Mapping):
+        return dict(model_config)
+    if isinstance(model_config, (str, os.PathLike)):
+        try:
+            loaded = yaml.safe_load(Path(model_config).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ModelFormatError(f"cannot read model_config file {model_config}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ModelFormatError(f"model_config file {model_config} must hold a mapping")
+        return loaded
+    raise ModelFormatError(
+        f"model_config must be a dict or the path of a YAML/JSON file, "
+        f"not {type(model_config).__name__}"
+    )
+
+
+def _add_code_to_sys_path(code: Path | None) -> None:
+    """Put the model's code directory first on sys.path, as MLflow does, and forget modules
+    already imported under the names it provides so that the model's own copies are used."""
+    if code is None:
+        return
+    names = set()
+    if code.is_dir():
+        for entry in code.iterdir():
+            name = entry.stem if entry.suffix == ".py" else entry.name
+            if name.isidentifier() and (entry.suffix == ".py" or entry.is_dir()):
+                names.add(name)
+    for module in [m for m in sys.modules if m.split(".")[0] in names]:
+        del sys.modules[module]
+    entry = str(code)
+    if entry in sys.path:
+        sys.path.remove(entry)
+    sys.path.insert(0, entry)
+
+
+def _warn_on_version_mismatch(metadata: ModelMetadata) -> None:
+    """Pickles are not guaranteed to load across cloudpickle releases or Python versions."""
+    saved = metadata.cloudpickle_version
+    if saved is not None and saved != cloudpickle.__version__:
+        logger.warning(
+            "model %s was saved with cloudpickle %s but cloudpickle %s is running; the pickle "
+            "may not load or behave the same",
+            metadata.path,
+            saved,
+            cloudpickle.__version__,
+        )
+    saved = metadata.python_version
+    running = platform.python_version()
+    if saved is not None and saved.split(".")[:2] != running.split(".")[:2]:
+        logger.warning(
+            "model %s was saved with Python %s but Python %s is running; the pickle may not "
+            "load or behave the same",
+            metadata.path,
+            saved,
+            running,
+        )
+
+
+def _missing(exc: ModuleNotFoundError, doing: str) -> MissingDependencyError:
+    module = exc.name or str(exc)
+    top = module.split(".")[0]
+    install = _PIP_NAMES.get(top, top)
+    if top == "mlflow":
+        hint = (
+            "pip install mlflow (mlflow-skinny is enough). The model was written with MLflow "
+            "and needs it, e.g. because its class derives from mlflow.pyfunc.PythonModel"
+        )
+    else:
+        hint = (
+            f"pip install {install}, or, if it is the model's own code, save the model with "
+            f"code_paths that include it"
+        )
+    return MissingDependencyError(
+        f"{doing} needs the module {module!r}, which is not installed here: {hint}",
+        module=module,
+        install=install,
+    )
+
+
+def _unpickle(metadata: ModelMetadata) -> Any:
+    path = metadata.python_model_path()
+    compression = metadata.pyfunc_conf.get("python_model_compression")
+    if compression and compression not in _OPENERS:
+        raise ModelFormatError(
+            f"{metadata.mlmodel_path}: unknown python_model_compression {compression!r}; "
+            f"known: {', '.join(_OPENERS)}"
+        )
+    opener = _OPENERS[compression] if compression else open
+    try:
+        with opener(path, "rb") as f:
+            python_model = cloudpickle.load(f)
+    except ModuleNotFoundError as exc:
+        raise _missing(exc, f"unpickling the python model {path}") from exc
+    except Exception as exc:
+        raise ModelFormatError(
+            f"cannot unpickle the python model {path}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not callable(getattr(python_model, "predict", None)):
+        raise ModelFormatError(
+            f"the python model in {path} is a {type(python_model).__qualname__}, which has no "
+            f"predict method"
+        )
+    return python_model
+
+
+def _existing_artifacts(metadata: ModelMetadata) -> dict[str, Path]:
+    artifacts = metadata.artifact_paths()
+    for name, path in artifacts.items():
+        if not path.exists():
+            raise ModelFormatError(f"model {metadata.path}: artifact {name!r} ({path}) is missing")
+    return artifacts
+
+
+def _delegate(metadata: ModelMetadata, config: dict[str, Any]) -> Any:
+    """Load through the flavor's loader module, passing model_config only when there is one,
+    as MLflow does (older loaders take just the data path)."""
+    loader = metadata.loader_module
+    try:
+        module = importlib.import_module(loader)
+    except ModuleNotFoundError as exc:
+        raise _missing(exc, f"model {metadata.path} (loader_module {loader})") from exc
+    load = getattr(module, "_load_pyfunc", None)
+    if not callable(load):
+        raise ModelFormatError(
+            f"{metadata.mlmodel_path}: loader_module {loader} has no _load_pyfunc function"
+        )
+    data_path = str(metadata.data_path())
+    try:
+        return load(data_path, config) if config else load(data_path)
+    except ModuleNotFoundError as exc:
+        raise _missing(exc, f"model {metadata.path} (loader_module {loader})") from exc
