@@ -1,0 +1,373 @@
+"""The Python worker's side of the model host: connect, start it under a lock, retry.
+
+Every Python worker of an executor asks the same host (one per executor, model and
+model_config, see host.py). The first one that finds no host starts it while holding a file
+lock in the executor's directory; the others wait on the lock and then connect. A connection
+that breaks during a request (the host was killed) is reopened, restarting the host, and the
+same batch is sent again, so results stay exact.
+
+The host is started detached (``--detach``: it forks and its first process prints the host's
+pid and exits at once, reaped here), so a worker never keeps a zombie, and in its own
+session, so Spark killing a worker's process group leaves the host serving the others. This
+module does not import pyspark: the caller passes everything in a :class:`HostSpec`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import filelock
+import pandas as pd
+import psutil
+
+from spark_pyfunc import errors
+from spark_pyfunc.errors import HostError, PredictionError, SchemaEnforcementError
+from spark_pyfunc.host import DEFAULT_MODE, MODES, read_pid_file, socket_path
+from spark_pyfunc.wire import (
+    arrow_bytes_to_frame,
+    encode_header,
+    frame_to_arrow_bytes,
+    recv_message,
+    send_message,
+)
+
+logger = logging.getLogger("spark_pyfunc.client")
+
+#: Attempts per batch when the connection breaks (the first try included).
+ATTEMPTS = 3
+# How long a host that is up may take to greet a new connection before it counts as hung.
+_GREETING_TIMEOUT = 5.0
+# How long a host being killed may take to go.
+_KILL_WAIT = 10.0
+_LOG_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """Which model to serve and where the host's files live.
+
+    ``key`` names the host (see :func:`host_key`); ``state_dir`` is the executor's own
+    directory, which holds the lock file, the pid file and the host's log. ``watch_pid`` is the
+    process whose end ends the host (the worker's parent: the pyspark daemon or the executor).
+    """
+
+    model_dir: str
+    key: str
+    state_dir: str
+    model_config: dict | None = None
+    idle_timeout: float = 600.0
+    start_timeout: float = 600.0
+    mode: str = DEFAULT_MODE
+    watch_pid: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise HostError(f"model host mode {self.mode!r} is not one of {list(MODES)}")
+
+
+def host_key(executor_dir: str, model_sha256: str, model_config: dict | None) -> str:
+    """A short name for the host of one (executor, model content, model_config)."""
+    ident = json.dumps([executor_dir, model_sha256, model_config], sort_keys=True, default=str)
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _remote_error(reply: dict, method: str, host_pid: int | None) -> Exception:
+    """The exception for an error response: the package's own error types (a schema
+    mismatch, an unrepresentable result) keep their type, anything else the model raised
+    becomes a PredictionError. Both carry the remote traceback."""
+    name = str(reply.get("error", "Exception"))
+    message = str(reply.get("message", ""))
+    remote_tb = str(reply.get("traceback", ""))
+    cls = getattr(errors, name, None)
+    if (
+        isinstance(cls, type)
+        and issubclass(cls, errors.SparkPyfuncError)
+        and cls.__init__ is errors.SparkPyfuncError.__init__
+        and cls is not PredictionError
+    ):
+        exc: Exception = cls(message)
+    else:
+        exc = PredictionError(
+            f"the model's {method} raised {name}: {message}\n"
+            f"--- traceback in the model host (pid {host_pid}) ---\n{remote_tb}"
+        )
+    exc.remote_traceback = remote_tb  # type: ignore[attr-defined]
+    return exc
+
+
+class ModelHostClient:
+    """Scores batches with the executor's model host, starting it if needed.
+
+    One connection per client, opened on the first :meth:`predict`. Not thread-safe: use a
+    client per thread (Spark gives each task its own).
+    """
+
+    def __init__(self, spec: HostSpec) -> None:
+        self.spec = spec
+        state = Path(spec.state_dir)
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HostError(f"cannot create the model host state directory {state}: {exc}") from exc
+        stem = f"spark_pyfunc-host-{spec.key}"
+        self.lock_path = state / f"{stem}.lock"
+        self.pid_path = state / f"{stem}.pid"
+        self.log_path = state / f"{stem}.log"
+        self.socket_path = socket_path(spec.key)
+        self._sock: socket.socket | None = None
+        self._host_pid: int | None = None
+
+    @property
+    def host_pid(self) -> int | None:
+        """The pid of the host serving this client (None before the first predict)."""
+        return self._host_pid
+
+    # ------------------------------------------------------------------------- scoring
+
+    def predict(
+        self, frame: pd.DataFrame, method: str = "predict", params: dict | None = None
+    ) -> pd.DataFrame:
+        """The model's output for ``frame``, as rows (see wire.prediction_to_frame)."""
+        header = {"method": method, "params": params, "rows": len(frame)}
+        try:
+            encode_header(header)
+        except (TypeError, ValueError) as exc:
+            raise SchemaEnforcementError(
+                f"params {sorted(params or {})} cannot be sent to the model host: {exc}"
+            ) from exc
+        payload = frame_to_arrow_bytes(frame, what="model input", error=SchemaEnforcementError)
+        failure: OSError | None = None
+        for attempt in range(1, ATTEMPTS + 1):
+            sock = self._connection()
+            try:
+                send_message(sock, header, payload)
+                reply, body = recv_message(sock)
+            except OSError as exc:  # the host died or was killed: restart it, send again
+                failure = exc
+                logger.warning(
+                    "lost the model host (pid %s) during a request (attempt %d of %d): %s",
+                    self._host_pid,
+                    attempt,
+                    ATTEMPTS,
+                    exc,
+                )
+                self.close()
+                continue
+            if not reply.get("ok"):
+                raise _remote_error(reply, method, self._host_pid)
+            return arrow_bytes_to_frame(body)
+        raise HostError(
+            f"the model host for {self.spec.model_dir} broke the connection {ATTEMPTS} times "
+            f"in a row: {failure}",
+            log_path=str(self.log_path),
+            log_tail=_log_tail(self.log_path),
+        )
+
+    def close(self) -> None:
+        """Close the connection (the host stays up for the other workers)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> ModelHostClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------- connecting
+
+    def _connection(self) -> socket.socket:
+        if self._sock is None:
+            conn = self._try_connect() or self._connect_or_start()
+            self._sock, self._host_pid = conn
+        return self._sock
+
+    def _try_connect(self) -> tuple[socket.socket, int] | None:
+        """Connect and read the host's greeting; None if no host answers."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(_GREETING_TIMEOUT)
+            sock.connect(str(self.socket_path))
+            greeting, _ = recv_message(sock)
+            sock.settimeout(None)
+            return sock, int(greeting["pid"])
+        except (OSError, KeyError, TypeError, ValueError):
+            sock.close()
+            return None
+
+    def _connect_or_start(self) -> tuple[socket.socket, int]:
+        lock = filelock.FileLock(str(self.lock_path), timeout=self.spec.start_timeout + 60)
+        try:
+            with lock:
+                # Another worker may have started the host while this one waited.
+                conn = self._try_connect()
+                if conn is None:
+                    conn = self._adopt_or_clear()
+                if conn is None:
+                    conn = self._start()
+                return conn
+        except filelock.Timeout as exc:
+            raise HostError(
+                f"timed out waiting for the lock {self.lock_path}, held by another worker "
+                "starting the model host",
+                log_path=str(self.log_path),
+                log_tail=_log_tail(self.log_path),
+            ) from exc
+
+    def _host_process(self) -> psutil.Process | None:
+        """The live host named by the pid file, if it is really ours (pid reuse guard)."""
+        pid = read_pid_file(str(self.pid_path))
+        if pid is None:
+            return None
+        try:
+            proc = psutil.Process(pid)
+            cmdline = proc.cmdline()
+            ours = (
+                "spark_pyfunc.host" in cmdline
+                and str(self.socket_path) in cmdline
+                and proc.uids().real == os.getuid()
+            )
+        except psutil.Error:
+            return None
+        return proc if ours and _alive(proc) else None
+
+    def _adopt_or_clear(self) -> tuple[socket.socket, int] | None:
+        """Under the lock, no host answered. A host still loading (its starter died) is
+        waited for; a hung one is killed; then stale files go, so a new host can start."""
+        proc = self._host_process()
+        if proc is not None and not self.socket_path.exists():
+            remaining = proc.create_time() + self.spec.start_timeout - time.time()
+            conn = self._await_ready(proc, time.monotonic() + remaining)
+            if conn is not None:
+                return conn
+        if proc is not None and _alive(proc):
+            logger.warning("killing the model host pid %d: it does not answer", proc.pid)
+            self._kill(proc)
+        for path in (self.socket_path, self.pid_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return None
+
+    def _kill(self, proc: psutil.Process) -> None:
+        """SIGKILL and wait until it is dead (a zombie counts: init, its parent, reaps it)."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+        deadline = time.monotonic() + _KILL_WAIT
+        while _alive(proc):
+            if time.monotonic() > deadline:
+                raise HostError(f"could not kill the model host pid {proc.pid}")
+            time.sleep(0.02)
+
+    def _await_ready(
+        self, proc: psutil.Process, deadline: float
+    ) -> tuple[socket.socket, int] | None:
+        """Poll until the host answers; None once it is gone or the deadline passed."""
+        delay = 0.01
+        while _alive(proc):
+            if self.socket_path.exists():
+                conn = self._try_connect()
+                if conn is not None:
+                    return conn
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        return None
+
+    def _command(self) -> list[str]:
+        spec = self.spec
+        cmd = [
+            sys.executable, "-m", "spark_pyfunc.host",
+            "--model-dir", str(spec.model_dir),
+            "--socket", str(self.socket_path),
+            "--log", str(self.log_path),
+            "--pid-file", str(self.pid_path),
+            "--model-config", json.dumps(spec.model_config, default=str),
+            "--idle-timeout", str(spec.idle_timeout),
+            "--mode", spec.mode,
+            "--detach",
+        ]  # fmt: skip
+        if spec.watch_pid is not None:
+            cmd += ["--watch-pid", str(spec.watch_pid)]
+        return cmd
+
+    def _fail(self, message: str) -> HostError:
+        return HostError(
+            f"{message} (model {self.spec.model_dir}, log {self.log_path})",
+            log_path=str(self.log_path),
+            log_tail=_log_tail(self.log_path),
+        )
+
+    def _start(self) -> tuple[socket.socket, int]:
+        """Start the host and wait until it answers; HostError with its log tail if it dies
+        first or is not ready within start_timeout."""
+        deadline = time.monotonic() + self.spec.start_timeout
+        # The host imports what this worker can import: the model's classes may come from
+        # paths added at run time (SparkFiles, addPyFile) rather than from PYTHONPATH.
+        path = os.pathsep.join(os.path.abspath(p) for p in sys.path if p)
+        env = dict(os.environ, PYTHONPATH=path)
+        logger.info("starting the model host for %s (log %s)", self.spec.model_dir, self.log_path)
+        with open(self.log_path, "ab") as log:
+            # The launcher forks the host, prints its pid and exits (see host --detach).
+            launcher = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+                env=env,
+            )
+        try:
+            out, _ = launcher.communicate(timeout=self.spec.start_timeout)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.communicate()
+            raise self._fail(
+                f"the model host did not start within {self.spec.start_timeout}s"
+            ) from None
+        if launcher.returncode != 0 or not out.strip().isdigit():
+            raise self._fail(
+                f"the model host exited with code {launcher.returncode} before it was ready"
+            )
+        try:
+            proc = psutil.Process(int(out))
+        except psutil.NoSuchProcess:
+            raise self._fail("the model host exited before it was ready") from None
+        conn = self._await_ready(proc, deadline)
+        if conn is not None:
+            return conn
+        if _alive(proc):
+            self._kill(proc)
+            raise self._fail(f"the model host was not ready within {self.spec.start_timeout}s")
+        raise self._fail("the model host exited before it was ready")

@@ -1,0 +1,514 @@
+"""The executor's model host: ONE loaded copy of a model, served to all Python workers.
+
+Spark runs a Python worker per running task, so a model loaded inside the workers costs one
+copy per core. The host loads it once, lazily (the first worker that needs it starts it, see
+client.py), and answers batches over a Unix socket private to the user::
+
+    python -m spark_pyfunc.host --model-dir D --socket S --log L --pid-file P \\
+        --model-config JSON --watch-pid N --idle-timeout SECONDS --mode thread|fork
+
+The command line names spark_pyfunc so that operators find the process with ``ps``.
+
+Modes: ``thread`` serves each connection (one per worker) on a thread of its own, all calling
+the one model; models whose predict releases the GIL (numpy, torch, onnxruntime, xgboost)
+scale across them. ``fork`` forks a child per connection after the load: the children share
+the loaded pages copy-on-write and each has its own GIL, for pure-Python predict code.
+
+The host goes away by itself: after ``--idle-timeout`` seconds without a connection, within a
+second of the ``--watch-pid`` process (the executor's Python daemon or JVM) going away, and on
+SIGTERM. It then removes its socket and pid file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import stat
+import struct
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+
+from spark_pyfunc.errors import HostError
+from spark_pyfunc.wire import (
+    PeerClosed,
+    arrow_bytes_to_frame,
+    frame_to_arrow_bytes,
+    prediction_to_frame,
+    recv_message,
+    send_message,
+)
+
+MODES = ("thread", "fork")
+#: The serving mode used when none is asked for.
+DEFAULT_MODE = "thread"
+
+logger = logging.getLogger("spark_pyfunc.host")
+
+# sun_path holds 108 bytes on Linux, including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# How often the accept loop wakes to check the idle timer, the watched pid and children.
+_TICK = 0.25
+# Every worker of a wide executor may connect at once; the kernel caps this at somaxconn.
+_BACKLOG = 1024
+# How long children get to finish after SIGTERM before SIGKILL, when the host exits.
+_CHILD_GRACE = 2.0
+
+
+class Invokable(Protocol):
+    """What the server needs of a model: loading.PyFuncModel, or a fake in tests."""
+
+    def invoke(self, method: str, data: Any, params: dict | None = None) -> Any: ...
+
+
+# ------------------------------------------------------------------------ socket location
+
+
+def _socket_dir_path(base: str | os.PathLike[str] | None) -> Path:
+    return Path(base if base is not None else tempfile.gettempdir()) / f"spark_pyfunc-{os.getuid()}"
+
+
+def socket_dir(base: str | os.PathLike[str] | None = None) -> Path:
+    """The user's private socket directory ``<tmp>/spark_pyfunc-<uid>``, created 0700.
+
+    Refuses (HostError) a directory that another user could have planted or can read: a
+    symlink, a non-directory, another owner or a mode other than 0700.
+    """
+    uid = os.getuid()
+    path = _socket_dir_path(base)
+    try:
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise HostError(f"cannot create the model host socket directory {path}: {exc}") from exc
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise HostError(f"model host socket directory {path} is not a directory (or is a symlink)")
+    if st.st_uid != uid:
+        raise HostError(
+            f"model host socket directory {path} is owned by uid {st.st_uid}, not by uid {uid}"
+        )
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        raise HostError(
+            f"model host socket directory {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
+            "it must be 0700"
+        )
+    return path
+
+
+def socket_path(key: str, base: str | os.PathLike[str] | None = None) -> Path:
+    """The socket of the host for ``key``, checked against the Unix socket path limit."""
+    if not _KEY_RE.fullmatch(key):
+        raise HostError(f"model host key {key!r} must be 1-64 letters, digits, '_' or '-'")
+    path = _socket_dir_path(base) / f"{key}.sock"
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        raise HostError(
+            f"model host socket path {path} is longer than the {_MAX_SOCKET_PATH} bytes a Unix "
+            "socket path can have; point TMPDIR to a shorter directory"
+        )
+    socket_dir(base)
+    return path
+
+
+# ---------------------------------------------------------------------------- the server
+
+
+class ModelServer:
+    """Answers the requests of a connection with one loaded model.
+
+    Knows nothing of processes or the socket's lifecycle, so it can be tested with any object
+    that has ``invoke``.
+    """
+
+    def __init__(self, model: Invokable, *, host_pid: int | None = None) -> None:
+        self.model = model
+        self.host_pid = os.getpid() if host_pid is None else host_pid
+
+    def handle(self, header: dict, payload: bytes | bytearray) -> tuple[dict, Any]:
+        """One request -> (response header, response payload); a failure becomes an error
+        response carrying its type, message and traceback, so the host keeps serving."""
+        try:
+            method = header["method"]
+            rows = int(header["rows"])
+            frame = arrow_bytes_to_frame(payload)
+            if len(frame.columns) == 0:  # Arrow keeps no row count without columns
+                frame = frame.reindex(range(rows))
+            if len(frame) != rows:
+                raise ValueError(f"request says {rows} rows but its batch has {len(frame)}")
+            output = self.model.invoke(method, frame, header.get("params"))
+            result = prediction_to_frame(output)
+            body = frame_to_arrow_bytes(result, what=f"output of the model's {method}")
+        except Exception as exc:  # the model's own errors are answered, not fatal
+            logger.warning("%s failed: %s: %s", header.get("method"), type(exc).__name__, exc)
+            return {
+                "ok": False,
+                "error": type(exc).__name__,
+                "message": str(exc),
+                "traceback": traceback.format_exc(),
+            }, b""
+        return {"ok": True, "rows": len(result)}, body
+
+    def serve_connection(self, conn: socket.socket) -> None:
+        """Greet the client (so it knows the host is ready, and its pid), then answer its
+        requests, one per batch, until it closes the connection."""
+        with conn:
+            try:
+                send_message(conn, {"ok": True, "pid": self.host_pid})
+                while True:
+                    header, payload = recv_message(conn)
+                    send_message(conn, *self.handle(header, payload))
+            except PeerClosed:
+                pass
+            except OSError as exc:
+                logger.info("connection lost: %s", exc)
+
+
+def peer_uid(conn: socket.socket) -> int | None:
+    """The uid of the process at the other end (None where SO_PEERCRED is unavailable)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make a forked child die with the host (Linux), so no child outlives it."""
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the host died before prctl took effect
+        os._exit(1)
+
+
+class _Watch:
+    """The process whose end ends the host; create_time guards against pid reuse."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.proc: psutil.Process | None = None
+        if pid is not None:
+            with contextlib.suppress(psutil.Error):
+                self.proc = psutil.Process(pid)
+
+    def alive(self) -> bool:
+        if self.pid is None:
+            return True
+        if self.proc is None:
+            return False
+        try:
+            return self.proc.is_running() and self.proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+
+class Host:
+    """The listening socket, its connections and the host's lifecycle."""
+
+    def __init__(
+        self,
+        server: ModelServer,
+        *,
+        socket_file: str,
+        mode: str,
+        idle_timeout: float,
+        watch: _Watch,
+    ) -> None:
+        self.server = server
+        self.socket_file = socket_file
+        self.mode = mode
+        self.idle_timeout = idle_timeout
+        self.watch = watch
+        self.listener: socket.socket | None = None
+        self.socket_ino: int | None = None
+        self.threads: set[threading.Thread] = set()
+        self.children: set[int] = set()
+
+    def bind(self) -> None:
+        """Listen on a temporary name, then rename it into place: a client that finds the
+        socket always finds a host that is ready."""
+        directory = os.path.dirname(self.socket_file)
+        tmp = os.path.join(directory, f".{os.getpid()}.tmp")
+        for attempt in range(3):
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                listener.bind(tmp)
+                os.chmod(tmp, 0o600)
+                listener.listen(_BACKLOG)
+                os.rename(tmp, self.socket_file)
+            except FileNotFoundError:
+                # Another host, exiting, removed the directory once it was empty: recreate it.
+                listener.close()
+                if attempt == 2:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(directory, 0o700)
+                    os.chmod(directory, 0o700)
+                continue
+            self.listener = listener
+            self.socket_ino = os.stat(self.socket_file).st_ino
+            return
+
+    def serve(self) -> None:
+        """Accept connections until idle, until the watched process is gone, or SIGTERM."""
+        assert self.listener is not None
+        self.listener.settimeout(_TICK)
+        last_active = time.monotonic()
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                conn = None
+            if conn is not None:
+                self._start_connection(conn)
+            now = time.monotonic()
+            if self._open_connections():
+                last_active = now
+            elif now - last_active > self.idle_timeout:
+                logger.info("no connection for %.1fs: exiting", self.idle_timeout)
+                return
+            if not self.watch.alive():
+                logger.info("watched process %s is gone: exiting", self.watch.pid)
+                return
+
+    def _start_connection(self, conn: socket.socket) -> None:
+        uid = peer_uid(conn)
+        if uid is not None and uid != os.getuid():
+            logger.warning(
+                "refused a connection from uid %d (this host serves uid %d)", uid, os.getuid()
+            )
+            conn.close()
+            return
+        conn.settimeout(None)
+        if self.mode == "thread":
+            thread = threading.Thread(
+                target=self.server.serve_connection, args=(conn,), daemon=True
+            )
+            thread.start()
+            self.threads.add(thread)
+            return
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                _die_with_parent(parent)
+                assert self.listener is not None
+                self.listener.close()
+                self.server.serve_connection(conn)
+            except BaseException:
+                logger.exception("connection child failed")
+                code = 1
+            finally:
+                os._exit(code)
+        conn.close()
+        self.children.add(pid)
+
+    def _open_connections(self) -> int:
+        self.threads = {t for t in self.threads if t.is_alive()}
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            self.children.discard(pid)
+        return len(self.threads) + len(self.children)
+
+    def close(self) -> None:
+        """Remove the socket (if it is still ours), stop children, and remove the socket
+        directory when nothing else is left in it."""
+        with contextlib.suppress(OSError):
+            if self.socket_ino is not None and os.stat(self.socket_file).st_ino == self.socket_ino:
+                os.unlink(self.socket_file)
+        if self.listener is not None:
+            self.listener.close()
+        self._stop_children()
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(self.socket_file))
+
+    def _stop_children(self) -> None:
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + _CHILD_GRACE
+        while self._open_connections() and self.children and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.children.clear()
+
+
+# ------------------------------------------------------------------------------ pid file
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """Write atomically, so a reader never sees a half-written pid."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{pid}\n")
+    os.replace(tmp, path)
+
+
+def read_pid_file(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def remove_pid_file(path: str | None, pid: int) -> None:
+    """Remove the pid file only if it still names ``pid`` (a newer host may own it now)."""
+    if path is not None and read_pid_file(path) == pid:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+# ------------------------------------------------------------------------------ the main
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m spark_pyfunc.host", description="Serve one model to a Spark executor."
+    )
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--log", required=True, help="log file (appended to)")
+    parser.add_argument("--pid-file")
+    parser.add_argument("--model-config", default="null", help="JSON object or null")
+    parser.add_argument("--watch-pid", type=int, help="exit soon after this process is gone")
+    parser.add_argument("--idle-timeout", type=float, default=600.0)
+    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="fork: the parent prints the host's pid on stdout and exits at once, so the "
+        "process that started the host has nothing to reap later; the host logs to --log",
+    )
+    return parser.parse_args(argv)
+
+
+def _setup_logging(path: str) -> None:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _memory() -> str:
+    try:
+        info = psutil.Process().memory_full_info()
+    except psutil.AccessDenied:  # smaps unreadable here: RSS only
+        info = psutil.Process().memory_info()
+    pss = getattr(info, "pss", None)
+    pss_text = f"{pss / 2**20:.1f} MiB" if pss is not None else "n/a"
+    return f"rss={info.rss / 2**20:.1f} MiB pss={pss_text}"
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _pid_file(path: str | None) -> Iterator[None]:
+    if path is not None:
+        write_pid_file(path, os.getpid())
+    try:
+        yield
+    finally:
+        remove_pid_file(path, os.getpid())
+
+
+def _detach(log_path: str) -> None:
+    """Fork: the parent tells the starter the host's pid (on stdout, a pipe) and exits, so
+    the starter reaps it at once; the child, the host, sends its stdout to the log."""
+    pid = os.fork()
+    if pid:
+        os.write(1, f"{pid}\n".encode())
+        os._exit(0)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    model_config = json.loads(args.model_config)
+    if args.detach:
+        _detach(args.log)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _setup_logging(args.log)
+    logger.info(
+        "model host starting: pid=%d python=%s (%s) args=%s",
+        os.getpid(),
+        sys.executable,
+        sys.version.split()[0],
+        sys.argv[1:],
+    )
+    host: Host | None = None
+    with _pid_file(args.pid_file):
+        try:
+            # Imported here, not at the top: the client imports this module too.
+            from spark_pyfunc.loading import load_model
+
+            started = time.perf_counter()
+            model = load_model(args.model_dir, model_config=model_config)
+            size = getattr(model.metadata, "model_size_bytes", None)
+            logger.info(
+                "model %s loaded in %.2fs (size on disk: %s bytes); memory after load: %s",
+                args.model_dir,
+                time.perf_counter() - started,
+                size,
+                _memory(),
+            )
+            if args.mode == "fork":
+                gc.freeze()  # children then leave the loaded objects' pages shared
+            host = Host(
+                ModelServer(model),
+                socket_file=args.socket,
+                mode=args.mode,
+                idle_timeout=args.idle_timeout,
+                watch=_Watch(args.watch_pid),
+            )
+            host.bind()
+            logger.info("serving %s in %s mode", args.socket, args.mode)
+            host.serve()
+        except SystemExit as exc:
+            logger.info("exiting on signal (code %s)", exc.code)
+        except Exception:
+            logger.exception("model host failed")
+            return 1
+        finally:
+            if host is not None:
+                host.close()
+            logger.info("model host %d stopped", os.getpid())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,499 @@
+"""The Spark UDF: ``spark_udf(spark, model_uri, ...)`` -> a callable building a column.
+
+Everything that can be checked on the driver is checked there, when the UDF is built: the
+model directory and its MLmodel, ``params`` against the params schema, the result type and the
+scope. The function that runs in Spark's Python workers is small: it binds the batch's columns to
+the signature's input names, asks the executor's model host (``scope="executor"``) or a
+per-worker model copy (``scope="process"``) for predictions, and fits them to the result type.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark.sql import Column
+from pyspark.sql import functions as F
+from pyspark.sql.functions import pandas_udf
+from pyspark.sql.types import (
+    ArrayType,
+    BinaryType,
+    BooleanType,
+    DataType,
+    DateType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from spark_pyfunc import schema as sch
+from spark_pyfunc.client import HostSpec, ModelHostClient, host_key
+from spark_pyfunc.errors import ResultTypeError, SparkPyfuncError
+from spark_pyfunc.format import read_metadata
+from spark_pyfunc.loading import PyFuncModel, load_model
+from spark_pyfunc.shipping import ShippedModel, materialize, ship_model
+from spark_pyfunc.wire import prediction_to_frame
+
+logger = logging.getLogger(__name__)
+
+SCOPES = ("auto", "executor", "process")
+
+#: Spark configuration keys read on the driver when a UDF is built.
+CONF_AUTO_THRESHOLD = "spark.pyfunc.scope.autoThresholdBytes"
+CONF_IDLE_TIMEOUT = "spark.pyfunc.host.idleTimeout"
+CONF_START_TIMEOUT = "spark.pyfunc.host.startTimeout"
+CONF_HOST_MODE = "spark.pyfunc.host.mode"
+
+#: Models at least this large (bytes on disk) get one host per executor under scope="auto".
+DEFAULT_AUTO_THRESHOLD = 64 * 1024 * 1024
+
+_SCALARS: dict[sch.DataType, DataType] = {
+    sch.DataType.boolean: BooleanType(),
+    sch.DataType.integer: IntegerType(),
+    sch.DataType.long: LongType(),
+    sch.DataType.float: FloatType(),
+    sch.DataType.double: DoubleType(),
+    sch.DataType.string: StringType(),
+    sch.DataType.binary: BinaryType(),
+    sch.DataType.datetime: TimestampType(),
+}
+
+
+# --------------------------------------------------------------------------- result types
+
+
+def _spark_type_of(dtype: Any, what: str) -> DataType:
+    """Map one MLflow column type (scalar or nested) to a Spark type."""
+    if isinstance(dtype, sch.DataType):
+        return _SCALARS[dtype]
+    if isinstance(dtype, sch.Array):
+        return ArrayType(_spark_type_of(dtype.item, what))
+    if isinstance(dtype, sch.Object):
+        return StructType(
+            [
+                StructField(p.name, _spark_type_of(p.dtype, f"{what}.{p.name}"), True)
+                for p in dtype.properties
+            ]
+        )
+    if isinstance(dtype, sch.Map):
+        return MapType(StringType(), _spark_type_of(dtype.values, what))
+    raise SparkPyfuncError(
+        f"the output schema gives {what} the type {dtype!r}, which has no Spark equivalent; "
+        "pass result_type= to spark_udf"
+    )
+
+
+def _spark_type_of_tensor(spec: sch.TensorSpec, what: str) -> DataType:
+    kind = np.dtype(spec.dtype)
+    if kind == np.bool_:
+        element: DataType = BooleanType()
+    elif kind.kind in "iu":
+        element = LongType() if kind.itemsize > 4 else IntegerType()
+    elif kind.kind == "f":
+        element = DoubleType() if kind.itemsize > 4 else FloatType()
+    elif kind.kind in "US":
+        element = StringType() if kind.kind == "U" else BinaryType()
+    elif kind.kind == "O":
+        element = StringType()
+    else:
+        raise SparkPyfuncError(f"tensor output {what} has dtype {kind}; pass result_type=")
+    for _ in range(max(len(spec.shape) - 1, 0)):
+        element = ArrayType(element)
+    return element
+
+
+def result_type_from_signature(outputs: sch.Schema | None) -> DataType:
+    """Spark result type from an output schema: one output -> its type, several -> a struct.
+
+    A model without an output schema gets ``double``, as with ``mlflow.pyfunc.spark_udf``.
+    """
+    if outputs is None or len(outputs) == 0:
+        return DoubleType()
+    specs = list(outputs.inputs)
+    names = [str(n) for n in outputs.input_names()]
+    if outputs.is_tensor_spec():
+        types = [_spark_type_of_tensor(s, f"output {n!r}") for s, n in zip(specs, names)]
+    else:
+        types = [_spark_type_of(s.type, f"output {n!r}") for s, n in zip(specs, names)]
+    if len(types) == 1:
+        return types[0]
+    return StructType([StructField(n, t, True) for n, t in zip(names, types)])
+
+
+def parse_result_type(result_type: str | DataType) -> DataType:
+    """Accept a DataType or a DDL string (``"double"``, ``"array<float>"``, ``"a int, b string"``)."""
+    if isinstance(result_type, DataType):
+        return result_type
+    if not isinstance(result_type, str):
+        raise SparkPyfuncError(
+            f"result_type must be a pyspark DataType or a DDL string, not {type(result_type)}"
+        )
+    from pyspark.sql.types import _parse_datatype_string
+
+    try:
+        return _parse_datatype_string(result_type)
+    except Exception as exc:  # pyspark raises its own ParseException types
+        raise SparkPyfuncError(f"result_type {result_type!r} is not a valid Spark type: {exc}") from exc
+
+
+# ------------------------------------------------------------------ fitting predictions
+
+
+def _arrow_type(dtype: DataType) -> pa.DataType:
+    from pyspark.sql.pandas.types import to_arrow_type
+
+    return to_arrow_type(dtype)
+
+
+_NULLABLE_INTS = {
+    pa.int8(): pd.Int8Dtype(),
+    pa.int16(): pd.Int16Dtype(),
+    pa.int32(): pd.Int32Dtype(),
+    pa.int64(): pd.Int64Dtype(),
+}
+
+
+def _fit_column(values: pd.Series, dtype: DataType, output: str) -> pd.Series:
+    """Convert one predicted column to what Spark expects for ``dtype``, refusing lossy casts.
+
+    Common exact matches return at once (the hot path); everything else goes through Arrow's
+    safe casts, which refuse truncation (1.5 -> int) and overflow.
+    """
+    kind = values.dtype
+    if isinstance(dtype, DoubleType) and kind.kind in "fiu":
+        return values.astype(np.float64, copy=False)
+    if isinstance(dtype, FloatType) and kind.kind == "f":
+        return values.astype(np.float32, copy=False)
+    if isinstance(dtype, BooleanType) and kind == np.bool_:
+        return values
+    if isinstance(dtype, (IntegerType, LongType)) and kind.kind in "iu":
+        wanted = np.int64 if isinstance(dtype, LongType) else np.int32
+        if np.can_cast(kind, wanted):
+            return values.astype(wanted, copy=False)
+    if isinstance(dtype, StringType):
+        if kind == object or pd.api.types.is_string_dtype(kind):
+            return values
+        return values.map(lambda v: None if pd.isna(v) else str(v))
+    if isinstance(dtype, TimestampType) and pd.api.types.is_datetime64_any_dtype(kind):
+        return values
+    if isinstance(dtype, DateType) and pd.api.types.is_datetime64_any_dtype(kind):
+        return values.dt.date
+    target = _arrow_type(dtype)
+    nested = isinstance(dtype, (ArrayType, MapType, StructType))
+    try:
+        if nested:
+            pa.array(_plain(values), type=target, from_pandas=True)  # validates every element
+        else:
+            array = pa.array(values, from_pandas=True).cast(target, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise ResultTypeError(
+            f"output {output!r}: values of type {kind} do not fit the result type "
+            f"{dtype.simpleString()}: {exc}"
+        ) from exc
+    if nested:
+        return values
+    return pd.Series(array.to_pandas(types_mapper=_NULLABLE_INTS.get), index=values.index)
+
+
+def _plain(values: pd.Series) -> list:
+    """Python values for nested Arrow validation (numpy arrays become lists)."""
+    return [v.tolist() if isinstance(v, np.ndarray) else v for v in values]
+
+
+def fit_prediction(pred: pd.DataFrame, dtype: DataType, rows: int) -> pd.Series | pd.DataFrame:
+    """Shape a normalised prediction frame into the UDF's result type for ``rows`` input rows."""
+    if len(pred) != rows:
+        raise ResultTypeError(
+            f"the model returned {len(pred)} rows for a batch of {rows} rows; "
+            "predict must return one prediction per input row"
+        )
+    pred = pred.reset_index(drop=True)
+    if isinstance(dtype, StructType):
+        names = [f.name for f in dtype.fields]
+        columns = [str(c) for c in pred.columns]
+        if all(n in columns for n in names):
+            picked = [pred[pred.columns[columns.index(n)]] for n in names]
+        elif len(columns) == len(names):
+            picked = [pred[c] for c in pred.columns]
+        else:
+            raise ResultTypeError(
+                f"the result type {dtype.simpleString()} has fields {names} but the model "
+                f"returned columns {columns}"
+            )
+        return pd.DataFrame(
+            {f.name: _fit_column(s, f.dataType, f.name) for f, s in zip(dtype.fields, picked)}
+        )
+    if len(pred.columns) == 0:
+        raise ResultTypeError("the model returned no output columns")
+    if isinstance(dtype, ArrayType) and len(pred.columns) > 1:
+        # Several output columns requested as one array column: one array per row (as MLflow).
+        series = pd.Series(list(pred.to_numpy()))
+        return _fit_column(series, dtype, "array of all outputs")
+    return _fit_column(pred[pred.columns[0]], dtype, str(pred.columns[0]))
+
+
+# ------------------------------------------------------------------- worker-side model
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a Python worker needs to score, pickled into the UDF once."""
+
+    shipped: ShippedModel
+    scope: str
+    method: str
+    params: dict | None
+    model_config: dict | None
+    result_type: DataType
+    input_names: tuple[str, ...] | None
+    batch_size: int | None
+    idle_timeout: float
+    start_timeout: float
+    host_mode: str | None
+    config_key: str = field(default="")
+
+
+_PROCESS_MODELS: dict[tuple[str, str], PyFuncModel] = {}
+
+
+class _InProcess:
+    """scope="process": one model per Python worker, kept for the worker's lifetime."""
+
+    def __init__(self, plan: _Plan) -> None:
+        key = (plan.shipped.sha256, plan.config_key)
+        model = _PROCESS_MODELS.get(key)
+        if model is None:
+            model = load_model(materialize(plan.shipped), model_config=plan.model_config)
+            _PROCESS_MODELS[key] = model
+        self._model = model
+
+    def predict(self, frame: pd.DataFrame, method: str, params: dict | None) -> pd.DataFrame:
+        return prediction_to_frame(self._model.invoke(method, frame, params))
+
+    def close(self) -> None:
+        pass
+
+
+def _host_client(plan: _Plan) -> ModelHostClient:
+    from pyspark import SparkFiles
+
+    model_dir = materialize(plan.shipped)
+    executor_dir = os.path.abspath(SparkFiles.getRootDirectory())
+    kwargs: dict[str, Any] = {}
+    if plan.host_mode:
+        kwargs["mode"] = plan.host_mode
+    spec = HostSpec(
+        model_dir=str(model_dir),
+        key=host_key(executor_dir, plan.shipped.sha256, plan.model_config),
+        state_dir=executor_dir,
+        model_config=plan.model_config,
+        idle_timeout=plan.idle_timeout,
+        start_timeout=plan.start_timeout,
+        watch_pid=os.getppid(),
+        **kwargs,
+    )
+    return ModelHostClient(spec)
+
+
+def _bind(batch: Any, names: tuple[str, ...] | None) -> pd.DataFrame:
+    """Turn the UDF's arguments (Series, struct DataFrames) into the model's input frame."""
+    parts = batch if isinstance(batch, tuple) else (batch,)
+    if len(parts) == 1 and isinstance(parts[0], pd.DataFrame):
+        return parts[0]  # a struct: its fields are the inputs, by name
+    columns: dict[str, pd.Series] = {}
+    for i, part in enumerate(parts):
+        if isinstance(part, pd.DataFrame):
+            for c in part.columns:
+                columns[str(c)] = part[c]
+        else:
+            name = names[i] if names is not None and i < len(names) else str(i)
+            columns[name] = part
+    return pd.DataFrame(columns, copy=False)
+
+
+def _score_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pd.Series | pd.DataFrame]:
+    scorer: _InProcess | ModelHostClient | None = None
+    try:
+        for batch in batches:
+            frame = _bind(batch, plan.input_names)
+            rows = len(frame)
+            if rows == 0:
+                yield fit_prediction(pd.DataFrame({"0": []}), plan.result_type, 0)
+                continue
+            if scorer is None:  # lazily: empty partitions never load or contact the model
+                scorer = _InProcess(plan) if plan.scope == "process" else _host_client(plan)
+            step = plan.batch_size or rows
+            parts = []
+            for start in range(0, rows, step):
+                chunk = frame.iloc[start : start + step]
+                pred = scorer.predict(chunk, plan.method, plan.params)
+                parts.append(fit_prediction(pred, plan.result_type, len(chunk)))
+            yield parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    finally:
+        if scorer is not None:
+            scorer.close()
+
+
+# ------------------------------------------------------------------------ the public API
+
+
+class SparkPyfuncUDF:
+    """What ``spark_udf`` returns: call it with columns to get a prediction column.
+
+    ``udf("a", "b")`` binds the columns positionally to the signature's input names,
+    ``udf()`` takes the columns named as in the signature, and ``udf(F.struct(...))`` passes
+    the struct's fields as a DataFrame.
+    """
+
+    def __init__(self, plan: _Plan, signature_names: tuple[str, ...] | None) -> None:
+        self._plan = plan
+        self._signature_names = signature_names
+
+    @property
+    def result_type(self) -> DataType:
+        return self._plan.result_type
+
+    @property
+    def scope(self) -> str:
+        return self._plan.scope
+
+    @property
+    def shipped(self) -> ShippedModel:
+        return self._plan.shipped
+
+    def __call__(self, *cols: str | Column) -> Column:
+        names = self._signature_names
+        if not cols:
+            if not names:
+                raise SparkPyfuncError(
+                    "this model's signature does not name its inputs: pass the columns explicitly"
+                )
+            cols = tuple(F.col(f"`{n}`") for n in names)
+        elif names is None and all(isinstance(c, str) for c in cols):
+            names = tuple(str(c) for c in cols)  # no signature: columns keep their own names
+        if names is not None and len(cols) > len(names) and len(cols) > 1:
+            raise SparkPyfuncError(
+                f"the model takes {len(names)} inputs {list(names)} but {len(cols)} columns "
+                "were given"
+            )
+        plan = _Plan(**{**self._plan.__dict__, "input_names": names})
+
+        def predict(batches: Iterator[Union[pd.Series, pd.DataFrame]]) -> Iterator[pd.DataFrame]:
+            return _score_batches(plan, batches)
+
+        udf = pandas_udf(predict, plan.result_type)  # type: ignore[call-overload]
+        return udf(*[F.col(c) if isinstance(c, str) else c for c in cols])
+
+
+def _conf(spark: Any, key: str, default: str) -> str:
+    try:
+        value = spark.conf.get(key, None)
+    except Exception:  # pragma: no cover - Connect sessions may refuse unknown keys
+        value = None
+    return default if value is None else str(value)
+
+
+def spark_udf(
+    spark: Any,
+    model_uri: str | os.PathLike,
+    result_type: str | DataType | None = None,
+    env_manager: str | None = None,
+    params: dict | None = None,
+    *,
+    model_config: dict | None = None,
+    method: str = "predict",
+    scope: str = "auto",
+    batch_size: int | None = None,
+) -> SparkPyfuncUDF:
+    """Build a Spark UDF that scores an MLflow-format pyfunc model, one copy per executor.
+
+    The first arguments are those of ``mlflow.pyfunc.spark_udf``. ``model_uri`` is a local
+    directory (or a ``file:`` URI) readable on the driver; the model is shipped to executors
+    through Spark's own file distribution. ``scope`` picks where the model lives:
+    ``"executor"`` (one host process per executor, shared by its Python workers),
+    ``"process"`` (one copy per Python worker, like MLflow) or ``"auto"`` (the host for models
+    of at least ``spark.pyfunc.scope.autoThresholdBytes``, default 64 MiB).
+    """
+    if env_manager not in (None, "local"):
+        raise SparkPyfuncError(
+            f"env_manager={env_manager!r} is not supported: spark_pyfunc scores in the "
+            "executors' own Python environment (env_manager='local')"
+        )
+    if scope not in SCOPES:
+        raise SparkPyfuncError(f"scope must be one of {SCOPES}, not {scope!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
+        raise SparkPyfuncError(f"batch_size must be a positive integer, not {batch_size!r}")
+    if not isinstance(method, str) or not method.isidentifier():
+        raise SparkPyfuncError(f"method must be the name of a model method, not {method!r}")
+    path = _local_path(model_uri)
+    metadata = read_metadata(path)
+    signature = metadata.signature
+    checked_params = sch.enforce_params(params, signature.params if signature is not None else None)
+    try:
+        config_key = json.dumps(model_config, sort_keys=True) if model_config else ""
+    except TypeError as exc:
+        raise SparkPyfuncError(f"model_config must be JSON-serialisable: {exc}") from exc
+    dtype = (
+        parse_result_type(result_type)
+        if result_type is not None
+        else result_type_from_signature(signature.outputs if signature is not None else None)
+    )
+    shipped = ship_model(spark, path)
+    if scope == "auto":
+        threshold = int(_conf(spark, CONF_AUTO_THRESHOLD, str(DEFAULT_AUTO_THRESHOLD)))
+        scope = "executor" if shipped.model_size >= threshold else "process"
+    inputs = signature.inputs if signature is not None else None
+    names = (
+        tuple(str(n) for n in inputs.input_names())
+        if inputs is not None and inputs.has_input_names()
+        else None
+    )
+    plan = _Plan(
+        shipped=shipped,
+        scope=scope,
+        method=method,
+        params=checked_params,
+        model_config=model_config,
+        result_type=dtype,
+        input_names=names,
+        batch_size=batch_size,
+        idle_timeout=float(_conf(spark, CONF_IDLE_TIMEOUT, "600")),
+        start_timeout=float(_conf(spark, CONF_START_TIMEOUT, "600")),
+        host_mode=_conf(spark, CONF_HOST_MODE, "") or None,
+        config_key=config_key,
+    )
+    logger.info(
+        "spark_udf: model %s (%d bytes) -> %s, scope=%s, result type %s",
+        path,
+        shipped.model_size,
+        shipped.archive_name,
+        scope,
+        dtype.simpleString(),
+    )
+    return SparkPyfuncUDF(plan, names)
+
+
+def _local_path(model_uri: str | os.PathLike) -> Path:
+    text = os.fspath(model_uri)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    elif "://" in text or text.startswith(("runs:", "models:")):
+        raise SparkPyfuncError(
+            f"model_uri {text!r} is not a local directory; download it first (for example with "
+            "mlflow.artifacts.download_artifacts) and pass the local path"
+        )
+    return Path(text).expanduser().resolve()

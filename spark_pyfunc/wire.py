@@ -1,0 +1,232 @@
+"""Arrow over a stream socket: the framing shared by the model host and its clients.
+
+A message is a fixed prefix (header length, payload length), a small JSON header and an
+optional payload, here always an Arrow IPC stream. Arrow keeps column types exact between the
+Spark worker and the host, and its buffers go to and from the socket without a per-value
+encoding step, so a batch costs little more than the bytes it holds.
+
+``prediction_to_frame`` is the one place where a model's raw output becomes rows: the host and
+the in-process path both use it, so both give the same frame for the same output.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from spark_pyfunc.errors import ResultTypeError, SparkPyfuncError
+
+# header length (bytes of JSON), payload length (bytes of Arrow IPC stream)
+_PREFIX = struct.Struct("!IQ")
+# A header is a few hundred bytes; a bigger length means the stream is not ours or is garbled.
+_MAX_HEADER = 16 * 1024 * 1024
+
+Buffer = Any  # bytes, bytearray, memoryview or pyarrow.Buffer: anything with the buffer protocol
+
+
+class PeerClosed(ConnectionError):
+    """The peer closed the connection cleanly between two messages."""
+
+
+def _bad_column(df: pd.DataFrame) -> str | None:
+    """The first column Arrow refuses, to name it in the error."""
+    for i, name in enumerate(df.columns):
+        try:
+            pa.array(df.iloc[:, i], from_pandas=True)
+        except (pa.ArrowException, TypeError, ValueError):
+            return str(name)
+    return None
+
+
+def _to_table(df: pd.DataFrame) -> pa.Table:
+    """Plain numeric columns go straight from numpy (the common, hot case); the rest through
+    pandas' converter, which keeps extension dtypes, timezones and column-name types.
+
+    Single-threaded: a batch is small, and the workers and the host already run in parallel.
+    """
+    if all(isinstance(name, str) for name in df.columns) and all(
+        isinstance(dtype, np.dtype) and dtype.kind in "biuf" for dtype in df.dtypes
+    ):
+        return pa.Table.from_arrays(
+            [pa.array(df[name].to_numpy()) for name in df.columns], names=list(df.columns)
+        )
+    return pa.Table.from_pandas(df, preserve_index=False, nthreads=1)
+
+
+def frame_to_arrow_bytes(
+    df: pd.DataFrame,
+    *,
+    what: str = "model output",
+    error: type[SparkPyfuncError] = ResultTypeError,
+) -> pa.Buffer:
+    """Serialise ``df`` (index dropped) as an Arrow IPC stream.
+
+    A column Arrow cannot represent raises ``error`` (ResultTypeError for a model's output)
+    naming the column and ``what`` the frame is.
+    """
+    if df.columns.has_duplicates:
+        dupes = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
+        raise error(f"the {what} has duplicate column names: {dupes}")
+    try:
+        table = _to_table(df)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        column = _bad_column(df)
+        where = f"column {column!r} of the {what}" if column is not None else f"the {what}"
+        raise error(f"{where} cannot be represented in Arrow: {exc}") from exc
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def arrow_bytes_to_frame(buf: Buffer) -> pd.DataFrame:
+    """Read an Arrow IPC stream back into a DataFrame (default index, column names kept)."""
+    source = buf if isinstance(buf, pa.Buffer) else pa.py_buffer(buf)
+    with pa.ipc.open_stream(source) as reader:
+        table = reader.read_all()
+    return table.to_pandas(use_threads=False)
+
+
+def _json_default(value: Any) -> Any:
+    """Let numpy scalars/arrays and timestamps in params travel in the JSON header."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def encode_header(header: dict) -> bytes:
+    """The JSON bytes of a header; TypeError names a value JSON cannot carry."""
+    return json.dumps(header, separators=(",", ":"), default=_json_default).encode()
+
+
+def send_message(sock: socket.socket, header: dict, payload: Buffer = b"") -> None:
+    """Send one message: prefix, JSON header, payload (sent from its buffer, not copied)."""
+    head = encode_header(header)
+    view = memoryview(payload).cast("B")
+    sock.sendall(_PREFIX.pack(len(head), view.nbytes) + head)
+    if view.nbytes:
+        sock.sendall(view)
+
+
+def _recv_exact(sock: socket.socket, size: int, *, first: bool = False) -> bytearray | None:
+    """Read exactly ``size`` bytes into one buffer; None on a clean EOF before a message."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            if first and got == 0:
+                return None
+            raise ConnectionError(
+                f"connection closed in the middle of a message ({got}/{size} bytes)"
+            )
+        got += n
+    return buf
+
+
+def recv_message(sock: socket.socket) -> tuple[dict, bytearray]:
+    """Receive one message as (header, payload).
+
+    A clean close between messages raises :class:`PeerClosed`; a close in the middle of a
+    message or a garbled prefix raises ConnectionError.
+    """
+    prefix = _recv_exact(sock, _PREFIX.size, first=True)
+    if prefix is None:
+        raise PeerClosed("the peer closed the connection")
+    head_len, payload_len = _PREFIX.unpack(prefix)
+    if head_len > _MAX_HEADER:
+        raise ConnectionError(f"malformed message: header of {head_len} bytes")
+    head = _recv_exact(sock, head_len)
+    try:
+        header = json.loads(head)
+    except ValueError as exc:
+        raise ConnectionError(f"malformed message header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ConnectionError("malformed message header: not a JSON object")
+    payload = _recv_exact(sock, payload_len) if payload_len else bytearray()
+    return header, payload
+
+
+# --------------------------------------------------------------------- model output -> rows
+
+
+def _cells(values: np.ndarray) -> Any:
+    """Per-row values of an array: itself (1-D), row arrays (2-D) or nested lists (3+ dims)."""
+    if values.ndim <= 1:
+        return values
+    if values.ndim == 2:
+        return list(values)  # Arrow takes 1-D arrays as list cells
+    return values.tolist()  # Arrow takes no multi-dimensional cells: nest them as lists
+
+
+def _array_to_frame(values: np.ndarray) -> pd.DataFrame:
+    if values.dtype.names:  # a structured array: its fields are columns
+        return pd.DataFrame(values)
+    if values.ndim == 0:
+        raise ResultTypeError(
+            f"the model returned a scalar ({values.dtype} array of shape ()), not one value per row"
+        )
+    if values.ndim == 1:
+        return pd.DataFrame({"0": values}, copy=False)
+    if values.ndim == 2:
+        return pd.DataFrame(values, columns=[str(i) for i in range(values.shape[1])], copy=False)
+    return pd.DataFrame({"0": pd.Series(values.tolist(), dtype=object)})
+
+
+def _dict_to_frame(output: dict) -> pd.DataFrame:
+    columns = {
+        str(k): _cells(np.asarray(v)) if isinstance(v, (np.ndarray, list)) else v
+        for k, v in output.items()
+    }
+    try:
+        return pd.DataFrame(columns, copy=False)
+    except ValueError as exc:
+        raise ResultTypeError(
+            f"the model returned a dict that is not one value per row in each of "
+            f"{sorted(columns)}: {exc}"
+        ) from exc
+
+
+def prediction_to_frame(output: Any) -> pd.DataFrame:
+    """Turn a model's raw output into rows: string column names and a default index.
+
+    DataFrame as is; Series -> one column (its name or "0"); 1-D array or list of scalars ->
+    column "0"; 2-D array -> columns "0".."k-1"; 3+ dims -> column "0" of nested lists;
+    dict of arrays and list of dicts -> a frame with their keys as columns.
+    """
+    if isinstance(output, pd.DataFrame):
+        df = output
+    elif isinstance(output, pd.Series):
+        df = output.to_frame("0" if output.name is None else str(output.name))
+    elif isinstance(output, np.ndarray):
+        df = _array_to_frame(output)
+    elif isinstance(output, dict):
+        df = _dict_to_frame(output)
+    elif isinstance(output, (list, tuple)):
+        if output and all(isinstance(item, dict) for item in output):
+            df = pd.DataFrame(list(output))
+        else:
+            df = pd.DataFrame({"0": pd.Series(list(output), dtype=None if output else object)})
+    else:
+        raise ResultTypeError(
+            f"the model returned a {type(output).__name__}; expected a DataFrame, Series, "
+            "numpy array, list or dict of columns"
+        )
+    names = [str(c) for c in df.columns]
+    plain_index = isinstance(df.index, pd.RangeIndex) and df.index.start == 0 and df.index.step == 1
+    if names == list(df.columns) and plain_index:
+        return df
+    df = df.copy(deep=False)
+    df.columns = names
+    if not plain_index:
+        df.index = pd.RangeIndex(len(df))
+    return df
