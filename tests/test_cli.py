@@ -1,0 +1,563 @@
+"""The spark-pyfunc console script end to end: score, info, demo, and every error path.
+
+Scoring runs in-process through ``main([...])`` on the shared local[2] session (the CLI reuses an
+active session and leaves it running); the demo and a few error cases run as real subprocesses
+through the installed console script, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+
+from spark_pyfunc.cli import UsageError, main, parse_columns, parse_params
+from spark_pyfunc.demo import FEATURES, LogisticScorer, build_model, example_features
+from spark_pyfunc.loading import load_model
+from spark_pyfunc.saving import save_model
+
+CONSOLE_SCRIPT = Path(sys.executable).with_name("spark-pyfunc")
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return build_model(tmp_path_factory.mktemp("cli") / "model", seed=1)
+
+
+@pytest.fixture(scope="module")
+def features() -> pd.DataFrame:
+    frame = example_features(300, seed=3)
+    frame.insert(0, "id", np.arange(len(frame), dtype=np.int64))
+    return frame
+
+
+@pytest.fixture(scope="module")
+def parquet_input(tmp_path_factory, features) -> Path:
+    path = tmp_path_factory.mktemp("in") / "features.parquet"
+    features.to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def csv_input(tmp_path_factory, features) -> Path:
+    path = tmp_path_factory.mktemp("in") / "features.csv"
+    features.to_csv(path, index=False)
+    return path
+
+
+def expected(model_dir: Path, features: pd.DataFrame, **params) -> pd.DataFrame:
+    model = load_model(model_dir)
+    return model.predict(features[list(FEATURES)], params=params or None)
+
+
+def read_output(path: Path, fmt: str) -> pd.DataFrame:
+    """All part files of a Spark output directory, sorted by id."""
+    if fmt == "parquet":
+        frame = pd.read_parquet(path)
+    else:
+        parts = sorted(path.glob(f"part-*.{fmt}"))
+        assert parts, f"no part files in {path}"
+        if fmt == "csv":
+            frame = pd.concat([pd.read_csv(p) for p in parts])
+        else:
+            frame = pd.concat([pd.read_json(p, lines=True) for p in parts])
+    return frame.sort_values("id").reset_index(drop=True)
+
+
+def struct_fields(column: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame(list(column))
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("spark-pyfunc: error: ")
+    return lines[0]
+
+
+# ------------------------------------------------------------------ parsing, no Spark
+
+
+def test_params_are_json_when_they_parse_and_text_otherwise():
+    parsed = parse_params(["threshold=0.8", "on=true", "ids=[1, 2]", "name=eu-west", "eq=a=b"])
+    assert parsed == {"threshold": 0.8, "on": True, "ids": [1, 2], "name": "eu-west", "eq": "a=b"}
+
+
+@pytest.mark.parametrize("item", ["threshold", "=0.5", " =1"])
+def test_param_without_name_or_value_is_a_usage_error(item):
+    with pytest.raises(UsageError, match="NAME=VALUE"):
+        parse_params([item])
+
+
+def test_param_given_twice_is_a_usage_error():
+    with pytest.raises(UsageError, match="'threshold' is given twice"):
+        parse_params(["threshold=0.1", "threshold=0.2"])
+
+
+def test_columns_refuse_empty_and_repeated_names():
+    assert parse_columns(" a, b ") == ("a", "b")
+    with pytest.raises(UsageError, match="empty column name"):
+        parse_columns("a,,b")
+    with pytest.raises(UsageError, match="repeats a"):
+        parse_columns("a,b,a")
+
+
+def test_help_and_version_exit_zero(capsys):
+    assert main(["--help"]) == 0
+    assert "score" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert "spark-pyfunc" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------- errors, no Spark
+
+
+def test_missing_arguments_is_a_usage_error_on_one_line(capsys):
+    code, _, err = run_cli(capsys, "score", "model-only")
+    assert code == 2
+    line = one_error_line(err)
+    assert "INPUT" in line and "OUTPUT" in line and "spark-pyfunc score --help" in line
+
+
+def test_missing_model_directory(capsys, tmp_path, parquet_input):
+    missing = tmp_path / "no-such-model"
+    code, _, err = run_cli(capsys, "score", missing, parquet_input, tmp_path / "out.parquet")
+    assert code == 1
+    assert str(missing) in one_error_line(err)
+
+
+def test_directory_without_mlmodel(capsys, tmp_path, parquet_input):
+    (tmp_path / "not-a-model").mkdir()
+    code, _, err = run_cli(
+        capsys, "score", tmp_path / "not-a-model", parquet_input, tmp_path / "out.parquet"
+    )
+    assert code == 1
+    assert "MLmodel" in one_error_line(err)
+
+
+def test_remote_model_uri_is_refused(capsys, tmp_path, parquet_input):
+    code, _, err = run_cli(capsys, "score", "runs:/abc/model", parquet_input, tmp_path / "o.json")
+    assert code == 1
+    assert "runs:/abc/model" in one_error_line(err) and "local directory" in err
+
+
+def test_missing_input(capsys, tmp_path, model_dir):
+    missing = tmp_path / "nothing.parquet"
+    code, _, err = run_cli(capsys, "score", model_dir, missing, tmp_path / "out.parquet")
+    assert code == 1
+    line = one_error_line(err)
+    assert str(missing) in line and "does not exist" in line
+
+
+def test_glob_input_matching_nothing(capsys, tmp_path, model_dir):
+    code, _, err = run_cli(
+        capsys, "score", model_dir, tmp_path / "part-*.parquet", tmp_path / "out.parquet"
+    )
+    assert code == 1
+    assert "matches no file" in one_error_line(err)
+
+
+def test_unreadable_input(capsys, tmp_path, model_dir, features):
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file: permissions cannot make a file unreadable")
+    path = tmp_path / "secret.parquet"
+    features.to_parquet(path)
+    path.chmod(0)
+    code, _, err = run_cli(capsys, "score", model_dir, path, tmp_path / "out.parquet")
+    assert code == 1
+    assert "not readable" in one_error_line(err)
+
+
+def test_input_spark_cannot_read(spark, capsys, tmp_path, model_dir):
+    path = tmp_path / "corrupt.parquet"
+    path.write_text("id,f0\n1,2\n")
+    code, _, err = run_cli(capsys, "score", model_dir, path, tmp_path / "out.parquet")
+    assert code == 1
+    line = one_error_line(err)
+    assert "corrupt.parquet" in line and "Traceback" not in err
+
+
+def test_existing_output_with_mode_error(capsys, tmp_path, model_dir, parquet_input):
+    out = tmp_path / "scored.parquet"
+    out.mkdir()
+    code, _, err = run_cli(capsys, "score", model_dir, parquet_input, out)
+    assert code == 1
+    line = one_error_line(err)
+    assert str(out) in line and "--mode overwrite" in line
+
+
+def test_output_equal_to_input_is_refused(capsys, model_dir, parquet_input):
+    code, _, err = run_cli(
+        capsys, "score", model_dir, parquet_input, parquet_input, "--mode", "overwrite"
+    )
+    assert code == 2
+    assert "same path" in one_error_line(err)
+
+
+def test_unknown_format_needs_an_option(capsys, tmp_path, model_dir, parquet_input):
+    code, _, err = run_cli(capsys, "score", model_dir, parquet_input, tmp_path / "scored.out")
+    assert code == 2
+    line = one_error_line(err)
+    assert "scored.out" in line and "--output-format" in line
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ("threshold", "NAME=VALUE"),
+        ("cutoff=0.3", "no param 'cutoff'; its params are: threshold"),
+        ("threshold=not-a-number", "threshold"),
+    ],
+)
+def test_bad_param(capsys, tmp_path, model_dir, parquet_input, param, message):
+    code, _, err = run_cli(
+        capsys, "score", model_dir, parquet_input, tmp_path / "o.parquet", "--param", param
+    )
+    assert code == 2
+    assert message in one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ("a,,b", "empty column name"),
+        (",".join(f"c{i}" for i in range(9)), "gives 9 columns but the model takes 8 inputs"),
+        ("f0,f1", "the required inputs f2, f3, f4, f5, f6, f7 are left without a column"),
+    ],
+)
+def test_bad_columns(capsys, tmp_path, model_dir, parquet_input, columns, message):
+    code, _, err = run_cli(
+        capsys, "score", model_dir, parquet_input, tmp_path / "o.parquet", "--columns", columns
+    )
+    assert code == 2
+    assert message in one_error_line(err)
+
+
+def test_params_for_a_model_without_params_schema(capsys, tmp_path, parquet_input):
+    weights = tmp_path / "w.npy"
+    np.save(weights, np.zeros(len(FEATURES) + 1))
+    model = tmp_path / "plain"
+    save_model(
+        model,
+        python_model=LogisticScorer(),
+        artifacts={"weights": str(weights)},
+        input_example=example_features(3),
+    )
+    code, _, err = run_cli(
+        capsys, "score", model, parquet_input, tmp_path / "o.parquet", "--param", "threshold=1"
+    )
+    assert code == 2
+    assert "takes no params" in one_error_line(err)
+
+
+# ------------------------------------------------------------------------------- info
+
+
+def test_info_text(capsys, model_dir):
+    code, out, _ = run_cli(capsys, "info", model_dir)
+    assert code == 0
+    metadata = load_model(model_dir).metadata
+    assert str(model_dir) in out
+    assert "python_function" in out and "mlflow.pyfunc.model" in out
+    assert metadata.model_uuid in out
+    assert "inputs:" in out and "outputs:" in out
+    for name in (*FEATURES, "probability", "label"):
+        assert name in out
+    param_line = next(line for line in out.splitlines() if "threshold" in line)
+    assert param_line.split() == ["threshold", "double", "0.5"]
+    assert "weights" in out and "requirements:" in out and "cloudpickle" in out
+
+
+def test_info_json_is_a_stable_dict(capsys, model_dir):
+    code, out, _ = run_cli(capsys, "info", model_dir, "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert set(info) == {
+        "path", "flavors", "loader_module", "model_uuid", "utc_time_created",
+        "model_size_bytes", "python_version", "cloudpickle_version", "mlflow_version",
+        "inputs", "outputs", "params", "artifacts", "requirements",
+    }  # fmt: skip
+    assert info["path"] == str(model_dir.resolve()) or info["path"] == str(model_dir)
+    assert info["loader_module"] == "mlflow.pyfunc.model"
+    assert "python_function" in info["flavors"]
+    assert info["inputs"] == [{"name": f, "type": "double", "required": True} for f in FEATURES]
+    assert [o["name"] for o in info["outputs"]] == ["probability", "label"]
+    assert info["params"] == [{"name": "threshold", "type": "double", "default": 0.5}]
+    assert list(info["artifacts"]) == ["weights"]
+    assert info["model_size_bytes"] > 0
+    assert info["python_version"].startswith(f"{sys.version_info.major}.")
+    assert any(r.startswith("cloudpickle") for r in info["requirements"])
+
+
+def test_info_on_missing_model(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "info", tmp_path / "gone", "--json")
+    assert code == 1
+    assert str(tmp_path / "gone") in one_error_line(err)
+
+
+# ------------------------------------------------------------- scoring on local Spark
+
+
+def test_score_parquet_to_parquet(spark, capsys, tmp_path, model_dir, parquet_input, features):
+    out = tmp_path / "scored.parquet"
+    code, stdout, err = run_cli(capsys, "score", model_dir, parquet_input, out)
+    assert code == 0, err
+    summary = dict(line.split(None, 1) for line in stdout.strip().splitlines())
+    assert summary["rows"] == f"{len(features):,}"
+    assert float(summary["seconds"]) > 0 and float(summary["rows/s"].replace(",", "")) > 0
+    assert summary["output"] == f"{out} (parquet)"
+    assert summary["scope"] == "process"  # a 1 KiB model is below the auto threshold
+    got = read_output(out, "parquet")
+    assert list(got.columns) == [*features.columns, "prediction"]
+    pd.testing.assert_frame_equal(got[features.columns], features)
+    pred = struct_fields(got["prediction"])
+    want = expected(model_dir, features)
+    np.testing.assert_allclose(pred["probability"], want["probability"])
+    np.testing.assert_array_equal(pred["label"], want["label"])
+    assert spark.sparkContext._jsc is not None  # the shared session was left running
+
+
+def test_score_csv_to_json_with_param(spark, capsys, tmp_path, model_dir, csv_input, features):
+    out = tmp_path / "scored.json"
+    code, _, err = run_cli(capsys, "score", model_dir, csv_input, out, "--param", "threshold=0.9")
+    assert code == 0, err
+    got = read_output(out, "json")
+    pred = struct_fields(got["prediction"])
+    want = expected(model_dir, features, threshold=0.9)
+    assert 0 < want["label"].sum() < len(want)  # the threshold matters for this data
+    np.testing.assert_allclose(pred["probability"], want["probability"])
+    np.testing.assert_array_equal(pred["label"], want["label"])
+
+
+def test_struct_predictions_written_as_csv_get_one_column_per_field(
+    spark, capsys, tmp_path, model_dir, parquet_input, features
+):
+    out = tmp_path / "scored.csv"
+    code, _, err = run_cli(
+        capsys, "score", model_dir, parquet_input, out, "--output-column", "churn"
+    )
+    assert code == 0, err
+    got = read_output(out, "csv")
+    assert list(got.columns) == [*features.columns, "churn_probability", "churn_label"]
+    want = expected(model_dir, features)
+    np.testing.assert_allclose(got["churn_probability"], want["probability"])
+    np.testing.assert_array_equal(got["churn_label"], want["label"])
+
+
+def test_modes_overwrite_and_append(spark, capsys, tmp_path, model_dir, parquet_input, features):
+    out = tmp_path / "scored.parquet"
+    assert main(["score", str(model_dir), str(parquet_input), str(out)]) == 0
+    assert main(["score", str(model_dir), str(parquet_input), str(out)]) == 1
+    assert "--mode overwrite" in one_error_line(capsys.readouterr().err)
+    assert main(["score", str(model_dir), str(parquet_input), str(out), "--mode", "overwrite"]) == 0
+    assert len(read_output(out, "parquet")) == len(features)
+    assert main(["score", str(model_dir), str(parquet_input), str(out), "--mode", "append"]) == 0
+    got = read_output(out, "parquet")
+    assert len(got) == 2 * len(features)
+    assert (got["id"].value_counts() == 2).all()
+
+
+def test_columns_bind_input_columns_to_model_inputs_in_order(
+    spark, capsys, tmp_path, model_dir, features
+):
+    renamed = features.rename(columns={f: f"x_{f}" for f in FEATURES})
+    source = tmp_path / "renamed.parquet"
+    renamed.to_parquet(source, index=False)
+    out = tmp_path / "scored.parquet"
+    columns = ",".join(f"x_{f}" for f in FEATURES)
+    code, _, err = run_cli(capsys, "score", model_dir, source, out, "--columns", columns)
+    assert code == 0, err
+    pred = struct_fields(read_output(out, "parquet")["prediction"])
+    np.testing.assert_allclose(pred["probability"], expected(model_dir, features)["probability"])
+
+
+def test_result_type_picks_a_scalar(spark, capsys, tmp_path, model_dir, parquet_input, features):
+    out = tmp_path / "p.parquet"
+    code, _, err = run_cli(
+        capsys, "score", model_dir, parquet_input, out, "--result-type", "double",
+        "--output-column", "p", "--scope", "executor",
+    )  # fmt: skip
+    assert code == 0, err
+    got = read_output(out, "parquet")
+    np.testing.assert_allclose(got["p"], expected(model_dir, features)["probability"])
+
+
+def test_errors_found_once_spark_reads_the_input(spark, capsys, tmp_path, model_dir, features):
+    source = tmp_path / "in.parquet"
+    features.to_parquet(source, index=False)
+    out = tmp_path / "o.parquet"
+    columns = ",".join([*FEATURES[:-1], "nope"])
+    code, _, err = run_cli(capsys, "score", model_dir, source, out, "--columns", columns)
+    assert code == 2
+    assert "--columns names nope, not in INPUT" in one_error_line(err)
+
+    code, _, err = run_cli(capsys, "score", model_dir, source, out, "--output-column", "id")
+    assert code == 2
+    assert "already has a column 'id'" in one_error_line(err)
+
+    code, _, err = run_cli(capsys, "score", model_dir, source, out, "--result-type", "dubble")
+    assert code == 2
+    assert "--result-type" in one_error_line(err)
+
+    features.drop(columns=["f3"]).to_parquet(source, index=False)
+    code, _, err = run_cli(capsys, "score", model_dir, source, out)
+    assert code == 1
+    assert "has no column f3, required by the model's signature" in one_error_line(err)
+
+
+def test_failure_inside_spark_is_one_line(spark, capsys, tmp_path, model_dir, features):
+    broken = features.astype({"f2": str})
+    broken["f2"] = "not a number"
+    source = tmp_path / "broken.csv"
+    broken.to_csv(source, index=False)
+    code, _, err = run_cli(capsys, "score", model_dir, source, tmp_path / "o.parquet")
+    assert code == 1
+    line = one_error_line(err)
+    assert "SchemaEnforcementError" in line and "f2" in line
+    assert "Traceback" not in err
+
+    code, _, err = run_cli(capsys, "score", model_dir, source, tmp_path / "o.parquet", "--verbose")
+    assert code == 1
+    assert "Traceback" in err  # --verbose keeps the whole story
+
+
+def test_demo_can_keep_its_model_and_data_for_info_and_score(spark, capsys, tmp_path):
+    model, data = tmp_path / "demo_model", tmp_path / "demo_data.parquet"
+    code, out, err = run_cli(
+        capsys, "demo", "--rows", "1000", "--save-model", model, "--save-data", data
+    )
+    assert code == 0, err
+    assert "1,000 rows" in out and str(model) in out
+    assert main(["info", str(model)]) == 0
+    out_dir = tmp_path / "scored.parquet"
+    assert main(["score", str(model), str(data), str(out_dir)]) == 0
+    got = pd.read_parquet(out_dir)
+    want = load_model(model).predict(got[list(FEATURES)])
+    np.testing.assert_allclose(struct_fields(got["prediction"])["probability"], want["probability"])
+
+
+# ---------------------------------------------------------------- real subprocesses
+
+
+def _cli_command() -> list[str]:
+    if CONSOLE_SCRIPT.exists():
+        return [str(CONSOLE_SCRIPT)]
+    return [sys.executable, "-m", "spark_pyfunc.cli"]
+
+
+def _tagged(tag: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("SPARK_PYFUNC_CLI_TEST") == tag:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_demo_subprocess_prints_throughput_and_leaves_nothing_behind(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    tag = uuid.uuid4().hex
+    env = {**os.environ, "TMPDIR": str(scratch), "SPARK_PYFUNC_CLI_TEST": tag}
+    env.pop("PYSPARK_PYTHON", None)  # the CLI must point Spark's workers at its interpreter
+    done = subprocess.run(
+        [*_cli_command(), "demo", "--rows", "50000"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "50,000 rows in" in done.stdout and "rows/s" in done.stdout
+    assert "scope=executor" in done.stdout and "Preview" in done.stdout
+    assert "probability" in done.stdout and "label" in done.stdout
+    assert "Traceback" not in done.stderr and " ERROR " not in done.stderr
+    assert not [p for p in scratch.iterdir() if p.name.startswith("spark-pyfunc-")]
+    deadline = time.monotonic() + 30
+    while _tagged(tag) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    leftover = _tagged(tag)
+    assert not leftover, [p.cmdline() for p in leftover]
+
+
+def test_error_subprocess_is_one_line_with_status_1(tmp_path, parquet_input):
+    done = subprocess.run(
+        [*_cli_command(), "score", str(tmp_path / "nope"), str(parquet_input), "o.parquet"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert str(tmp_path / "nope") in one_error_line(done.stderr)
+    assert done.stdout == ""
+
+
+def test_usage_error_subprocess_has_status_2(tmp_path):
+    done = subprocess.run(
+        [*_cli_command(), "score", "--mode", "sometimes", "m", "i.csv", "o.csv"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--mode" in one_error_line(done.stderr)
+
+
+def _without_java_env(path: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env["PATH"] = path
+    return env
+
+
+def test_no_java_gives_install_instructions(tmp_path, model_dir, parquet_input):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    command = [sys.executable, "-m", "spark_pyfunc.cli"]
+    for argv in (
+        ["score", str(model_dir), str(parquet_input), str(tmp_path / "o.parquet")],
+        ["demo"],
+    ):
+        done = subprocess.run(
+            [*command, *argv], env=_without_java_env(str(empty)),
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 1
+        line = one_error_line(done.stderr)
+        assert "Java 17 or 21" in line and "apt-get install openjdk-17-jre-headless" in line
+        assert "JAVA_HOME" in line
+
+
+def test_java_home_without_java_and_old_java(tmp_path):
+    command = [sys.executable, "-m", "spark_pyfunc.cli", "demo"]
+    env = _without_java_env(os.environ["PATH"])
+    env["JAVA_HOME"] = str(tmp_path / "jdk")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert f"JAVA_HOME={tmp_path / 'jdk'} has no bin/java" in one_error_line(done.stderr)
+
+    fake = tmp_path / "old" / "bin"
+    fake.mkdir(parents=True)
+    java = fake / "java"
+    java.write_text("#!/bin/sh\necho 'openjdk version \"11.0.2\" 2019-01-15' >&2\n")
+    java.chmod(0o755)
+    done = subprocess.run(
+        command, env=_without_java_env(f"{fake}:{os.environ['PATH']}"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    line = one_error_line(done.stderr)
+    assert "needs Java 17 or 21" in line and "is Java 11" in line
