@@ -1,0 +1,56 @@
+"""spark_udf on a Spark Connect session: the model ships as a session artifact and the
+executor-side host works as on a classic session, one load for two UDFs over the same model.
+
+The Connect application runs in its own interpreter (see connect_app.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from udf_models import FEATURES, Linear, save
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def linear_model(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("connect-linear")
+    np.save(root / "w.npy", np.linspace(-1, 1, 8))
+    example = pd.DataFrame(np.ones((3, 8)), columns=FEATURES)
+    return save(
+        Linear(), root / "model", artifacts={"weights": str(root / "w.npy")}, input_example=example
+    )
+
+
+def test_connect_session_scores_with_one_host(linear_model, tmp_path):
+    pytest.importorskip("grpc", reason="the connect extra (pyspark[connect]) is not installed")
+    counter = tmp_path / "loads.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_CONNECT")}
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "connect_app.py"), str(linear_model), str(counter)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert result["session_type"].startswith("pyspark.sql.connect")
+    assert result["rows"] == [2000, 2000]
+    assert max(result["max_abs_diff"]) < 1e-9
+    loads = Counter(line.split()[1] for line in counter.read_text().splitlines())
+    # One host served both UDFs: exactly one load_context, in a process other than the driver.
+    assert len(loads) == 1 and list(loads.values()) == [1], loads
+    assert str(result["driver_pid"]) not in loads
