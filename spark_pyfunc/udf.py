@@ -126,16 +126,18 @@ def result_type_from_signature(outputs: sch.Schema | None) -> DataType:
     specs = list(outputs.inputs)
     names = [str(n) for n in outputs.input_names()]
     if outputs.is_tensor_spec():
-        types = [_spark_type_of_tensor(s, f"output {n!r}") for s, n in zip(specs, names)]
+        types = [
+            _spark_type_of_tensor(s, f"output {n!r}") for s, n in zip(specs, names, strict=True)
+        ]
     else:
-        types = [_spark_type_of(s.type, f"output {n!r}") for s, n in zip(specs, names)]
+        types = [_spark_type_of(s.type, f"output {n!r}") for s, n in zip(specs, names, strict=True)]
     if len(types) == 1:
         return types[0]
-    return StructType([StructField(n, t, True) for n, t in zip(names, types)])
+    return StructType([StructField(n, t, True) for n, t in zip(names, types, strict=True)])
 
 
 def parse_result_type(result_type: str | DataType) -> DataType:
-    """Accept a DataType or a DDL string (``"double"``, ``"array<float>"``, ``"a int, b string"``)."""
+    """A DataType, or a DDL string: ``"double"``, ``"array<float>"``, ``"a int, b string"``."""
     if isinstance(result_type, DataType):
         return result_type
     if not isinstance(result_type, str):
@@ -147,7 +149,9 @@ def parse_result_type(result_type: str | DataType) -> DataType:
     try:
         return _parse_datatype_string(result_type)
     except Exception as exc:  # pyspark raises its own ParseException types
-        raise SparkPyfuncError(f"result_type {result_type!r} is not a valid Spark type: {exc}") from exc
+        raise SparkPyfuncError(
+            f"result_type {result_type!r} is not a valid Spark type: {exc}"
+        ) from exc
 
 
 # ------------------------------------------------------------------ fitting predictions
@@ -185,7 +189,7 @@ def _fit_column(values: pd.Series, dtype: DataType, output: str) -> pd.Series:
         if np.can_cast(kind, wanted):
             return values.astype(wanted, copy=False)
     if isinstance(dtype, StringType):
-        if kind == object or pd.api.types.is_string_dtype(kind):
+        if kind == np.dtype(object) or pd.api.types.is_string_dtype(kind):
             return values
         return values.map(lambda v: None if pd.isna(v) else str(v))
     if isinstance(dtype, TimestampType) and pd.api.types.is_datetime64_any_dtype(kind):
@@ -235,7 +239,10 @@ def fit_prediction(pred: pd.DataFrame, dtype: DataType, rows: int) -> pd.Series 
                 f"returned columns {columns}"
             )
         return pd.DataFrame(
-            {f.name: _fit_column(s, f.dataType, f.name) for f, s in zip(dtype.fields, picked)}
+            {
+                f.name: _fit_column(s, f.dataType, f.name)
+                for f, s in zip(dtype.fields, picked, strict=True)
+            }
         )
     if len(pred.columns) == 0:
         raise ResultTypeError("the model returned no output columns")
@@ -392,7 +399,8 @@ class SparkPyfuncUDF:
             )
         plan = _Plan(**{**self._plan.__dict__, "input_names": names})
 
-        def predict(batches: Iterator[Union[pd.Series, pd.DataFrame]]) -> Iterator[pd.DataFrame]:
+        # typing.Union, not "|": pandas_udf reads these hints and does not know types.UnionType.
+        def predict(batches: Iterator[Union[pd.Series, pd.DataFrame]]) -> Iterator[pd.DataFrame]:  # noqa: UP007
             return _score_batches(plan, batches)
 
         udf = pandas_udf(predict, plan.result_type)  # type: ignore[call-overload]

@@ -10,7 +10,6 @@ import sys
 
 import cloudpickle
 import mlflow.pyfunc
-
 from format_models import ConfigLogic, LinearLogic, MethodsLogic, OutputLogic
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -282,4 +282,3 @@ def test_resolve_inside_a_symlinked_model_directory(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     os.symlink(tmp_path / "real", tmp_path / "alias")
     assert resolve_inside(tmp_path / "alias", "f", "x") == tmp_path / "alias" / "f"
-

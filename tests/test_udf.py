@@ -108,7 +108,9 @@ def test_bad_arguments_are_refused_when_the_udf_is_built(spark, linear_model, tm
 @pytest.fixture(scope="module")
 def probe_model(tmp_path_factory) -> Path:
     sig = ModelSignature(
-        inputs=Schema([ColSpec(DataType.double, "a"), ColSpec(DataType.string, "b", required=False)]),
+        inputs=Schema(
+            [ColSpec(DataType.double, "a"), ColSpec(DataType.string, "b", required=False)]
+        ),
         outputs=Schema(
             [
                 ColSpec(DataType.long, "pid"),
@@ -146,7 +148,9 @@ def test_empty_partitions_never_load_the_model(spark, probe_model, tmp_path):
 
 def test_executor_scope_uses_one_host_for_all_workers(spark, probe_model, tmp_path):
     counter = tmp_path / "loads.txt"
-    predict = spark_udf(spark, probe_model, model_config={"counter": str(counter)}, scope="executor")
+    predict = spark_udf(
+        spark, probe_model, model_config={"counter": str(counter)}, scope="executor"
+    )
     df = spark.range(0, 4000, numPartitions=8).selectExpr("cast(id as double) as a", "'x' as b")
     out = df.select(predict("a", "b").alias("p")).select("p.*").toPandas()
     assert len(out) == 4000
@@ -200,6 +204,8 @@ def test_result_types(spark, shapes_model, kind, result_type, expected):
 @pytest.mark.parametrize("scope", ["process", "executor"])
 def test_bad_predictions_name_the_problem(spark, shapes_model, kind, result_type, message, scope):
     df = spark.range(0, 50, numPartitions=2).selectExpr("cast(id as double) as x")
-    predict = spark_udf(spark, shapes_model, result_type=result_type, params={"kind": kind}, scope=scope)
+    predict = spark_udf(
+        spark, shapes_model, result_type=result_type, params={"kind": kind}, scope=scope
+    )
     with pytest.raises(Exception, match=message):
         df.select(predict("x")).collect()
