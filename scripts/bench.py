@@ -39,6 +39,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+# Loopback only, for the driver as for the standalone Master and Worker.
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
 import bench_models as bm  # noqa: E402
 import standalone as sa  # noqa: E402
 

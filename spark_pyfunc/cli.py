@@ -493,14 +493,20 @@ def spark_session(
     with tempfile.TemporaryDirectory(prefix="spark-pyfunc-") as scratch:
         log_conf = Path(scratch, "log4j2.properties")
         log_conf.write_text(_LOG4J.format(level="warn" if verbose else "fatal"))
-        spark = (
-            SparkSession.builder.master(master or DEFAULT_MASTER)
+        master = master or DEFAULT_MASTER
+        builder = (
+            SparkSession.builder.master(master)
             .appName(app_name)
             .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={log_conf}")
             # Spark's progress bar is for a console: in a log file it is a wall of \r lines.
             .config("spark.ui.showConsoleProgress", str(sys.stderr.isatty()).lower())
-            .getOrCreate()
         )
+        if master.startswith("local"):
+            # An embedded session needs no network: keep the driver on the loopback interface.
+            builder = builder.config("spark.driver.host", "127.0.0.1").config(
+                "spark.driver.bindAddress", "127.0.0.1"
+            )
+        spark = builder.getOrCreate()
         try:
             yield spark
         finally:

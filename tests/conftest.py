@@ -16,6 +16,9 @@ import pytest
 # Spark's Python workers must run this interpreter (the virtualenv with spark_pyfunc in it).
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+# Loopback only: without this Spark binds the driver to the machine's first interface address.
+# Subprocesses (spark-submit, notebook kernels, the CLI) inherit it.
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 LOCAL_MASTER = "local[2]"
 CLUSTER_MASTER = "local-cluster[2,2,1024]"
@@ -73,5 +76,13 @@ def cluster_spark(spark_tmp):
 def _stop_spark_at_end() -> Iterator[None]:
     yield
     session = _active.pop("session", None)
+    if session is not None:
+        session.stop()
+
+
+def stop_active_session() -> None:
+    """Stop the shared session (the next fixture use starts a fresh one)."""
+    session = _active.pop("session", None)
+    _active.clear()
     if session is not None:
         session.stop()
