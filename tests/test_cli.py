@@ -175,12 +175,16 @@ def test_glob_input_matching_nothing(capsys, tmp_path, model_dir):
     assert "matches no file" in one_error_line(err)
 
 
-def test_unreadable_input(capsys, tmp_path, model_dir, features):
-    if os.geteuid() == 0:
-        pytest.skip("root reads every file: permissions cannot make a file unreadable")
+def test_unreadable_input(capsys, tmp_path, model_dir, features, monkeypatch):
     path = tmp_path / "secret.parquet"
     features.to_parquet(path)
     path.chmod(0)
+    if os.geteuid() == 0:  # root reads every file: deny access the way the kernel would
+        real_access = os.access
+        monkeypatch.setattr(
+            "spark_pyfunc.cli.os.access",
+            lambda p, mode: str(p) != str(path) and real_access(p, mode),
+        )
     code, _, err = run_cli(capsys, "score", model_dir, path, tmp_path / "out.parquet")
     assert code == 1
     assert "not readable" in one_error_line(err)
