@@ -8,13 +8,14 @@ imports it: ``..``, absolute paths and symbolic links that lead out are refused.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
-from spark_pyfunc.errors import ModelFormatError, SchemaError, UnsafePathError
+from spark_pyfunc.errors import ModelFormatError, SchemaError, SparkPyfuncError, UnsafePathError
 from spark_pyfunc.schema import ModelSignature, ParamSchema, Schema
 
 MLMODEL_FILE = "MLmodel"
@@ -58,6 +59,31 @@ def resolve_inside(model_dir: str | os.PathLike[str], relpath: Any, what: str) -
             f"model directory {root}"
         )
     return candidate
+
+
+def read_model_config(
+    value: Mapping[str, Any] | str | os.PathLike[str] | None,
+    error: type[SparkPyfuncError] = ModelFormatError,
+) -> dict[str, Any]:
+    """model_config as MLflow accepts it: a dict, or the path of a YAML/JSON file holding one.
+
+    ``error`` is the exception raised for a bad value (ModelSaveError when saving).
+    """
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (str, os.PathLike)):
+        try:
+            loaded = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise error(f"cannot read the model_config file {value}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise error(f"the model_config file {value} must hold a mapping")
+        return loaded
+    raise error(
+        f"model_config must be a dict or the path of a YAML/JSON file, not {type(value).__name__}"
+    )
 
 
 def write_mlmodel(model_dir: str | os.PathLike[str], content: dict[str, Any]) -> Path:

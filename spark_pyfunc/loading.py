@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
-import yaml
 
 from spark_pyfunc.errors import MissingDependencyError, ModelFormatError
-from spark_pyfunc.format import ModelMetadata, read_metadata
+from spark_pyfunc.format import ModelMetadata, read_metadata, read_model_config
 from spark_pyfunc.python_model import PythonModelContext, bind_inference
 from spark_pyfunc.schema import enforce_params, enforce_schema
 
@@ -138,7 +137,7 @@ def load_model(
     started = time.perf_counter()
     metadata = read_metadata(path)
     _add_code_to_sys_path(metadata.code_path())
-    config = {**metadata.model_config, **_read_config(model_config)}
+    config = {**metadata.model_config, **read_model_config(model_config)}
     if metadata.is_custom_pyfunc:
         _warn_on_version_mismatch(metadata)
         python_model = _unpickle(metadata)
@@ -156,25 +155,6 @@ def load_model(
         time.perf_counter() - started,
     )
     return model
-
-
-def _read_config(model_config: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
-    if model_config is None:
-        return {}
-    if isinstance(model_config, Mapping):
-        return dict(model_config)
-    if isinstance(model_config, (str, os.PathLike)):
-        try:
-            loaded = yaml.safe_load(Path(model_config).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ModelFormatError(f"cannot read model_config file {model_config}: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ModelFormatError(f"model_config file {model_config} must hold a mapping")
-        return loaded
-    raise ModelFormatError(
-        f"model_config must be a dict or the path of a YAML/JSON file, "
-        f"not {type(model_config).__name__}"
-    )
 
 
 def _add_code_to_sys_path(code: Path | None) -> None:

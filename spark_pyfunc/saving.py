@@ -39,6 +39,7 @@ from spark_pyfunc.format import (
     REQUIREMENTS_FILE,
     ModelMetadata,
     read_metadata,
+    read_model_config,
     write_mlmodel,
 )
 from spark_pyfunc.python_model import PythonModelContext, bind_inference
@@ -81,7 +82,7 @@ def save_model(
     artifact_sources = _artifact_sources(artifacts)
     code_sources = _code_sources(code_paths)
     signature = _as_signature(signature)
-    config = _read_mapping_or_file(model_config, "model_config")
+    config = read_model_config(model_config, error=ModelSaveError)
     if metadata is not None and not isinstance(metadata, Mapping):
         raise ModelSaveError(f"metadata must be a dict, not {type(metadata).__name__}")
     metadata = dict(metadata) if metadata is not None else None
@@ -197,23 +198,6 @@ def _as_signature(signature: Any) -> ModelSignature | None:
         return ModelSignature.from_dict(signature.to_dict())
     except SchemaError as exc:
         raise ModelSaveError(f"signature cannot be read: {exc}") from exc
-
-
-def _read_mapping_or_file(value: Any, what: str) -> dict[str, Any]:
-    """A dict, or (as MLflow allows for model_config) the path of a YAML/JSON file of one."""
-    if value is None:
-        return {}
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, (str, os.PathLike)):
-        try:
-            loaded = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ModelSaveError(f"cannot read the {what} file {value}: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ModelSaveError(f"the {what} file {value} must hold a mapping")
-        return loaded
-    raise ModelSaveError(f"{what} must be a dict, not {type(value).__name__}")
 
 
 def _check_yaml(values: dict[str, Any]) -> None:

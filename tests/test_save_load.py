@@ -426,3 +426,16 @@ def test_without_mlflow_our_models_load_and_mlflow_pickles_say_to_install_it(
     module, install, message = result["error"]
     assert module.split(".")[0] == "mlflow" and install == "mlflow"
     assert "pip install mlflow" in message
+
+
+def test_model_config_may_be_a_yaml_or_json_file(tmp_path):
+    (tmp_path / "config.yaml").write_text("a: 1\nb: text\n")
+    (tmp_path / "override.json").write_text('{"b": "json"}')
+    save_model(tmp_path / "m", python_model=Config(), model_config=tmp_path / "config.yaml")
+    got = load_model(tmp_path / "m", model_config=str(tmp_path / "override.json"))
+    assert got.predict(frame(1)).to_dict("list") == {"a": ["1"], "b": ["json"]}
+    (tmp_path / "list.yaml").write_text("- not a mapping\n")
+    with pytest.raises(ModelFormatError, match="list.yaml must hold a mapping"):
+        load_model(tmp_path / "m", model_config=tmp_path / "list.yaml")
+    with pytest.raises(ModelSaveError, match="missing.yaml"):
+        save_model(tmp_path / "m2", python_model=Config(), model_config=tmp_path / "missing.yaml")
