@@ -32,6 +32,8 @@ class Counting(PythonModel):
             with open(config["count_file"], "a") as f:
                 f.write(f"load {os.getpid()}\n")
         time.sleep(float(config.get("load_delay", 0.0)))
+        if config.get("alloc_bytes"):  # more memory than the machine has: MemoryError
+            self.blob = bytearray(int(config["alloc_bytes"]))
         if config.get("fail_load"):
             raise RuntimeError("load_context failed on purpose")
         self.offset = float(config.get("offset", 0.0))

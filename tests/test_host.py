@@ -359,6 +359,18 @@ def test_load_context_error_is_a_host_error_with_the_log_tail(hosts: Hosts, mode
     assert hosts.processes(spec.key) == []
 
 
+def test_out_of_memory_in_load_context_is_a_host_error_in_bounded_time(
+    hosts: Hosts, model_dir: str
+) -> None:
+    spec = hosts.spec(model_dir, model_config={"alloc_bytes": 2**62})
+    started = time.monotonic()
+    with hosts.client(spec) as client, pytest.raises(HostError) as info:
+        client.predict(FRAME)
+    assert time.monotonic() - started < 30
+    assert "MemoryError" in info.value.log_tail
+    assert hosts.processes(spec.key) == []
+
+
 def test_model_code_import_error_is_a_host_error(
     hosts: Hosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, LongType, StructType
-from udf_models import FEATURES, Linear, Probe, Shapes, save
+from udf_models import FEATURES, Echo, Linear, Probe, Shapes, save
 
 from spark_pyfunc.errors import SchemaEnforcementError, SparkPyfuncError
 from spark_pyfunc.loading import load_model
@@ -209,3 +209,48 @@ def test_bad_predictions_name_the_problem(spark, shapes_model, kind, result_type
     )
     with pytest.raises(Exception, match=message):
         df.select(predict("x")).collect()
+
+
+@pytest.fixture(scope="module")
+def echo_model(tmp_path_factory) -> Path:
+    columns = [ColSpec(DataType.string, "s"), ColSpec(DataType.binary, "b")]
+    columns.append(ColSpec(DataType.double, "x"))
+    sig = ModelSignature(inputs=Schema(columns), outputs=Schema(columns))
+    return save(Echo(), tmp_path_factory.mktemp("echo") / "model", signature=sig)
+
+
+@pytest.mark.parametrize("scope", ["process", "executor"])
+def test_unicode_binary_nulls_and_nan_round_trip(spark, echo_model, scope):
+    rows = [
+        ("héllo wörld ✓", b"\x00\xff\x10", 1.5),
+        ("日本語テキスト", b"", float("nan")),
+        ("emoji 🚀🎉", b"\xde\xad\xbe\xef" * 50, None),
+        (None, None, -0.0),
+        ("", b"bytes", float("inf")),
+    ]
+    df = spark.createDataFrame(rows * 40, "s string, b binary, x double").repartition(3)
+    predict = spark_udf(spark, echo_model, scope=scope)
+    out = df.select("s", "b", "x", predict().alias("p")).select(
+        "s", "b", "x", F.col("p.s").alias("ps"), F.col("p.b").alias("pb"), F.col("p.x").alias("px")
+    )
+    got = out.toPandas()
+    assert (got["ps"].fillna("<null>") == got["s"].fillna("<null>")).all()
+    assert [None if v is None else bytes(v) for v in got["pb"]] == [
+        None if v is None else bytes(v) for v in got["b"]
+    ]
+    # pandas has one missing marker for doubles: a null and a NaN both reach the model as NaN,
+    # and a NaN the model returns comes back to Spark as null (as with any pandas UDF).
+    finite = got["x"].notna()
+    np.testing.assert_array_equal(got.loc[finite, "px"], got.loc[finite, "x"])
+    assert got.loc[~finite, "px"].isna().all()
+    assert out.where("px is null").count() == out.where("x is null or isnan(x)").count()
+
+
+def test_a_single_huge_partition_is_scored_in_batch_size_chunks(spark, probe_model):
+    df = spark.range(0, 200_000, numPartitions=1).selectExpr(
+        "cast(id as double) as a", "cast(id as string) as b"
+    )
+    predict = spark_udf(spark, probe_model, batch_size=5000, scope="executor")
+    sizes = df.select(predict("a", "b").alias("p")).select("p.rows").toPandas()["rows"]
+    assert len(sizes) == 200_000
+    assert sizes.max() == 5000  # no predict call ever saw more than batch_size rows

@@ -47,6 +47,16 @@ class Linear(PythonModel):
         return -self.predict(context, model_input, params)
 
 
+class SlowLinear(Linear):
+    """Linear, sleeping model_config["delay"] seconds per batch: a job long enough to hurt."""
+
+    def predict(self, context, model_input, params=None):
+        import time
+
+        time.sleep(float((context.model_config or {}).get("delay", 0.0)))
+        return super().predict(context, model_input, params)
+
+
 class Probe(PythonModel):
     """Reports what it saw: the host/worker pid, batch sizes and nulls, for UDF semantics tests."""
 
@@ -63,6 +73,13 @@ class Probe(PythonModel):
                 "tag": [str((params or {}).get("tag", "none"))] * n,
             }
         )
+
+
+class Echo(PythonModel):
+    """Returns its input columns unchanged: what reaches the model is what comes back."""
+
+    def predict(self, context, model_input, params=None):
+        return model_input.copy()
 
 
 class Shapes(PythonModel):
