@@ -40,6 +40,7 @@ from spark_pyfunc.wire import (
     frame_to_arrow_bytes,
     recv_message,
     send_message,
+    tune_socket,
 )
 
 logger = logging.getLogger("spark_pyfunc.client")
@@ -215,6 +216,7 @@ class ModelHostClient:
     def _try_connect(self) -> tuple[socket.socket, int] | None:
         """Connect and read the host's greeting; None if no host answers."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        tune_socket(sock)
         try:
             sock.settimeout(_GREETING_TIMEOUT)
             sock.connect(str(self.socket_path))

@@ -52,6 +52,7 @@ from spark_pyfunc.wire import (
     prediction_to_frame,
     recv_message,
     send_message,
+    tune_socket,
 )
 
 MODES = ("thread", "fork")
@@ -299,6 +300,7 @@ class Host:
             conn.close()
             return
         conn.settimeout(None)
+        tune_socket(conn)
         if self.mode == "thread":
             thread = threading.Thread(
                 target=self.server.serve_connection, args=(conn,), daemon=True

@@ -26,6 +26,10 @@ from spark_pyfunc.errors import ResultTypeError, SparkPyfuncError
 _PREFIX = struct.Struct("!IQ")
 # A header is a few hundred bytes; a bigger length means the stream is not ours or is garbled.
 _MAX_HEADER = 16 * 1024 * 1024
+# A batch of 10,000 rows of 8 doubles is 640 KiB. Linux gives a Unix socket about 200 KiB of
+# buffer, so such a batch crosses in several wake-ups of the reader; a larger buffer (the kernel
+# caps it at net.core.wmem_max/rmem_max) lets most batches cross in one.
+_SOCKET_BUFFER = 4 * 1024 * 1024
 
 Buffer = Any  # bytes, bytearray, memoryview or pyarrow.Buffer: anything with the buffer protocol
 
@@ -90,7 +94,9 @@ def arrow_bytes_to_frame(buf: Buffer) -> pd.DataFrame:
     source = buf if isinstance(buf, pa.Buffer) else pa.py_buffer(buf)
     with pa.ipc.open_stream(source) as reader:
         table = reader.read_all()
-    return table.to_pandas(use_threads=False)
+    # split_blocks: one block per column, so numeric columns without nulls are views of the
+    # Arrow buffers instead of being copied into one 2-D block (read-only, as in a pandas UDF).
+    return table.to_pandas(use_threads=False, split_blocks=True)
 
 
 def _json_default(value: Any) -> Any:
@@ -105,6 +111,15 @@ def _json_default(value: Any) -> Any:
 def encode_header(header: dict) -> bytes:
     """The JSON bytes of a header; TypeError names a value JSON cannot carry."""
     return json.dumps(header, separators=(",", ":"), default=_json_default).encode()
+
+
+def tune_socket(sock: socket.socket) -> None:
+    """Ask for socket buffers large enough to hold a typical batch (best effort)."""
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+        except OSError:
+            pass
 
 
 def send_message(sock: socket.socket, header: dict, payload: Buffer = b"") -> None:
