@@ -444,11 +444,12 @@ def check_java() -> str:
                 f"set): {_INSTALL_JAVA}"
             )
         java = found
-    needed = 17 if int(pyspark.__version__.split(".")[0]) >= 4 else 8
+    spark4 = int(pyspark.__version__.split(".")[0]) >= 4
+    needed, supported = (17, "17 or 21") if spark4 else (8, "8, 11 or 17")
     major = _java_major(java)
     if major is not None and major < needed:
         raise SparkPyfuncError(
-            f"Spark {pyspark.__version__} needs Java 17 or 21, but {java} is Java {major}: "
+            f"Spark {pyspark.__version__} needs Java {supported}, but {java} is Java {major}: "
             f"{_INSTALL_JAVA}"
         )
     return java
@@ -526,12 +527,35 @@ def _exception_line(text: str) -> str:
     return lines[start]
 
 
+def _java_message(java: Any) -> str:
+    """The most telling message of a Java exception's cause chain.
+
+    A wrapper ("Job aborted due to stage failure", "Exception thrown in awaitResult") says
+    little; the first cause carrying a Spark error class (``[CANNOT_READ_FILE_FOOTER] ...``)
+    names the file or column at fault, else the root cause does.
+    """
+    chain, seen = [], set()
+    while java is not None and id(java) not in seen and len(chain) < 20:
+        seen.add(id(java))
+        chain.append(str(java.toString()))
+        try:
+            java = java.getCause()
+        except Exception:  # py4j errors: keep what we have
+            break
+    if "Traceback (most recent" in chain[0]:
+        return chain[0]
+    for message in chain:
+        if re.match(r"^(?:[\w$]+\.)*[\w$]+: \[[A-Z_]+(?:\.[A-Z_]+)*\]", message):
+            return message
+    return chain[-1] if len(chain) > 1 else chain[0]
+
+
 def _first_line(exc: BaseException) -> str:
     """One meaningful line for any error Spark or spark_pyfunc raises."""
     text = str(exc)
     java = getattr(exc, "java_exception", None)  # py4j's Py4JJavaError
     if java is not None and "Traceback (most recent" not in text:
-        text = str(java.toString())
+        text = _java_message(java)
     if "Traceback (most recent" in text:
         return _exception_line(text)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
