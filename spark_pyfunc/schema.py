@@ -1110,7 +1110,21 @@ def _enforce_columns(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
             frame.columns[i]: _enforce_column(frame.iloc[:, i], s, f"column {frame.columns[i]!r}")
             for i, s in enumerate(specs)
         }
-    return pd.DataFrame({k: v.array for k, v in out.items()}, index=frame.index)
+    # Spark scores every batch through here, so the common cases cost microseconds: input
+    # already as the signature wants it is returned as a shallow copy, anything else is
+    # assembled from the column arrays without aligning indexes or consolidating blocks.
+    if list(out) == list(frame.columns) and all(v is frame[k] for k, v in out.items()):
+        return frame.copy(deep=False)
+    return pd.DataFrame(
+        {k: _column_values(v) for k, v in out.items()}, index=frame.index, copy=False
+    )
+
+
+def _column_values(values: pd.Series) -> Any:
+    """The array behind a column: numpy for numpy dtypes (no copy), else the extension array."""
+    if isinstance(values.dtype, np.dtype):
+        return values.to_numpy(copy=False)
+    return values.array
 
 
 # --------------------------------------------------------------------------- tensor enforcement
