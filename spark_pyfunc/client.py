@@ -30,12 +30,14 @@ from typing import Any
 import filelock
 import pandas as pd
 import psutil
+import pyarrow as pa
 
 from spark_pyfunc import errors
 from spark_pyfunc.errors import HostError, PredictionError, SchemaEnforcementError
 from spark_pyfunc.host import DEFAULT_MODE, MODES, read_pid_file, socket_path
 from spark_pyfunc.wire import (
     arrow_bytes_to_frame,
+    batch_to_arrow_bytes,
     encode_header,
     frame_to_arrow_bytes,
     recv_message,
@@ -155,17 +157,28 @@ class ModelHostClient:
     # ------------------------------------------------------------------------- scoring
 
     def predict(
-        self, frame: pd.DataFrame, method: str = "predict", params: dict | None = None
+        self,
+        frame: pd.DataFrame | pa.RecordBatch,
+        method: str = "predict",
+        params: dict | None = None,
     ) -> pd.DataFrame:
-        """The model's output for ``frame``, as rows (see wire.prediction_to_frame)."""
-        header = {"method": method, "params": params, "rows": len(frame)}
+        """The model's output for ``frame``, as rows (see wire.prediction_to_frame).
+
+        An Arrow record batch goes to the host as it is, so a Spark worker that already holds
+        Arrow data skips a round of pandas conversions; the host gives the model pandas.
+        """
+        rows = frame.num_rows if isinstance(frame, pa.RecordBatch) else len(frame)
+        header = {"method": method, "params": params, "rows": rows}
         try:
             encode_header(header)
         except (TypeError, ValueError) as exc:
             raise SchemaEnforcementError(
                 f"params {sorted(params or {})} cannot be sent to the model host: {exc}"
             ) from exc
-        payload = frame_to_arrow_bytes(frame, what="model input", error=SchemaEnforcementError)
+        if isinstance(frame, pa.RecordBatch):
+            payload = batch_to_arrow_bytes(frame, error=SchemaEnforcementError)
+        else:
+            payload = frame_to_arrow_bytes(frame, what="model input", error=SchemaEnforcementError)
         failure: OSError | None = None
         for attempt in range(1, ATTEMPTS + 1):
             sock = self._connection()

@@ -20,6 +20,7 @@ from typing import Any, Union
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
@@ -272,6 +273,7 @@ class _Plan:
     start_timeout: float
     host_mode: str | None
     config_key: str = field(default="")
+    timezone: str | None = None
 
 
 _PROCESS_MODELS: dict[tuple[str, str], PyFuncModel] = {}
@@ -355,6 +357,100 @@ def _score_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pd.Series | 
             scorer.close()
 
 
+# ------------------------------------------------- Arrow in, Arrow out (scope="executor")
+#
+# With the model in the host, the worker only relays batches. Spark >= 4.1 can hand it Arrow
+# arrays directly (an Arrow UDF), which skips the two pandas conversions of the batch that a
+# pandas UDF makes in the worker (Arrow -> pandas on the way in, and pandas -> Arrow again to
+# reach the host). The host still gives the model pandas, converted the way Spark converts.
+
+
+def _arrow_udf_factory() -> Any:
+    """pyspark's ``arrow_udf`` (PySpark 4.1+), or None on older versions."""
+    try:
+        from pyspark.sql.functions import arrow_udf
+    except ImportError:
+        return None
+    return arrow_udf
+
+
+def _relayable(dtype: DataType) -> bool:
+    """Result types whose Arrow form Spark builds the same way from pandas and from Arrow.
+
+    Dates, timestamps and maps have pandas-specific conversions in Spark: UDFs returning
+    them keep the pandas path.
+    """
+    if isinstance(dtype, ArrayType):
+        return _relayable(dtype.elementType)
+    if isinstance(dtype, StructType):
+        return all(_relayable(f.dataType) for f in dtype.fields)
+    return isinstance(
+        dtype,
+        (BooleanType, IntegerType, LongType, FloatType, DoubleType, StringType, BinaryType),
+    )
+
+
+def _local_time(values: pa.Array, timezone: str | None) -> pa.Array:
+    """Timestamps as a pandas UDF sees them: wall-clock time in the session time zone."""
+    if not pa.types.is_timestamp(values.type) or values.type.tz is None:
+        return values
+    zoned = values.cast(pa.timestamp(values.type.unit, tz=timezone or values.type.tz))
+    return pc.local_timestamp(zoned)
+
+
+def _bind_arrow(batch: Any, names: tuple[str, ...] | None, timezone: str | None) -> pa.RecordBatch:
+    """The Arrow twin of :func:`_bind`: arrays and structs -> one record batch of inputs."""
+    parts = batch if isinstance(batch, tuple) else (batch,)
+    columns: dict[str, pa.Array] = {}
+    for i, part in enumerate(parts):
+        if pa.types.is_struct(part.type):  # its fields are inputs, by name
+            # flatten() folds the struct's own nulls into its fields, as pandas would see them
+            for f, values in zip(part.type, part.flatten(), strict=True):
+                columns[f.name] = values
+        else:
+            name = names[i] if names is not None and i < len(names) else str(i)
+            columns[name] = part
+    return pa.RecordBatch.from_arrays(
+        [_local_time(v, timezone) for v in columns.values()], names=list(columns)
+    )
+
+
+def _to_arrow(fitted: pd.Series | pd.DataFrame, dtype: DataType) -> pa.Array:
+    """A fitted prediction as the Arrow array Spark expects for ``dtype``."""
+    target = _arrow_type(dtype)
+    if isinstance(fitted, pd.DataFrame):
+        arrays = [
+            pa.array(fitted[f.name], type=target.field(i).type, from_pandas=True)
+            for i, f in enumerate(dtype.fields)  # type: ignore[attr-defined]
+        ]
+        return pa.StructArray.from_arrays(arrays, fields=list(target))
+    return pa.array(fitted, type=target, from_pandas=True)
+
+
+def _score_arrow_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pa.Array]:
+    client: ModelHostClient | None = None
+    try:
+        for batch in batches:
+            record = _bind_arrow(batch, plan.input_names, plan.timezone)
+            rows = record.num_rows
+            if rows == 0:
+                yield pa.array([], type=_arrow_type(plan.result_type))
+                continue
+            if client is None:  # lazily: empty partitions never contact the host
+                client = _host_client(plan)
+            step = plan.batch_size or rows
+            parts = []
+            for start in range(0, rows, step):
+                chunk = record.slice(start, step)
+                pred = client.predict(chunk, plan.method, plan.params)
+                fitted = fit_prediction(pred, plan.result_type, chunk.num_rows)
+                parts.append(_to_arrow(fitted, plan.result_type))
+            yield parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+    finally:
+        if client is not None:
+            client.close()
+
+
 # ------------------------------------------------------------------------ the public API
 
 
@@ -398,13 +494,21 @@ class SparkPyfuncUDF:
                 "were given"
             )
         plan = _Plan(**{**self._plan.__dict__, "input_names": names})
+        columns = [F.col(c) if isinstance(c, str) else c for c in cols]
+        arrow_udf = _arrow_udf_factory()
+        if plan.scope == "executor" and arrow_udf is not None and _relayable(plan.result_type):
+
+            def relay(batches: Iterator[tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
+                return _score_arrow_batches(plan, batches)
+
+            return arrow_udf(relay, plan.result_type)(*columns)
 
         # typing.Union, not "|": pandas_udf reads these hints and does not know types.UnionType.
         def predict(batches: Iterator[Union[pd.Series, pd.DataFrame]]) -> Iterator[pd.DataFrame]:  # noqa: UP007
             return _score_batches(plan, batches)
 
         udf = pandas_udf(predict, plan.result_type)  # type: ignore[call-overload]
-        return udf(*[F.col(c) if isinstance(c, str) else c for c in cols])
+        return udf(*columns)
 
 
 def _conf(spark: Any, key: str, default: str) -> str:
@@ -483,6 +587,7 @@ def spark_udf(
         start_timeout=float(_conf(spark, CONF_START_TIMEOUT, "600")),
         host_mode=_conf(spark, CONF_HOST_MODE, "") or None,
         config_key=config_key,
+        timezone=_conf(spark, "spark.sql.session.timeZone", "") or None,
     )
     logger.info(
         "spark_udf: model %s (%d bytes) -> %s, scope=%s, result type %s",

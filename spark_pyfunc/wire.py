@@ -89,6 +89,20 @@ def frame_to_arrow_bytes(
     return sink.getvalue()
 
 
+def batch_to_arrow_bytes(
+    batch: pa.RecordBatch, *, error: type[SparkPyfuncError] = ResultTypeError
+) -> pa.Buffer:
+    """Serialise an Arrow record batch as an IPC stream: no conversion, one copy."""
+    names = batch.schema.names
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise error(f"the model input has duplicate column names: {dupes}")
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue()
+
+
 def arrow_bytes_to_frame(buf: Buffer) -> pd.DataFrame:
     """Read an Arrow IPC stream back into a DataFrame (default index, column names kept)."""
     source = buf if isinstance(buf, pa.Buffer) else pa.py_buffer(buf)
@@ -96,7 +110,8 @@ def arrow_bytes_to_frame(buf: Buffer) -> pd.DataFrame:
         table = reader.read_all()
     # split_blocks: one block per column, so numeric columns without nulls are views of the
     # Arrow buffers instead of being copied into one 2-D block (read-only, as in a pandas UDF).
-    return table.to_pandas(use_threads=False, split_blocks=True)
+    # Timestamps in nanoseconds, as Spark hands them to a pandas UDF.
+    return table.to_pandas(use_threads=False, split_blocks=True, coerce_temporal_nanoseconds=True)
 
 
 def _json_default(value: Any) -> Any:

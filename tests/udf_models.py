@@ -82,6 +82,21 @@ class Echo(PythonModel):
         return model_input.copy()
 
 
+class Describe(PythonModel):
+    """One string per row naming each input's dtype and value: what exactly the model saw."""
+
+    def predict(self, context, model_input, params=None):
+        columns = list(model_input.columns)
+        return pd.Series(
+            [
+                " | ".join(
+                    f"{c}:{model_input[c].dtype}:{model_input[c].iloc[i]!r}" for c in columns
+                )
+                for i in range(len(model_input))
+            ]
+        )
+
+
 class Shapes(PythonModel):
     """Returns what it is told to (via params), to test result-type fitting."""
 
