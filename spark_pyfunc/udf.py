@@ -179,13 +179,14 @@ def _fit_column(values: pd.Series, dtype: DataType, output: str) -> pd.Series:
     safe casts, which refuse truncation (1.5 -> int) and overflow.
     """
     kind = values.dtype
-    if isinstance(dtype, DoubleType) and kind.kind in "fiu":
+    numpy = isinstance(kind, np.dtype)  # nullable pandas dtypes (Int64, ...) go through Arrow
+    if isinstance(dtype, DoubleType) and numpy and kind.kind in "fiu":
         return values.astype(np.float64, copy=False)
-    if isinstance(dtype, FloatType) and kind.kind == "f":
+    if isinstance(dtype, FloatType) and numpy and kind.kind == "f":
         return values.astype(np.float32, copy=False)
     if isinstance(dtype, BooleanType) and kind == np.bool_:
         return values
-    if isinstance(dtype, (IntegerType, LongType)) and kind.kind in "iu":
+    if isinstance(dtype, (IntegerType, LongType)) and numpy and kind.kind in "iu":
         wanted = np.int64 if isinstance(dtype, LongType) else np.int32
         if np.can_cast(kind, wanted):
             return values.astype(wanted, copy=False)
