@@ -392,11 +392,14 @@ def _relayable(dtype: DataType) -> bool:
 
 
 def _local_time(values: pa.Array, timezone: str | None) -> pa.Array:
-    """Timestamps as a pandas UDF sees them: wall-clock time in the session time zone."""
-    if not pa.types.is_timestamp(values.type) or values.type.tz is None:
+    """Timestamps as a PySpark 4 pandas UDF sees them: wall-clock time in the session time
+    zone, in nanoseconds (the host converts Arrow to pandas keeping the unit it gets)."""
+    if not pa.types.is_timestamp(values.type):
         return values
-    zoned = values.cast(pa.timestamp(values.type.unit, tz=timezone or values.type.tz))
-    return pc.local_timestamp(zoned)
+    if values.type.tz is not None:
+        zoned = values.cast(pa.timestamp(values.type.unit, tz=timezone or values.type.tz))
+        values = pc.local_timestamp(zoned)
+    return values.cast(pa.timestamp("ns"))
 
 
 def _bind_arrow(batch: Any, names: tuple[str, ...] | None, timezone: str | None) -> pa.RecordBatch:

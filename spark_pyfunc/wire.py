@@ -110,8 +110,7 @@ def arrow_bytes_to_frame(buf: Buffer) -> pd.DataFrame:
         table = reader.read_all()
     # split_blocks: one block per column, so numeric columns without nulls are views of the
     # Arrow buffers instead of being copied into one 2-D block (read-only, as in a pandas UDF).
-    # Timestamps in nanoseconds, as Spark hands them to a pandas UDF.
-    return table.to_pandas(use_threads=False, split_blocks=True, coerce_temporal_nanoseconds=True)
+    return table.to_pandas(use_threads=False, split_blocks=True)
 
 
 def _json_default(value: Any) -> Any:
