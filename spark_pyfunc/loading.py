@@ -2,7 +2,8 @@
 
 MLmodel -> code directory on sys.path -> unpickle the python model -> context (artifacts,
 model_config) -> ``load_context``. Custom pyfunc models (``loader_module:
-mlflow.pyfunc.model``), whether spark_pyfunc or MLflow wrote them, load here without MLflow;
+mlflow.pyfunc.model``), whether spark_pyfunc or MLflow wrote them, load here without MLflow
+(MLflow's PythonModel base class is rebuilt as spark_pyfunc's; see ``_Unpickler``);
 any other loader module (``mlflow.sklearn``, models-from-code, ...) is imported and its
 ``_load_pyfunc`` called, as ``mlflow.pyfunc.load_model`` does.
 
@@ -11,15 +12,19 @@ Security: loading a model unpickles it and so runs its code. Load only models yo
 
 from __future__ import annotations
 
+import abc
 import bz2
 import gzip
 import importlib
+import inspect
 import logging
 import lzma
 import os
+import pickle
 import platform
 import sys
 import time
+import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,7 @@ import cloudpickle
 
 from spark_pyfunc.errors import MissingDependencyError, ModelFormatError
 from spark_pyfunc.format import ModelMetadata, read_metadata, read_model_config
-from spark_pyfunc.python_model import PythonModelContext, bind_inference
+from spark_pyfunc.python_model import PythonModel, PythonModelContext, bind_inference
 from spark_pyfunc.schema import enforce_params, enforce_schema
 
 logger = logging.getLogger(__name__)
@@ -206,7 +211,8 @@ def _missing(exc: ModuleNotFoundError, doing: str) -> MissingDependencyError:
     if top == "mlflow":
         hint = (
             "pip install mlflow (mlflow-skinny is enough). The model was written with MLflow "
-            "and needs it, e.g. because its class derives from mlflow.pyfunc.PythonModel"
+            "and needs it, e.g. because its predict has a type hint on model_input, which "
+            "MLflow's PythonModel validates, or its pickle refers to other MLflow objects"
         )
     else:
         hint = (
@@ -231,7 +237,10 @@ def _unpickle(metadata: ModelMetadata) -> Any:
     opener = _OPENERS[compression] if compression else open
     try:
         with opener(path, "rb") as f:
-            python_model = cloudpickle.load(f)
+            python_model = _Unpickler(f).load()
+    except _KeepMlflowBase:
+        with opener(path, "rb") as f:  # the class MLflow built, predict wrapper and all
+            python_model = _load_with_mlflow(f, path)
     except ModuleNotFoundError as exc:
         raise _missing(exc, f"unpickling the python model {path}") from exc
     except Exception as exc:
@@ -244,6 +253,103 @@ def _unpickle(metadata: ModelMetadata) -> Any:
             f"predict method"
         )
     return python_model
+
+
+# ------------------------------------------------------- MLflow-written pickles, no MLflow
+#
+# A PythonModel that MLflow saved is pickled by value (cloudpickle) on top of MLflow's base
+# class, so unpickling it imports MLflow: about 65 MiB more in every process that loads the
+# model (each model host, or each Python worker with scope="process"), for a base class that
+# adds nothing spark_pyfunc's PythonModel lacks, with one exception: MLflow 3 wraps a predict
+# whose model_input has a type hint, to validate and convert the input. So the base class is
+# rebuilt as spark_pyfunc's unless predict has such a hint; then the model is loaded again
+# with MLflow's own class.
+
+#: How a pickle names MLflow's PythonModel.
+_MLFLOW_PYTHON_MODEL = {("mlflow.pyfunc.model", "PythonModel"), ("mlflow.pyfunc", "PythonModel")}
+
+
+class _MlflowPythonModel(PythonModel):
+    """Stands in for ``mlflow.pyfunc.PythonModel`` as the base of an MLflow-written model."""
+
+
+class _CachedTypeHints:
+    """Stands in for mlflow.models.signature._TypeHints, which MLflow caches on a model it
+    saved (``_predict_type_hints``); for models loaded on our base it holds no hints."""
+
+    input: Any = None
+    output: Any = None
+
+
+class _KeepMlflowBase(Exception):
+    """A class on MLflow's PythonModel has a type-hinted predict: load it with MLflow."""
+
+
+def _model_input_hinted(predict: Any) -> bool:
+    """True if ``predict`` (a class's own, or None) annotates its model_input parameter."""
+    if not callable(predict):
+        return False
+    try:
+        params = list(inspect.signature(predict).parameters.values())[1:]  # without self
+    except (TypeError, ValueError):
+        return True  # cannot tell: keep MLflow's behaviour
+    if params and params[0].name == "context" and len(params) > 1:
+        params = params[1:]
+    return bool(params) and params[0].annotation is not inspect.Parameter.empty
+
+
+def _untracked_skeleton_class(
+    type_constructor: type, name: str, bases: tuple, type_kwargs: dict, *_: Any
+) -> type:
+    """cloudpickle's class skeleton, not entered in its class tracker: if the model must be
+    loaded again with MLflow's base class, that load builds its own class."""
+    namespace = {sys.intern(k): v for k, v in type_kwargs.items()}
+    return types.new_class(
+        name, bases, {"metaclass": type_constructor}, lambda ns: ns.update(namespace)
+    )
+
+
+class _Unpickler(pickle.Unpickler):
+    """Unpickles with spark_pyfunc's PythonModel standing in for MLflow's (see above)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _MLFLOW_PYTHON_MODEL:
+            return _MlflowPythonModel
+        if (module, name) == ("mlflow.models.signature", "_TypeHints"):
+            return _CachedTypeHints
+        if module.startswith("cloudpickle") and name == "_make_skeleton_class":
+            original = super().find_class(module, name)
+
+            def make_skeleton(type_constructor, name, bases, *args):  # noqa: ANN001, ANN202
+                if _MlflowPythonModel in bases:
+                    return _untracked_skeleton_class(type_constructor, name, bases, *args)
+                return original(type_constructor, name, bases, *args)
+
+            return make_skeleton
+        if module.startswith("cloudpickle") and name == "_class_setstate":
+            original = super().find_class(module, name)
+
+            def set_state(cls, state):  # noqa: ANN001, ANN202
+                if _MlflowPythonModel not in cls.__bases__:
+                    return original(cls, state)
+                if _model_input_hinted(state[0].get("predict")):
+                    raise _KeepMlflowBase(cls.__qualname__)
+                original(cls, state)
+                # MLflow's base is no ABC, so the pickle has no __abstractmethods__ to restore:
+                # now that predict is set, recompute what our (ABC) base marked abstract.
+                return abc.update_abstractmethods(cls)
+
+            return set_state
+        return super().find_class(module, name)
+
+
+def _load_with_mlflow(f: Any, path: Path) -> Any:
+    logger.info(
+        "%s: predict has a type hint on model_input, which MLflow validates: loading the "
+        "model with MLflow's PythonModel",
+        path,
+    )
+    return cloudpickle.load(f)
 
 
 def _existing_artifacts(metadata: ModelMetadata) -> dict[str, Path]:

@@ -36,3 +36,10 @@ class MlflowNoContext(mlflow.pyfunc.PythonModel):
 
     def predict(self, model_input, params=None):
         return model_input["a"] * float((params or {}).get("scale", 1.0))
+
+
+class MlflowHinted(mlflow.pyfunc.PythonModel):
+    """predict with a type hint on model_input: MLflow 3 converts the input to it."""
+
+    def predict(self, context, model_input: list[str], params=None):
+        return [f"{type(model_input).__name__}:{s.upper()}" for s in model_input]
