@@ -8,12 +8,14 @@ The public API::
     model = spark_pyfunc.load_model(path)                        # no MLflow needed
     predict = spark_pyfunc.spark_udf(spark, path)                # one model copy per executor
 
-``spark_udf`` (and anything else that needs pyspark) is imported on first use, so the
-executor-side model host, which imports this package, never loads pyspark.
+Every name but the errors is imported on first use: the model host never loads pyspark, and
+a Spark worker that only relays batches to the host never loads the format layer (about 5 MiB
+less in each worker of each executor).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from spark_pyfunc.errors import (
@@ -30,24 +32,43 @@ from spark_pyfunc.errors import (
     SparkPyfuncError,
     UnsafePathError,
 )
-from spark_pyfunc.format import ModelMetadata
-from spark_pyfunc.loading import PyFuncModel, load_model
-from spark_pyfunc.python_model import PythonModel, PythonModelContext
-from spark_pyfunc.saving import save_model
-from spark_pyfunc.schema import (
-    ColSpec,
-    ModelSignature,
-    ParamSchema,
-    ParamSpec,
-    Schema,
-    TensorSpec,
-    infer_signature,
-)
 
 if TYPE_CHECKING:
+    from spark_pyfunc.format import ModelMetadata
+    from spark_pyfunc.loading import PyFuncModel, load_model
+    from spark_pyfunc.python_model import PythonModel, PythonModelContext
+    from spark_pyfunc.saving import save_model
+    from spark_pyfunc.schema import (
+        ColSpec,
+        ModelSignature,
+        ParamSchema,
+        ParamSpec,
+        Schema,
+        TensorSpec,
+        infer_signature,
+    )
     from spark_pyfunc.udf import SparkPyfuncUDF, spark_udf
 
 __version__ = "0.1.0"
+
+#: Public name -> the module (under spark_pyfunc) that defines it.
+_LAZY = {
+    "ModelMetadata": "format",
+    "PyFuncModel": "loading",
+    "load_model": "loading",
+    "PythonModel": "python_model",
+    "PythonModelContext": "python_model",
+    "save_model": "saving",
+    "ColSpec": "schema",
+    "ModelSignature": "schema",
+    "ParamSchema": "schema",
+    "ParamSpec": "schema",
+    "Schema": "schema",
+    "TensorSpec": "schema",
+    "infer_signature": "schema",
+    "SparkPyfuncUDF": "udf",
+    "spark_udf": "udf",
+}
 
 __all__ = [
     "ColSpec",
@@ -80,12 +101,15 @@ __all__ = [
     "spark_udf",
 ]
 
-_SPARK_LAYER = {"spark_udf", "SparkPyfuncUDF"}
-
 
 def __getattr__(name: str) -> Any:
-    if name in _SPARK_LAYER:
-        from spark_pyfunc import udf
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spark_pyfunc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"spark_pyfunc.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return getattr(udf, name)
-    raise AttributeError(f"module 'spark_pyfunc' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import pandas as pd
@@ -41,13 +41,17 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from spark_pyfunc import schema as sch
 from spark_pyfunc.client import HostSpec, ModelHostClient, host_key
 from spark_pyfunc.errors import ResultTypeError, SparkPyfuncError
-from spark_pyfunc.format import read_metadata
-from spark_pyfunc.loading import PyFuncModel, load_model
 from spark_pyfunc.shipping import ShippedModel, materialize, ship_model
 from spark_pyfunc.wire import prediction_to_frame
+
+if TYPE_CHECKING:
+    from spark_pyfunc import schema as sch
+    from spark_pyfunc.loading import PyFuncModel
+
+# The signature (schema.py) and the model (loading.py) are read on the driver, and by workers
+# with scope="process"; a worker relaying batches to the host never imports them.
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +66,15 @@ CONF_HOST_MODE = "spark.pyfunc.host.mode"
 #: Models at least this large (bytes on disk) get one host per executor under scope="auto".
 DEFAULT_AUTO_THRESHOLD = 64 * 1024 * 1024
 
-_SCALARS: dict[sch.DataType, DataType] = {
-    sch.DataType.boolean: BooleanType(),
-    sch.DataType.integer: IntegerType(),
-    sch.DataType.long: LongType(),
-    sch.DataType.float: FloatType(),
-    sch.DataType.double: DoubleType(),
-    sch.DataType.string: StringType(),
-    sch.DataType.binary: BinaryType(),
-    sch.DataType.datetime: TimestampType(),
+_SCALARS: dict[str, DataType] = {
+    "boolean": BooleanType(),
+    "integer": IntegerType(),
+    "long": LongType(),
+    "float": FloatType(),
+    "double": DoubleType(),
+    "string": StringType(),
+    "binary": BinaryType(),
+    "datetime": TimestampType(),
 }
 
 
@@ -79,8 +83,10 @@ _SCALARS: dict[sch.DataType, DataType] = {
 
 def _spark_type_of(dtype: Any, what: str) -> DataType:
     """Map one MLflow column type (scalar or nested) to a Spark type."""
+    from spark_pyfunc import schema as sch
+
     if isinstance(dtype, sch.DataType):
-        return _SCALARS[dtype]
+        return _SCALARS[dtype.value]
     if isinstance(dtype, sch.Array):
         return ArrayType(_spark_type_of(dtype.item, what))
     if isinstance(dtype, sch.Object):
@@ -287,6 +293,8 @@ class _InProcess:
         key = (plan.shipped.sha256, plan.config_key)
         model = _PROCESS_MODELS.get(key)
         if model is None:
+            from spark_pyfunc.loading import load_model
+
             model = load_model(materialize(plan.shipped), model_config=plan.model_config)
             _PROCESS_MODELS[key] = model
         self._model = model
@@ -555,6 +563,9 @@ def spark_udf(
         raise SparkPyfuncError(f"batch_size must be a positive integer, not {batch_size!r}")
     if not isinstance(method, str) or not method.isidentifier():
         raise SparkPyfuncError(f"method must be the name of a model method, not {method!r}")
+    from spark_pyfunc import schema as sch
+    from spark_pyfunc.format import read_metadata
+
     path = _local_path(model_uri)
     metadata = read_metadata(path)
     signature = metadata.signature

@@ -34,3 +34,18 @@ def test_spark_udf_is_loaded_on_first_use() -> None:
     from spark_pyfunc.udf import spark_udf
 
     assert spark_pyfunc.spark_udf is spark_udf
+
+
+def test_a_worker_relaying_to_the_host_does_not_import_the_format_layer() -> None:
+    """A Spark worker with scope="executor" imports spark_pyfunc.udf to run the UDF; the
+    model is in the host, so the signature/loading modules would only cost memory there."""
+    code = (
+        "import sys, spark_pyfunc.udf;"
+        "print(sorted(m for m in sys.modules if m in ("
+        "'spark_pyfunc.schema', 'spark_pyfunc.format', 'spark_pyfunc.loading',"
+        "'spark_pyfunc.saving', 'yaml', 'mlflow')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
