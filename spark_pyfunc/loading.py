@@ -320,10 +320,10 @@ class _Unpickler(pickle.Unpickler):
         if module.startswith("cloudpickle") and name == "_make_skeleton_class":
             original = super().find_class(module, name)
 
-            def make_skeleton(type_constructor, name, bases, *args):  # noqa: ANN001, ANN202
+            def make_skeleton(type_constructor, cls_name, bases, *args):  # noqa: ANN001, ANN202
                 if _MlflowPythonModel in bases:
-                    return _untracked_skeleton_class(type_constructor, name, bases, *args)
-                return original(type_constructor, name, bases, *args)
+                    return _untracked_skeleton_class(type_constructor, cls_name, bases, *args)
+                return original(type_constructor, cls_name, bases, *args)
 
             return make_skeleton
         if module.startswith("cloudpickle") and name == "_class_setstate":

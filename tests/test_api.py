@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
@@ -19,15 +20,18 @@ def test_errors_share_one_base() -> None:
     assert all(issubclass(e, spark_pyfunc.SparkPyfuncError) for e in errors)
 
 
-def test_importing_the_package_or_the_host_does_not_import_pyspark_or_mlflow() -> None:
-    code = (
-        "import sys, spark_pyfunc, spark_pyfunc.host, spark_pyfunc.client;"
-        "print(sorted(m for m in ('pyspark', 'mlflow') if m in sys.modules))"
-    )
+def imported_after(imports: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has loaded after ``import <imports>``."""
+    code = f"import sys, {imports}; print(repr(sorted(m for m in {modules!r} if m in sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
-    assert out.strip() == "[]"
+    return ast.literal_eval(out.strip())
+
+
+def test_importing_the_package_or_the_host_does_not_import_pyspark_or_mlflow() -> None:
+    imports = "spark_pyfunc, spark_pyfunc.host, spark_pyfunc.client"
+    assert imported_after(imports, ("pyspark", "mlflow")) == []
 
 
 def test_spark_udf_is_loaded_on_first_use() -> None:
@@ -39,13 +43,12 @@ def test_spark_udf_is_loaded_on_first_use() -> None:
 def test_a_worker_relaying_to_the_host_does_not_import_the_format_layer() -> None:
     """A Spark worker with scope="executor" imports spark_pyfunc.udf to run the UDF; the
     model is in the host, so the signature/loading modules would only cost memory there."""
-    code = (
-        "import sys, spark_pyfunc.udf;"
-        "print(sorted(m for m in sys.modules if m in ("
-        "'spark_pyfunc.schema', 'spark_pyfunc.format', 'spark_pyfunc.loading',"
-        "'spark_pyfunc.saving', 'yaml', 'mlflow')))"
+    format_layer = (
+        "spark_pyfunc.schema",
+        "spark_pyfunc.format",
+        "spark_pyfunc.loading",
+        "spark_pyfunc.saving",
+        "yaml",
+        "mlflow",
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert out.strip() == "[]"
+    assert imported_after("spark_pyfunc.udf", format_layer) == []
