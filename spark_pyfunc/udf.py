@@ -9,6 +9,7 @@ per-worker model copy (``scope="process"``) for predictions, and fits them to th
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -164,7 +165,9 @@ def parse_result_type(result_type: str | DataType) -> DataType:
 # ------------------------------------------------------------------ fitting predictions
 
 
+@functools.lru_cache(maxsize=64)
 def _arrow_type(dtype: DataType) -> pa.DataType:
+    """Spark's Arrow type for ``dtype``; cached, as it is asked for on every batch."""
     from pyspark.sql.pandas.types import to_arrow_type
 
     return to_arrow_type(dtype)

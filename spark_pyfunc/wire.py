@@ -83,10 +83,7 @@ def frame_to_arrow_bytes(
         column = _bad_column(df)
         where = f"column {column!r} of the {what}" if column is not None else f"the {what}"
         raise error(f"{where} cannot be represented in Arrow: {exc}") from exc
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue()
+    return _ipc_stream(table)
 
 
 def batch_to_arrow_bytes(
@@ -97,9 +94,14 @@ def batch_to_arrow_bytes(
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise error(f"the model input has duplicate column names: {dupes}")
+    return _ipc_stream(batch)
+
+
+def _ipc_stream(data: pa.Table | pa.RecordBatch) -> pa.Buffer:
+    """``data`` as one Arrow IPC stream in memory."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, batch.schema) as writer:
-        writer.write_batch(batch)
+    with pa.ipc.new_stream(sink, data.schema) as writer:
+        writer.write(data)
     return sink.getvalue()
 
 
