@@ -26,7 +26,7 @@ import pandas as pd
 
 from spark_pyfunc.errors import SchemaEnforcementError, SchemaError
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger(__package__)
 
 __all__ = [
     "AnyType",
