@@ -1,4 +1,65 @@
-"""Model signatures; a package so that its concerns can move into layered modules."""
+"""Model signatures: types, specs and their JSON, inference, and enforcement.
 
-from spark_pyfunc.schema._specs import *  # noqa: F403
-from spark_pyfunc.schema._specs import __all__ as __all__
+The classes read and write exactly the JSON that MLflow stores under ``signature`` in an
+MLmodel file, so a model saved by either side loads on the other. Enforcement reproduces
+MLflow's rules (what is converted, what is refused) so that a model scores the same here as
+under ``mlflow.pyfunc``; the few places where it is deliberately stricter or more lenient
+are marked in the docstrings.
+
+The names below are the whole public surface; they live in private modules, one concern
+each, layered so that imports flow one way (``tests/test_layering.py`` checks it):
+
+- ``_types``: DataType, Array, Object/Property, Map, AnyType, SparkMLVector, and their JSON.
+- ``_coerce``: safe casts of a value, a list or a column to a type, and of a param value.
+  The specs need them too (a ParamSpec checks its default), so they sit below the specs.
+- ``_specs``: ColSpec, TensorSpec, Schema, ParamSpec, ParamSchema, ModelSignature.
+- ``_infer``: infer_schema, infer_signature, from example data.
+- ``_enforce``: enforce_schema, enforce_params, which shape model input into what a
+  signature describes.
+"""
+
+from spark_pyfunc.schema._enforce import enforce_params, enforce_schema
+from spark_pyfunc.schema._infer import infer_schema, infer_signature
+from spark_pyfunc.schema._specs import (
+    ColSpec,
+    ModelSignature,
+    ParamSchema,
+    ParamSpec,
+    Schema,
+    TensorSpec,
+)
+from spark_pyfunc.schema._types import (
+    AnyType,
+    Array,
+    DataType,
+    Map,
+    Object,
+    Property,
+    SparkMLVector,
+)
+
+__all__ = [
+    "AnyType",
+    "Array",
+    "ColSpec",
+    "DataType",
+    "Map",
+    "ModelSignature",
+    "Object",
+    "ParamSchema",
+    "ParamSpec",
+    "Property",
+    "Schema",
+    "SparkMLVector",
+    "TensorSpec",
+    "enforce_params",
+    "enforce_schema",
+    "infer_schema",
+    "infer_signature",
+]
+
+# Name the public module, not the private one, in reprs, pickles and help(): a pickled
+# signature then loads whatever module a name moves to inside this package.
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name
