@@ -6,6 +6,7 @@ import datetime as dt
 import decimal
 import json
 import logging
+import pickle
 import warnings
 
 import numpy as np
@@ -214,6 +215,92 @@ def test_schema_accessors():
     assert [p.name for p in props] == ["a", "b"]  # sorted, as MLflow writes them
     with pytest.raises(AttributeError):
         ColSpec(DataType.long, "a").name = "b"  # type: ignore[misc]
+
+
+def test_the_package_exports_todays_names_as_its_own():
+    """Callers, pickles and help() name spark_pyfunc.schema, never the private module that
+    holds a name, so names can move inside the package without breaking a saved pickle."""
+    import spark_pyfunc.schema as public
+
+    assert sorted(public.__all__) == [
+        "AnyType",
+        "Array",
+        "ColSpec",
+        "DataType",
+        "Map",
+        "ModelSignature",
+        "Object",
+        "ParamSchema",
+        "ParamSpec",
+        "Property",
+        "Schema",
+        "SparkMLVector",
+        "TensorSpec",
+        "enforce_params",
+        "enforce_schema",
+        "infer_schema",
+        "infer_signature",
+    ]
+    assert all(getattr(public, n).__module__ == "spark_pyfunc.schema" for n in public.__all__)
+    signature = ModelSignature(
+        Schema(
+            [ColSpec(Array(DataType.long), "a"), ColSpec(Object([Property("k", AnyType())]), "o")]
+        ),
+        params=ParamSchema([ParamSpec("p", DataType.double, 1.0)]),
+    )
+    blob = pickle.dumps(signature)
+    assert b"spark_pyfunc.schema." not in blob and b"spark_pyfunc.schema" in blob
+    assert pickle.loads(blob) == signature
+
+
+@pytest.mark.parametrize(
+    ("spec", "text"),
+    [
+        (DataType.double, "double"),
+        (DataType.integer, "integer"),
+        (DataType.datetime, "datetime"),
+        (AnyType(), "any"),
+        (Array(DataType.long), "array<long>"),
+        (SparkMLVector(), "sparkml_vector"),
+        (Map(DataType.double), "map<string, double>"),
+        (Object([Property("b", "string"), Property("a", "long")]), "struct<a: long, b: string>"),
+        (Object([Property("a", "long", required=False)]), "struct<a?: long>"),
+        (
+            Array(Object([Property("x", Map(Array("double"))), Property("y", AnyType())])),
+            "array<struct<x: map<string, array<double>>, y: any>>",
+        ),
+        (ColSpec(Array("long"), "a", required=False), "array<long>"),
+        (ColSpec(Map(SparkMLVector())), "map<string, sparkml_vector>"),
+        (TensorSpec(np.float64, (-1, 3), "t"), "tensor<float64>(-1, 3)"),
+        (TensorSpec(np.dtype("U"), (-1,)), "tensor<str>(-1)"),
+        (TensorSpec(np.uint8, (-1, 28, 28)), "tensor<uint8>(-1, 28, 28)"),
+    ],
+)
+def test_simple_string_writes_a_type_in_one_short_string(spec, text):
+    assert spec.simple_string() == text
+
+
+def test_simple_string_of_types_read_from_mlflow_json():
+    texts = [spec.simple_string() for text in SCHEMA_JSONS for spec in Schema.from_json(text)]
+    assert texts == [
+        *(t.value for t in DataType),  # the names MLflow writes
+        "double",
+        "long",
+        "string",
+        "array<long>",
+        "array<array<binary>>",
+        "struct<x: long, y?: string>",
+        "struct<b?: array<struct<x: long, y?: string>>, z: map<string, any>>",
+        "map<string, double>",
+        "map<string, array<long>>",
+        "any",
+        "sparkml_vector",
+        "tensor<float32>(-1, 3, 4)",
+        "tensor<str>(-1)",
+        "tensor<bytes>(-1, 2)",
+        "tensor<int64>(-1)",
+        "tensor<object>(2)",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,14 @@ class ColSpec:
         d["required"] = self.required
         return d
 
+    def simple_string(self) -> str:
+        """The column's type as one short string (``array<long>``).
+
+        The name and ``required`` stay out of it, as Spark's ``simpleString`` of a column's
+        type leaves out the column's name and nullability.
+        """
+        return self.type.simple_string()
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], what: str = "column") -> ColSpec:
         return cls(type_from_dict(d, what), d.get("name"), d.get("required", True))
@@ -95,6 +103,10 @@ class TensorSpec:
         d["type"] = "tensor"
         d["tensor-spec"] = {"dtype": self.dtype.name, "shape": list(self.shape)}
         return d
+
+    def simple_string(self) -> str:
+        """The tensor's dtype and shape as one short string: ``tensor<float64>(-1, 3)``."""
+        return f"tensor<{self.dtype.name}>({', '.join(str(d) for d in self.shape)})"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], what: str = "tensor") -> TensorSpec:

@@ -31,6 +31,19 @@ class DataType(enum.Enum):
     def __repr__(self) -> str:
         return f"DataType.{self.name}"
 
+    def simple_string(self) -> str:
+        """The type in one short string, in the style of Spark's ``DataType.simpleString``.
+
+        Types keep MLflow's names (``long``, not Spark's ``bigint``), since they are MLflow's.
+
+        Example:
+            >>> DataType.long.simple_string()
+            'long'
+            >>> Array(Map(DataType.double)).simple_string()
+            'array<map<string, double>>'
+        """
+        return self.value
+
     def to_numpy(self) -> np.dtype:
         """The numpy dtype a pandas column of this type has (object for string and binary)."""
         return _NUMPY_DTYPES[self]
@@ -76,6 +89,9 @@ class AnyType:
     def to_dict(self) -> dict[str, Any]:
         return {"type": "any"}
 
+    def simple_string(self) -> str:
+        return "any"
+
 
 @dataclass(frozen=True)
 class Array:
@@ -89,6 +105,9 @@ class Array:
     def to_dict(self) -> dict[str, Any]:
         return {"type": "array", "items": type_to_dict(self.item)}
 
+    def simple_string(self) -> str:
+        return f"array<{self.item.simple_string()}>"
+
 
 @dataclass(frozen=True)
 class SparkMLVector(Array):
@@ -98,6 +117,9 @@ class SparkMLVector(Array):
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "sparkml_vector"}
+
+    def simple_string(self) -> str:
+        return "sparkml_vector"
 
 
 @dataclass(frozen=True)
@@ -138,6 +160,14 @@ class Object:
             },
         }
 
+    def simple_string(self) -> str:
+        """``struct<a: long, b?: string>``: ``?`` marks a property that may be missing."""
+        fields = (
+            f"{p.name}{'' if p.required else '?'}: {p.dtype.simple_string()}"
+            for p in self.properties
+        )
+        return f"struct<{', '.join(fields)}>"
+
 
 @dataclass(frozen=True)
 class Map:
@@ -150,6 +180,9 @@ class Map:
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "map", "values": type_to_dict(self.values)}
+
+    def simple_string(self) -> str:
+        return f"map<string, {self.values.simple_string()}>"
 
 
 ColType = DataType | Array | Object | Map | AnyType
