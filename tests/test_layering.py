@@ -1,0 +1,152 @@
+"""Imports flow one way: a module imports only modules of a lower layer, read from the source.
+
+``LAYERS`` gives each module its layer; a module may import one of a strictly lower layer,
+never one beside it (same layer) or above it. Every module under a folder in ``CHECKED`` must
+have a layer, so a new module has to be placed. To cover more of the package, add its
+modules to ``LAYERS`` and their folder to ``CHECKED`` ("" is the whole package).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+import pytest
+
+import spark_pyfunc
+
+PACKAGE_DIR = Path(spark_pyfunc.__file__).parent
+
+#: Module -> layer. Types <- coercion <- specs <- inference, enforcement <- the public module.
+LAYERS: dict[str, int] = {
+    "spark_pyfunc.schema._types": 0,
+    "spark_pyfunc.schema._coerce": 1,
+    "spark_pyfunc.schema._specs": 2,
+    "spark_pyfunc.schema._infer": 3,
+    "spark_pyfunc.schema._enforce": 3,
+    "spark_pyfunc.schema": 4,
+}
+
+#: Folders (relative to the package) whose every module must be in LAYERS.
+CHECKED = ["schema"]
+
+
+def module_name(path: Path, package_dir: Path) -> str:
+    """``.../spark_pyfunc/schema/_types.py`` -> ``spark_pyfunc.schema._types``."""
+    parts = path.relative_to(package_dir.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_modules(package_dir: Path) -> dict[str, Path]:
+    """Every module of the package, by dotted name."""
+    return {module_name(p, package_dir): p for p in sorted(package_dir.rglob("*.py"))}
+
+
+def imported_modules(
+    source: str, module: str, is_package: bool, known: Collection[str]
+) -> set[str]:
+    """The modules that the import statements in ``source`` import, wherever they stand
+    (in functions and ``if TYPE_CHECKING:`` blocks too: they are part of the graph).
+
+    ``from a import b`` imports the module ``a.b`` when that is one of ``known``, else ``a``;
+    relative imports are resolved against ``module``.
+    """
+    package = module if is_package else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base]) if base else ".".join(anchor)
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in known else base)
+    return found
+
+
+def layering_violations(layers: Mapping[str, int], imports: Mapping[str, set[str]]) -> list[str]:
+    """One line per import of a module that is not in a strictly lower layer."""
+    return [
+        f"{module} (layer {layers[module]}) imports {target} (layer {layers[target]})"
+        for module, targets in sorted(imports.items())
+        for target in sorted(targets)
+        if target in layers and target != module and layers[target] >= layers[module]
+    ]
+
+
+def import_graph(package_dir: Path, folders: list[str]) -> dict[str, set[str]]:
+    """Module -> the modules it imports, for every module under ``folders``."""
+    modules = package_modules(package_dir)
+    graph = {}
+    for name, path in modules.items():
+        if any(path.is_relative_to(package_dir / folder) for folder in folders):
+            source = path.read_text(encoding="utf-8")
+            graph[name] = imported_modules(source, name, path.name == "__init__.py", modules)
+    return graph
+
+
+def test_imports_flow_one_way() -> None:
+    graph = import_graph(PACKAGE_DIR, CHECKED)
+    assert sorted(set(graph) - set(LAYERS)) == [], "modules without a layer in LAYERS"
+    assert sorted(set(LAYERS) - set(graph)) == [], "LAYERS names modules that do not exist"
+    assert layering_violations(LAYERS, graph) == []
+    # Not vacuous: the edge that broke the ParamSpec cycle is seen, as is the front module's.
+    assert "spark_pyfunc.schema._coerce" in graph["spark_pyfunc.schema._specs"]
+    assert "spark_pyfunc.schema._enforce" in graph["spark_pyfunc.schema"]
+
+
+def test_coercion_does_not_depend_on_specs_or_enforcement() -> None:
+    """The cycle this layout broke: ParamSpec used enforcement, which used ParamSpec."""
+    graph = import_graph(PACKAGE_DIR, CHECKED)
+    within = {m for m in graph["spark_pyfunc.schema._coerce"] if m.startswith("spark_pyfunc.")}
+    assert within == {"spark_pyfunc.errors", "spark_pyfunc.schema._types"}
+
+
+KNOWN = {"pkg", "pkg.low", "pkg.mid", "pkg.high", "pkg.sub", "pkg.sub.leaf"}
+
+
+@pytest.mark.parametrize(
+    ("source", "module", "is_package", "expected"),
+    [
+        ("import pkg.low", "pkg.mid", False, {"pkg.low"}),
+        ("from pkg.low import thing", "pkg.mid", False, {"pkg.low"}),
+        ("from pkg import low, thing", "pkg.mid", False, {"pkg.low", "pkg"}),
+        ("from . import low", "pkg.mid", False, {"pkg.low"}),
+        ("from .low import thing", "pkg.mid", False, {"pkg.low"}),
+        ("from ..mid import thing", "pkg.sub.leaf", False, {"pkg.mid"}),
+        ("from .leaf import thing", "pkg.sub", True, {"pkg.sub.leaf"}),
+        ("def f():\n    from pkg.high import thing", "pkg.mid", False, {"pkg.high"}),
+        ("if TYPE_CHECKING:\n    import pkg.high", "pkg.mid", False, {"pkg.high"}),
+        ("import numpy as np", "pkg.mid", False, {"numpy"}),
+    ],
+)
+def test_imports_are_read_from_every_form_of_import(source, module, is_package, expected) -> None:
+    assert imported_modules(source, module, is_package, KNOWN) == expected
+
+
+def test_upward_and_sideways_imports_are_violations() -> None:
+    layers = {"pkg.low": 0, "pkg.mid": 1, "pkg.side": 1, "pkg.high": 2}
+    graph = {
+        "pkg.low": {"pkg.mid", "numpy"},
+        "pkg.mid": {"pkg.low", "pkg.side"},
+        "pkg.side": {"pkg.low"},
+        "pkg.high": {"pkg.low", "pkg.mid", "pkg.side"},
+    }
+    assert layering_violations(layers, graph) == [
+        "pkg.low (layer 0) imports pkg.mid (layer 1)",
+        "pkg.mid (layer 1) imports pkg.side (layer 1)",
+    ]
+
+
+def test_every_module_of_a_checked_folder_needs_a_layer(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    for name in ("__init__.py", "low.py", "sub/__init__.py", "sub/leaf.py"):
+        (package / name).write_text("from pkg import low\n", encoding="utf-8")
+    graph = import_graph(package, ["sub"])
+    assert graph == {"pkg.sub": {"pkg.low"}, "pkg.sub.leaf": {"pkg.low"}}
+    assert sorted(import_graph(package, [""])) == ["pkg", "pkg.low", "pkg.sub", "pkg.sub.leaf"]
