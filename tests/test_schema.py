@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import doctest
 import json
 import logging
 import pickle
@@ -251,6 +252,29 @@ def test_the_package_exports_todays_names_as_its_own():
     blob = pickle.dumps(signature)
     assert b"spark_pyfunc.schema." not in blob and b"spark_pyfunc.schema" in blob
     assert pickle.loads(blob) == signature
+
+
+def test_docstring_examples_run():
+    """The examples in the public names' docstrings, run as doctests (none needs Spark)."""
+    import spark_pyfunc.schema as public
+
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(verbose=False)
+    examples = [
+        test
+        for name in public.__all__
+        for test in finder.find(getattr(public, name), name, module=False, globs={})
+        if test.examples
+    ]
+    assert {t.name for t in examples} >= {
+        "DataType.simple_string",
+        "enforce_params",
+        "enforce_schema",
+        "infer_schema",
+        "infer_signature",
+    }
+    for test in examples:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
 
 
 @pytest.mark.parametrize(

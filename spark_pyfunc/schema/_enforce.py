@@ -247,10 +247,31 @@ def _enforce_tensors(data: Any, schema: Schema) -> np.ndarray | dict[str, np.nda
 def enforce_schema(data: Any, schema: Schema) -> pd.DataFrame | np.ndarray | dict:
     """Check model input against the input schema and convert it where that is safe.
 
-    Column signatures: input becomes a DataFrame with the signature's columns in its order
-    (extra columns dropped, missing optional ones left out); numbers are only widened.
-    Tensor signatures: a numpy array (or a dict of them for named tensors).
-    Raises SchemaEnforcementError naming the column (or input), and types, at fault.
+    Numbers are only widened (``int32 -> int64``, ``float32 -> float64``, never
+    ``float64 -> int64``), as MLflow does before ``predict``.
+
+    Args:
+        data: model input: a DataFrame, Series, dict, list or numpy array, or for named
+            tensors a dict of numpy arrays.
+        schema: the signature's input schema.
+
+    Returns:
+        For column signatures, a DataFrame with the signature's columns in its order (extra
+        columns dropped with a warning, missing optional ones left out); for tensor
+        signatures, a numpy array, or a dict of them for named tensors.
+
+    Raises:
+        SchemaEnforcementError: a required input is missing (all are named), or a value
+            cannot be converted safely (naming the column or input and both types).
+        SchemaError: ``schema`` is not a Schema.
+
+    Example:
+        >>> import numpy as np
+        >>> import pandas as pd
+        >>> from spark_pyfunc.schema import ColSpec, Schema, enforce_schema
+        >>> frame = pd.DataFrame({"a": np.array([1, 2], np.int32), "b": ["x", "y"]})
+        >>> enforce_schema(frame, Schema([ColSpec("double", "a")])).dtypes.to_dict()
+        {'a': dtype('float64')}
     """
     if not isinstance(schema, Schema):
         raise SchemaError(f"enforce_schema needs a Schema, got {type(schema).__name__}")
@@ -268,8 +289,27 @@ def enforce_params(
 
     Following MLflow, params the schema does not know, and any params given to a model
     without a params schema, are dropped with a warning on the ``spark_pyfunc`` logger
-    rather than refused. A value that cannot be converted raises SchemaEnforcementError
-    naming the param, the value's type and the expected type (all bad params at once).
+    rather than refused.
+
+    Args:
+        params: the params passed at inference time, or None.
+        schema: the signature's params schema, or None.
+
+    Returns:
+        Every param of ``schema``: the given ones converted, the others at their defaults;
+        ``{}`` when params are given to a model without a params schema, and ``params``
+        itself when neither has any.
+
+    Raises:
+        SchemaEnforcementError: ``params`` is not a dict, or values cannot be converted
+            (naming each such param, the value's type and the expected type, all at once).
+        SchemaError: ``schema`` is neither a ParamSchema nor None.
+
+    Example:
+        >>> from spark_pyfunc.schema import ParamSchema, ParamSpec, enforce_params
+        >>> schema = ParamSchema([ParamSpec("scale", "double", 1.0), ParamSpec("k", "long", 5)])
+        >>> enforce_params({"scale": 2}, schema)
+        {'scale': 2.0, 'k': 5}
     """
     if schema is None:
         if not params:

@@ -166,6 +166,23 @@ def infer_schema(data: Any) -> Schema:
     DataFrame/Series/dict/list data gives ColSpecs (a column with None/NaN values is
     optional); a numpy array gives an unnamed TensorSpec and a dict of arrays named ones,
     with the first dimension free (-1).
+
+    Args:
+        data: a DataFrame, Series, dict, list (of values, or of dicts as rows), numpy array,
+            dict of numpy arrays, or scalar.
+
+    Returns:
+        The Schema of ``data``.
+
+    Raises:
+        SchemaError: a value has no MLflow type (an unsupported object, a dict with
+            non-string keys, values of different types in one list), naming it.
+
+    Example:
+        >>> import numpy as np
+        >>> from spark_pyfunc.schema import infer_schema
+        >>> infer_schema(np.zeros((2, 3), np.float32)).inputs[0].simple_string()
+        'tensor<float32>(-1, 3)'
     """
     if isinstance(data, list) and not data:
         schema = Schema([ColSpec(DataType.string)])  # MLflow's historical choice
@@ -249,6 +266,25 @@ def infer_signature(
 
     As in MLflow, input or output data whose schema cannot be inferred gets
     ``Schema([ColSpec(AnyType())])`` and a warning instead of an error.
+
+    Args:
+        model_input: example input, of any kind :func:`infer_schema` takes; None for none.
+        model_output: example output, likewise.
+        params: example params by name: scalars, 1-D lists or dicts.
+
+    Returns:
+        A ModelSignature with the parts that were given.
+
+    Raises:
+        SchemaError: ``params`` is not a dict or holds a value of no param type (naming the
+            param), or nothing was given at all.
+
+    Example:
+        >>> import pandas as pd
+        >>> from spark_pyfunc.schema import infer_signature
+        >>> signature = infer_signature(pd.DataFrame({"a": [0.5], "b": ["x"]}), params={"k": 3})
+        >>> [spec.simple_string() for spec in signature.inputs], signature.params.defaults()
+        (['double', 'string'], {'k': 3})
     """
     schemas: dict[str, Schema | None] = {}
     for key, data in (("inputs", model_input), ("outputs", model_output)):

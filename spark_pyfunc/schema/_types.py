@@ -37,6 +37,7 @@ class DataType(enum.Enum):
         Types keep MLflow's names (``long``, not Spark's ``bigint``), since they are MLflow's.
 
         Example:
+            >>> from spark_pyfunc.schema import Array, DataType, Map
             >>> DataType.long.simple_string()
             'long'
             >>> Array(Map(DataType.double)).simple_string()
