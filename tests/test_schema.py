@@ -8,6 +8,7 @@ import doctest
 import json
 import logging
 import pickle
+import typing
 import warnings
 
 import numpy as np
@@ -243,6 +244,8 @@ def test_the_package_exports_todays_names_as_its_own():
         "infer_signature",
     ]
     assert all(getattr(public, n).__module__ == "spark_pyfunc.schema" for n in public.__all__)
+    for cls in (getattr(public, n) for n in public.__all__ if n[0].isupper()):
+        typing.get_type_hints(cls)  # resolved in the module the class names as its own
     signature = ModelSignature(
         Schema(
             [ColSpec(Array(DataType.long), "a"), ColSpec(Object([Property("k", AnyType())]), "o")]

@@ -18,6 +18,10 @@ each, layered so that imports flow one way (``tests/test_layering.py`` checks it
   signature describes.
 """
 
+from typing import Any  # noqa: F401 (see the end of the module)
+
+import numpy as np  # noqa: F401 (see the end of the module)
+
 from spark_pyfunc.schema._enforce import enforce_params, enforce_schema
 from spark_pyfunc.schema._infer import infer_schema, infer_signature
 from spark_pyfunc.schema._specs import (
@@ -31,6 +35,7 @@ from spark_pyfunc.schema._specs import (
 from spark_pyfunc.schema._types import (
     AnyType,
     Array,
+    ColType,  # noqa: F401 (see the end of the module)
     DataType,
     Map,
     Object,
@@ -59,7 +64,9 @@ __all__ = [
 ]
 
 # Name the public module, not the private one, in reprs, pickles and help(): a pickled
-# signature then loads whatever module a name moves to inside this package.
+# signature then loads whatever module a name moves to inside this package. The classes'
+# field annotations are then resolved here by typing.get_type_hints(), which is why Any,
+# np and ColType are imported above although nothing here uses them.
 for _name in __all__:
     globals()[_name].__module__ = __name__
 del _name
