@@ -6,8 +6,8 @@ MLflow's rules (what is converted, what is refused) so that a model scores the s
 under ``mlflow.pyfunc``; the few places where it is deliberately stricter or more lenient
 are marked in the docstrings.
 
-The names below are the whole public surface; they live in private modules, one concern
-each, layered so that imports flow one way (``tests/test_layering.py`` checks it):
+The names in ``__all__`` are the whole public surface; they live in private modules, one
+concern each, layered so that imports flow one way (``tests/test_layering.py`` checks it):
 
 - ``_types``: DataType, Array, Object/Property, Map, AnyType, SparkMLVector, and their JSON.
 - ``_coerce``: safe casts of a value, a list or a column to a type, and of a param value.
