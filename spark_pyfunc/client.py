@@ -4,7 +4,12 @@ Every Python worker of an executor asks the same host (one per executor, model a
 model_config, see host.py). The first one that finds no host starts it while holding a file
 lock in the executor's directory; the others wait on the lock and then connect. A connection
 that breaks during a request (the host was killed) is reopened, restarting the host, and the
-same batch is sent again, so results stay exact.
+same batch is sent again, so results stay exact. A host killed before it is ready (while it
+imports or loads the model: the moment the out-of-memory killer strikes) is started again the
+same way, from the same budget of attempts per batch; a host whose load *fails* (load_context
+raises, an import error) is not, since another start would fail alike: its log tail is raised.
+The host records how it ended in an exit status file (it is detached: nobody can waitpid it), so
+"no status" means a signal it could not catch, SIGKILL.
 
 The host is started detached (``--detach``: it forks and its first process prints the host's
 pid and exits at once, reaped here), so a worker never keeps a zombie, and in its own
@@ -34,7 +39,14 @@ import pyarrow as pa
 
 from spark_pyfunc import errors
 from spark_pyfunc.errors import HostError, PredictionError, SchemaEnforcementError
-from spark_pyfunc.host import DEFAULT_MODE, MODES, read_pid_file, socket_path
+from spark_pyfunc.host import (
+    DEFAULT_MODE,
+    MODES,
+    exit_status_path,
+    read_exit_status,
+    read_pid_file,
+    socket_path,
+)
 from spark_pyfunc.wire import (
     arrow_bytes_to_frame,
     batch_to_arrow_bytes,
@@ -47,13 +59,17 @@ from spark_pyfunc.wire import (
 
 logger = logging.getLogger("spark_pyfunc.client")
 
-#: Attempts per batch when the connection breaks (the first try included).
+#: Attempts per batch when the host is lost, mid-request or before it was ready (the first try
+#: included). One budget for both: it bounds the model loads one batch can cause, so a host the
+#: OOM killer takes at every load fails the task after 3 loads, not 3 per kind of loss.
 ATTEMPTS = 3
 # How long a host that is up may take to greet a new connection before it counts as hung.
 _GREETING_TIMEOUT = 5.0
 # How long a host being killed may take to go.
 _KILL_WAIT = 10.0
 _LOG_TAIL_LINES = 40
+# The lock wait beyond start_timeout: the holder may be waiting start_timeout for its host.
+_LOCK_MARGIN = 60.0
 
 
 @dataclass(frozen=True)
@@ -61,8 +77,10 @@ class HostSpec:
     """Which model to serve and where the host's files live.
 
     ``key`` names the host (see :func:`host_key`); ``state_dir`` is the executor's own
-    directory, which holds the lock file, the pid file and the host's log. ``watch_pid`` is the
-    process whose end ends the host (the worker's parent: the pyspark daemon or the executor).
+    directory, which holds the lock file, the pid file and (unless ``log_dir`` is given) the
+    host's log. ``watch_pid`` is the process whose end ends the host (the worker's parent: the
+    pyspark daemon or the executor). ``model_uri`` is the path the user passed, named in errors
+    instead of ``model_dir``, the executor's temporary copy.
     """
 
     model_dir: str
@@ -73,6 +91,8 @@ class HostSpec:
     start_timeout: float = 600.0
     mode: str = DEFAULT_MODE
     watch_pid: int | None = None
+    model_uri: str | None = None
+    log_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -127,6 +147,11 @@ def _remote_error(reply: dict, method: str, host_pid: int | None) -> Exception:
     return exc
 
 
+class _HostKilled(HostError):
+    """The host ended before it was ready by a signal, not by a failure of its own: the
+    kind of loss another start can cure."""
+
+
 class ModelHostClient:
     """Scores batches with the executor's model host, starting it if needed.
 
@@ -141,10 +166,16 @@ class ModelHostClient:
             state.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise HostError(f"cannot create the model host state directory {state}: {exc}") from exc
+        log_dir = Path(spec.log_dir) if spec.log_dir else state
+        try:
+            log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HostError(f"cannot create the model host log directory {log_dir}: {exc}") from exc
         stem = f"spark_pyfunc-host-{spec.key}"
         self.lock_path = state / f"{stem}.lock"
         self.pid_path = state / f"{stem}.pid"
-        self.log_path = state / f"{stem}.log"
+        self.log_path = log_dir / f"{stem}.log"
+        self.model_name = spec.model_uri or spec.model_dir
         self.socket_path = socket_path(spec.key)
         self._sock: socket.socket | None = None
         self._host_pid: int | None = None
@@ -179,9 +210,19 @@ class ModelHostClient:
             payload = batch_to_arrow_bytes(frame, error=SchemaEnforcementError)
         else:
             payload = frame_to_arrow_bytes(frame, what="model input", error=SchemaEnforcementError)
-        failure: OSError | None = None
+        failure: Exception | None = None
         for attempt in range(1, ATTEMPTS + 1):
-            sock = self._connection()
+            try:
+                sock = self._connection()
+            except _HostKilled as exc:  # killed while starting or loading: start it again
+                failure = exc
+                logger.warning(
+                    "%s (attempt %d of %d); starting it again",
+                    str(exc).split("\n", 1)[0],
+                    attempt,
+                    ATTEMPTS,
+                )
+                continue
             try:
                 send_message(sock, header, payload)
                 reply, body = recv_message(sock)
@@ -199,9 +240,10 @@ class ModelHostClient:
             if not reply.get("ok"):
                 raise _remote_error(reply, method, self._host_pid)
             return arrow_bytes_to_frame(body)
+        last = str(failure).split("\n", 1)[0]
         raise HostError(
-            f"the model host for {self.spec.model_dir} broke the connection {ATTEMPTS} times "
-            f"in a row: {failure}",
+            f"the model host for {self.model_name} was lost {ATTEMPTS} times in a row, "
+            f"the last time: {last}",
             log_path=str(self.log_path),
             log_tail=_log_tail(self.log_path),
         )
@@ -241,7 +283,8 @@ class ModelHostClient:
             return None
 
     def _connect_or_start(self) -> tuple[socket.socket, int]:
-        lock = filelock.FileLock(str(self.lock_path), timeout=self.spec.start_timeout + 60)
+        wait = self.spec.start_timeout + _LOCK_MARGIN
+        lock = filelock.FileLock(str(self.lock_path), timeout=wait)
         try:
             with lock:
                 # Another worker may have started the host while this one waited.
@@ -253,8 +296,9 @@ class ModelHostClient:
                 return conn
         except filelock.Timeout as exc:
             raise HostError(
-                f"timed out waiting for the lock {self.lock_path}, held by another worker "
-                "starting the model host",
+                f"timed out after {wait:g}s waiting for the lock {self.lock_path}, held by "
+                f"another worker starting the model host for {self.model_name} (host pid "
+                f"{read_pid_file(str(self.pid_path))})",
                 log_path=str(self.log_path),
                 log_tail=_log_tail(self.log_path),
             ) from exc
@@ -281,14 +325,21 @@ class ModelHostClient:
         waited for; a hung one is killed; then stale files go, so a new host can start."""
         proc = self._host_process()
         if proc is not None and not self.socket_path.exists():
+            logger.info(
+                "the model host pid %d is still loading and its starter died: waiting for it",
+                proc.pid,
+            )
             remaining = proc.create_time() + self.spec.start_timeout - time.time()
             conn = self._await_ready(proc, time.monotonic() + remaining)
             if conn is not None:
                 return conn
+            ended = None if _alive(proc) else self._ended(proc.pid)
+            if ended is not None and not isinstance(ended, _HostKilled):
+                raise ended  # its load failed: so would ours
         if proc is not None and _alive(proc):
             logger.warning("killing the model host pid %d: it does not answer", proc.pid)
             self._kill(proc)
-        for path in (self.socket_path, self.pid_path):
+        for path in (self.socket_path, self.pid_path, self.status_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         return None
@@ -336,11 +387,39 @@ class ModelHostClient:
             cmd += ["--watch-pid", str(spec.watch_pid)]
         return cmd
 
-    def _fail(self, message: str) -> HostError:
-        return HostError(
-            f"{message} (model {self.spec.model_dir}, log {self.log_path})",
+    @property
+    def status_path(self) -> Path:
+        """Where the host records how it ended (see host.write_exit_status)."""
+        return Path(exit_status_path(str(self.pid_path)))
+
+    def _fail(self, message: str, cls: type[HostError] = HostError) -> HostError:
+        return cls(
+            f"{message} (model {self.model_name}, log {self.log_path})",
             log_path=str(self.log_path),
             log_tail=_log_tail(self.log_path),
+        )
+
+    def _ended(self, pid: int) -> HostError:
+        """The error for host ``pid``, gone before it was ready, saying how it ended: a
+        _HostKilled (start it again) for a signal, a HostError (fail fast) for its own exit."""
+        status = read_exit_status(str(self.pid_path), pid)
+        if status is None:
+            return self._fail(
+                f"the model host (pid {pid}) was killed before it was ready, by SIGKILL or "
+                "another signal it cannot catch (it recorded no exit status); killed during "
+                "load: out of memory?",
+                _HostKilled,
+            )
+        if status.get("signal"):
+            return self._fail(
+                f"the model host (pid {pid}) was stopped by {status['signal']} while "
+                f"{status.get('stage', 'loading')} the model, before it was ready",
+                _HostKilled,
+            )
+        error = f": {status['error']}" if status.get("error") else ""
+        return self._fail(
+            f"the model host (pid {pid}) exited with code {status.get('code')} before it was "
+            f"ready; loading the model failed{error}"
         )
 
     def _start(self) -> tuple[socket.socket, int]:
@@ -351,7 +430,14 @@ class ModelHostClient:
         # paths added at run time (SparkFiles, addPyFile) rather than from PYTHONPATH.
         path = os.pathsep.join(os.path.abspath(p) for p in sys.path if p)
         env = dict(os.environ, PYTHONPATH=path)
-        logger.info("starting the model host for %s (log %s)", self.spec.model_dir, self.log_path)
+        logger.info(
+            "starting the model host for %s from %s (log %s)",
+            self.model_name,
+            self.spec.model_dir,
+            self.log_path,
+        )
+        with contextlib.suppress(FileNotFoundError):
+            self.status_path.unlink()  # a status left by an earlier host
         with open(self.log_path, "ab") as log:
             # The launcher forks the host, prints its pid and exits (see host --detach).
             launcher = subprocess.Popen(
@@ -375,14 +461,15 @@ class ModelHostClient:
             raise self._fail(
                 f"the model host exited with code {launcher.returncode} before it was ready"
             )
+        pid = int(out)
         try:
-            proc = psutil.Process(int(out))
+            proc = psutil.Process(pid)
         except psutil.NoSuchProcess:
-            raise self._fail("the model host exited before it was ready") from None
+            raise self._ended(pid) from None
         conn = self._await_ready(proc, deadline)
         if conn is not None:
             return conn
         if _alive(proc):
             self._kill(proc)
             raise self._fail(f"the model host was not ready within {self.spec.start_timeout}s")
-        raise self._fail("the model host exited before it was ready")
+        raise self._ended(pid)

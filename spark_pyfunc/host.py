@@ -381,6 +381,36 @@ def read_pid_file(path: str) -> int | None:
         return None
 
 
+def exit_status_path(pid_file: str) -> str:
+    """The exit status file beside a pid file (``<key>.pid`` -> ``<key>.exit``)."""
+    return os.path.splitext(pid_file)[0] + ".exit"
+
+
+def write_exit_status(pid_file: str | None, status: dict) -> None:
+    """Record how this host ended, for the worker that started it.
+
+    The host is detached, so no process can waitpid it: this file is how its starter tells a
+    model that failed to load (fail fast) from a host killed from outside (start it again). A
+    host killed by SIGKILL writes nothing, which says as much.
+    """
+    if pid_file is not None:
+        with contextlib.suppress(OSError):
+            tmp = f"{exit_status_path(pid_file)}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"pid": os.getpid(), **status}, f)
+            os.replace(tmp, exit_status_path(pid_file))
+
+
+def read_exit_status(pid_file: str, pid: int) -> dict | None:
+    """The exit status host ``pid`` recorded, or None if it recorded none."""
+    try:
+        with open(exit_status_path(pid_file)) as f:
+            status = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) and status.get("pid") == pid else None
+
+
 def remove_pid_file(path: str | None, pid: int) -> None:
     """Remove the pid file only if it still names ``pid`` (a newer host may own it now)."""
     if path is not None and read_pid_file(path) == pid:
@@ -473,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv[1:],
     )
     host: Host | None = None
+    stage = "loading"
     with _pid_file(args.pid_file):
         try:
             # Imported here, not at the top: the client imports this module too.
@@ -498,12 +529,18 @@ def main(argv: list[str] | None = None) -> int:
                 watch=_Watch(args.watch_pid),
             )
             host.bind()
+            stage = "serving"
             logger.info("serving %s in %s mode", args.socket, args.mode)
             host.serve()
         except SystemExit as exc:
             logger.info("exiting on signal (code %s)", exc.code)
-        except Exception:
+            code = exc.code if isinstance(exc.code, int) else 1
+            name = signal.Signals(code - 128).name if code - 128 in signal.valid_signals() else None
+            write_exit_status(args.pid_file, {"code": code, "signal": name, "stage": stage})
+        except Exception as exc:
             logger.exception("model host failed")
+            error = f"{type(exc).__name__}: {exc}"
+            write_exit_status(args.pid_file, {"code": 1, "stage": stage, "error": error})
             return 1
         finally:
             if host is not None:

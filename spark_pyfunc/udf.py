@@ -63,6 +63,7 @@ CONF_AUTO_THRESHOLD = "spark.pyfunc.scope.autoThresholdBytes"
 CONF_IDLE_TIMEOUT = "spark.pyfunc.host.idleTimeout"
 CONF_START_TIMEOUT = "spark.pyfunc.host.startTimeout"
 CONF_HOST_MODE = "spark.pyfunc.host.mode"
+CONF_HOST_LOG_DIR = "spark.pyfunc.host.logDir"
 
 #: Models at least this large (bytes on disk) get one host per executor under scope="auto".
 DEFAULT_AUTO_THRESHOLD = 64 * 1024 * 1024
@@ -284,6 +285,8 @@ class _Plan:
     host_mode: str | None
     config_key: str = field(default="")
     timezone: str | None = None
+    model_uri: str = ""  # as the user passed it, for error messages
+    host_log_dir: str | None = None
 
 
 _PROCESS_MODELS: dict[tuple[str, str], PyFuncModel] = {}
@@ -325,6 +328,8 @@ def _host_client(plan: _Plan) -> ModelHostClient:
         idle_timeout=plan.idle_timeout,
         start_timeout=plan.start_timeout,
         watch_pid=os.getppid(),
+        model_uri=plan.model_uri or None,
+        log_dir=plan.host_log_dir,
         **kwargs,
     )
     return ModelHostClient(spec)
@@ -627,6 +632,8 @@ def spark_udf(
         host_mode=_conf(spark, CONF_HOST_MODE, "") or None,
         config_key=config_key,
         timezone=_conf(spark, "spark.sql.session.timeZone", "") or None,
+        model_uri=os.fspath(model_uri),
+        host_log_dir=_conf(spark, CONF_HOST_LOG_DIR, "") or None,
     )
     logger.info(
         "spark_udf: model %s (%d bytes) -> %s, scope=%s, result type %s",

@@ -22,16 +22,22 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 LOCAL_MASTER = "local[2]"
 CLUSTER_MASTER = "local-cluster[2,2,1024]"
+#: Fault tests: one executor with 2 cores (two workers sharing one host), and no task retries,
+#: so that only spark_pyfunc's own restart can save a job from a fault.
+FAULT_MASTER = "local-cluster[1,2,1024]"
+FAULT_CONF = {"spark.task.maxFailures": "1"}
 
 _active: dict = {}
 
 
-def get_session(master: str, tmp_root: str):
-    """Return a SparkSession on ``master``, stopping the current one if it differs."""
+def get_session(master: str, tmp_root: str, conf: dict[str, str] | None = None):
+    """Return a SparkSession on ``master`` with ``conf``, stopping the current one if it
+    differs."""
     from pyspark.sql import SparkSession
 
+    wanted = (master, tuple(sorted((conf or {}).items())))
     current = _active.get("session")
-    if current is not None and _active.get("master") == master:
+    if current is not None and _active.get("key") == wanted:
         return current
     if current is not None:
         current.stop()
@@ -46,12 +52,17 @@ def get_session(master: str, tmp_root: str):
         .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={tmp_root}")
     )
     if master.startswith("local-cluster"):
-        builder = builder.config("spark.executor.memory", "512m").config(
-            "spark.worker.dir", os.path.join(tmp_root, "work")
+        builder = (
+            builder.config("spark.executor.memory", "512m")
+            .config("spark.worker.dir", os.path.join(tmp_root, "work"))
+            # Spark's default, said explicitly: PySpark 3.5's builder keeps earlier options.
+            .config("spark.task.maxFailures", "4")
         )
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
-    _active.update(session=session, master=master)
+    _active.update(session=session, master=master, key=wanted)
     return session
 
 
@@ -70,6 +81,12 @@ def spark(spark_tmp):
 def cluster_spark(spark_tmp):
     """A local-cluster with 2 executors of 2 cores each, in their own JVM and Python processes."""
     return get_session(CLUSTER_MASTER, spark_tmp)
+
+
+@pytest.fixture
+def fault_spark(spark_tmp):
+    """A local-cluster with one 2-core executor and spark.task.maxFailures=1, for faults."""
+    return get_session(FAULT_MASTER, spark_tmp, FAULT_CONF)
 
 
 @pytest.fixture(scope="session", autouse=True)

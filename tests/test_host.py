@@ -558,3 +558,227 @@ def test_peer_of_another_uid_is_refused(caplog: pytest.LogCaptureFixture) -> Non
     assert not os.path.exists(shared)
     assert "refused a connection from uid 65534" in caplog.text
     assert not os.path.exists(sock_file)
+
+
+# ------------------------------------------- hosts lost before they are ready (issue 11)
+# A host killed while it imports or loads the model is started again, from the same attempts a
+# broken request gets; a load that fails on its own fails at once. Gates (host_models.gate)
+# hold the host at a known step until the fault has landed: no sleeps.
+
+USER_PATH = "models/the-path-the-user-passed"
+
+
+def gated(tmp_path: Path, *gates: str) -> dict:
+    """model_config stopping the host at ``gates``, counting loads in ``tmp_path / "count"``."""
+    folder = tmp_path / "gates"
+    folder.mkdir(exist_ok=True)
+    return {"count_file": str(tmp_path / "count"), "gates_dir": str(folder), "gates": list(gates)}
+
+
+def arrivals(config: dict, name: str) -> list[int]:
+    """Pids that reached gate ``name``, in no particular order."""
+    prefix = f"at-{name}-"
+    return [int(p.name[len(prefix) :]) for p in Path(config["gates_dir"]).glob(f"{prefix}*")]
+
+
+def wait_for_new_arrival(config: dict, name: str, seen: set[int], timeout: float = 60) -> int:
+    """The pid of a process that reached gate ``name`` and is not in ``seen``."""
+
+    def new() -> list[int]:
+        return sorted(set(arrivals(config, name)) - seen)
+
+    assert wait_until(lambda: bool(new()), timeout), f"no new process reached gate {name}"
+    return new()[0]
+
+
+def open_gate(config: dict, name: str) -> None:
+    (Path(config["gates_dir"]) / f"go-{name}").touch()
+
+
+def kill_host(hosts: Hosts, key: str, pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal ``pid`` after checking it is the host for ``key`` (not a reused pid)."""
+    assert pid in {p.pid for p in hosts.processes(key)}, f"{pid} is not the model host"
+    os.kill(pid, sig)
+    assert wait_until(lambda: not running(pid), 10)
+
+
+def predict_in_thread(client: ModelHostClient) -> tuple[threading.Thread, dict]:
+    """Run client.predict(FRAME) on a thread; the dict gets its result or error."""
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["result"] = client.predict(FRAME)
+        except BaseException as exc:  # checked by the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+@pytest.mark.parametrize(
+    ("gate_name", "sig", "how"),
+    [
+        ("import", signal.SIGKILL, "killed before it was ready, by SIGKILL"),
+        ("load", signal.SIGKILL, "killed during load: out of memory?"),
+        ("load", signal.SIGTERM, "stopped by SIGTERM while loading the model"),
+    ],
+)
+def test_host_killed_before_it_is_ready_is_started_again(
+    hosts: Hosts,
+    model_dir: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    gate_name: str,
+    sig: int,
+    how: str,
+) -> None:
+    config = gated(tmp_path, gate_name)
+    spec = hosts.spec(model_dir, model_config=config, model_uri=USER_PATH)
+    client = hosts.client(spec)
+    thread, out = predict_in_thread(client)
+    killed = wait_for_new_arrival(config, gate_name, set())
+    assert thread.is_alive()  # the request waits for this very host
+    kill_host(hosts, spec.key, killed, sig)
+    open_gate(config, gate_name)
+    thread.join(90)
+    assert "error" not in out, out.get("error")
+    pd.testing.assert_frame_equal(out["result"], expected(model_dir))
+    assert client.host_pid not in (None, killed)
+    # import: the killed host never reached load_context; load: it did, and so did the new one
+    assert loads(tmp_path / "count") == (
+        [f"load {client.host_pid}"]
+        if gate_name == "import"
+        else [f"load {killed}", f"load {client.host_pid}"]
+    )
+    warning = next(r.getMessage() for r in caplog.records if f"(pid {killed})" in r.getMessage())
+    assert how in warning and USER_PATH in warning and "attempt 1 of 3" in warning
+    assert model_dir not in warning  # the user's path, not the executor's copy
+
+
+def test_host_killed_twice_in_a_row_while_loading_is_started_a_third_time(
+    hosts: Hosts, model_dir: str, tmp_path: Path
+) -> None:
+    config = gated(tmp_path, "load")
+    spec = hosts.spec(model_dir, model_config=config)
+    client = hosts.client(spec)
+    thread, out = predict_in_thread(client)
+    first = wait_for_new_arrival(config, "load", set())
+    kill_host(hosts, spec.key, first)
+    second = wait_for_new_arrival(config, "load", {first})
+    kill_host(hosts, spec.key, second)
+    open_gate(config, "load")
+    thread.join(90)
+    assert "error" not in out, out.get("error")
+    pd.testing.assert_frame_equal(out["result"], expected(model_dir))
+    assert loads(tmp_path / "count") == [f"load {p}" for p in (first, second, client.host_pid)]
+
+
+def test_host_killed_at_every_load_fails_after_three_tries(
+    hosts: Hosts, model_dir: str, tmp_path: Path
+) -> None:
+    config = gated(tmp_path, "load")
+    spec = hosts.spec(model_dir, model_config=config, model_uri=USER_PATH)
+    client = hosts.client(spec)
+    thread, out = predict_in_thread(client)
+    killed: set[int] = set()
+    for _ in range(3):
+        pid = wait_for_new_arrival(config, "load", killed)
+        kill_host(hosts, spec.key, pid)
+        killed.add(pid)
+    thread.join(90)
+    error = out.get("error")
+    assert isinstance(error, HostError), out
+    message = str(error)
+    assert "lost 3 times in a row" in message and "killed during load: out of memory?" in message
+    assert USER_PATH in message and "model host starting" in error.log_tail
+    assert len(loads(tmp_path / "count")) == 3
+    assert hosts.processes(spec.key) == []
+
+
+@pytest.mark.parametrize("failure", ["fail_load", "exit_load"])
+def test_host_whose_load_fails_is_not_started_again(
+    hosts: Hosts, model_dir: str, tmp_path: Path, failure: str
+) -> None:
+    """A load that fails would fail on every start: fail at once, with the log and the exit."""
+    config = {"count_file": str(tmp_path / "count"), failure: True}
+    spec = hosts.spec(model_dir, model_config=config, model_uri=USER_PATH)
+    with hosts.client(spec) as client, pytest.raises(HostError) as info:
+        client.predict(FRAME)
+    message = str(info.value)
+    code = 1 if failure == "fail_load" else 7
+    assert f"exited with code {code} before it was ready" in message
+    if failure == "fail_load":
+        assert "RuntimeError: load_context failed on purpose" in message
+    assert USER_PATH in message and model_dir not in message.split("\n", 1)[0]
+    assert len(loads(tmp_path / "count")) == 1  # one load: no second start
+    assert hosts.processes(spec.key) == []
+
+
+def test_host_still_loading_when_its_starter_died_is_waited_for(
+    hosts: Hosts, model_dir: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """_adopt_or_clear: the worker that started the host was killed while the host loads; the
+    next worker waits for that host instead of killing it or starting another."""
+    caplog.set_level("INFO", logger="spark_pyfunc.client")
+    config = gated(tmp_path, "load")
+    spec = hosts.spec(model_dir, model_config=config)
+    ctx = multiprocessing.get_context("fork")
+    starter = ctx.Process(target=_predict_in_worker, args=(spec, ctx.Barrier(1), ctx.Queue()))
+    starter.start()
+    loading = wait_for_new_arrival(config, "load", set())
+    os.kill(starter.pid, signal.SIGKILL)
+    starter.join(30)
+    assert starter.exitcode == -signal.SIGKILL
+    assert running(loading)  # the host outlives its starter: it is in its own session
+    client = hosts.client(spec)
+    thread, out = predict_in_thread(client)
+    assert wait_until(lambda: "its starter died: waiting for it" in caplog.text, 60)
+    open_gate(config, "load")
+    thread.join(90)
+    assert "error" not in out, out.get("error")
+    pd.testing.assert_frame_equal(out["result"], expected(model_dir))
+    assert client.host_pid == loading
+    assert loads(tmp_path / "count") == [f"load {loading}"]
+
+
+def test_lock_held_too_long_is_a_host_error_naming_the_lock(
+    hosts: Hosts, model_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "_LOCK_MARGIN", 0.0)
+    spec = hosts.spec(model_dir, start_timeout=1.0, model_uri=USER_PATH)
+    client = hosts.client(spec)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import filelock, sys, time\n"
+            "lock = filelock.FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True)\n"
+            "time.sleep(600)",
+            str(client.lock_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(HostError) as info:
+            client.predict(FRAME)
+    finally:
+        holder.kill()
+        holder.wait()
+    message = str(info.value)
+    assert f"waiting for the lock {client.lock_path}" in message
+    assert "held by another worker starting the model host" in message and USER_PATH in message
+    assert hosts.processes(spec.key) == []  # it never started one
+
+
+def test_host_log_goes_to_the_log_dir(hosts: Hosts, model_dir: str, tmp_path: Path) -> None:
+    log_dir = tmp_path / "logs" / "nested"
+    spec = hosts.spec(model_dir, log_dir=str(log_dir))
+    with hosts.client(spec) as client:
+        client.predict(FRAME.head(3))
+    assert client.log_path == log_dir / f"spark_pyfunc-host-{spec.key}.log"
+    assert f"model host starting: pid={client.host_pid}" in client.log_path.read_text()
+    assert not list(Path(spec.state_dir).glob("*.log"))
