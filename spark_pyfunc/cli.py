@@ -1065,7 +1065,17 @@ def _is_expected(exc: BaseException) -> bool:
 
 @contextlib.contextmanager
 def _logging(verbose: bool) -> Iterator[None]:
-    """spark_pyfunc's own logs on stderr: warnings only, INFO with --verbose."""
+    """spark_pyfunc's own logs on stderr: warnings only, INFO with --verbose.
+
+    Without --verbose the root logger is muted too: py4j logs a traceback through it for
+    every call that Ctrl-C interrupts (``logging.exception``), dozens of lines before ours.
+    """
+    root = logging.getLogger()
+    muted = logging.NullHandler()
+    root_level = root.level
+    if not verbose:
+        root.addHandler(muted)  # also keeps logging.exception from calling basicConfig
+        root.setLevel(logging.CRITICAL + 1)
     package = logging.getLogger("spark_pyfunc")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -1083,6 +1093,8 @@ def _logging(verbose: bool) -> Iterator[None]:
     finally:
         package.removeHandler(handler)
         package.setLevel(previous)
+        root.removeHandler(muted)
+        root.setLevel(root_level)
 
 
 # ----------------------------------------------------------------------------- commands
