@@ -532,8 +532,12 @@ def _job_group(spark: SparkSession) -> Iterator[str]:
         raise
     finally:
         with contextlib.suppress(Exception):
-            sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
-            sc.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
+            for key in (
+                "spark.jobGroup.id",
+                "spark.job.description",
+                "spark.job.interruptOnCancel",
+            ):
+                sc.setLocalProperty(key, None)  # type: ignore[arg-type]  # None removes it
 
 
 def _cancel_and_wait(sc: Any, group: str, timeout: float = 120.0) -> None:

@@ -29,6 +29,7 @@ from spark_pyfunc.demo import FEATURES, LogisticScorer, build_model, example_fea
 from spark_pyfunc.loading import load_model
 from spark_pyfunc.python_model import PythonModel
 from spark_pyfunc.saving import save_model
+from spark_pyfunc.schema import ColSpec, DataType, ModelSignature, Schema
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("spark-pyfunc")
 
@@ -935,10 +936,14 @@ def test_host_log_dir_is_set_for_the_job_and_named_at_the_end(
 def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path, parquet_input):
     started = tmp_path / "started"
     model = tmp_path / "slow"
+    # A declared signature: an input example would run the slow predict here, in the test.
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(DataType.double, name) for name in FEATURES]),
+        outputs=Schema([ColSpec(DataType.double)]),
+    )
     save_model(
-        model, python_model=Slow(), input_example=example_features(3),
-        model_config={"started": str(started)},
-    )  # fmt: skip
+        model, python_model=Slow(), signature=signature, model_config={"started": str(started)}
+    )
     work = tmp_path / "work"
     work.mkdir()
     tag = uuid.uuid4().hex
@@ -960,7 +965,7 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path, parquet_input)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     # Java 17+ prints this when Spark's JVM starts, before anything runs; it is not ours.
     lines = [x for x in err.splitlines() if not x.startswith("WARNING: Using incubator modules")]
     assert lines == ["spark-pyfunc: interrupted"], err
