@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import functools
 import glob
+import importlib.util
 import json
 import logging
 import os
@@ -24,14 +25,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spark_pyfunc import __version__
-from spark_pyfunc.errors import SchemaEnforcementError, SparkPyfuncError
+from spark_pyfunc._paths import local_path
+from spark_pyfunc.errors import MissingDependencyError, SchemaEnforcementError, SparkPyfuncError
 from spark_pyfunc.format import read_metadata
 
 if TYPE_CHECKING:
@@ -43,7 +47,14 @@ PROG = "spark-pyfunc"
 FORMATS = ("parquet", "csv", "json")
 MODES = ("error", "overwrite", "append")
 SCOPES = ("auto", "executor", "process")
+BAD_RECORDS = ("fail", "skip", "keep")
 DEFAULT_MASTER = "local[*]"
+#: Where Spark's csv/json readers put the text of a row they cannot parse.
+CORRUPT_RECORD = "_corrupt_record"
+#: Spark conf naming a directory for the model hosts' logs that outlives the job.
+CONF_HOST_LOG_DIR = "spark.pyfunc.host.logDir"
+#: Tasks per core the input is split into when progress is shown, so that the bar moves.
+_TASKS_PER_CORE = 4
 
 _EXTENSIONS = {
     ".parquet": "parquet",
@@ -78,13 +89,26 @@ class _Parser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------- checks
 
 
-def _local_path(path: str) -> Path | None:
-    """The local file behind ``path``, or None for a remote URI (hdfs://, s3a://, ...)."""
-    if path.startswith("file:"):
-        return Path(re.sub(r"^file:(//)?", "", path))
-    if _URI.match(path) and not re.match(r"^[A-Za-z]:[\\/]", path):
-        return None
-    return Path(path).expanduser()
+def _is_remote(path: str) -> bool:
+    """True for a URI Spark reads through Hadoop (hdfs://, s3a://, ...), not a ``file:`` one."""
+    return bool(_URI.match(path)) and not path.startswith("file:") and len(path.split(":")[0]) > 1
+
+
+def _local_input(path: str) -> Path | None:
+    """The local file behind INPUT, or None for a remote URI that Spark reads as it is."""
+    return None if _is_remote(path) else local_path(path)
+
+
+def _local_output(path: str) -> Path:
+    """OUTPUT as a local path: the atomic commit renames directories, which needs a local
+    filesystem (Hadoop's object stores have no atomic directory rename)."""
+    if _is_remote(path):
+        raise SparkPyfuncError(
+            f"OUTPUT {path!r} is not a local path or file: URI; spark-pyfunc score writes "
+            "OUTPUT to a temporary sibling and renames it into place, which needs a local "
+            "filesystem: write locally and copy it, or use spark_udf in your own Spark job"
+        )
+    return local_path(path).resolve()
 
 
 def _format_of_name(path: str) -> str | None:
@@ -121,7 +145,7 @@ def _resolve_format(path: str, given: str | None, local: Path | None, role: str)
 
 
 def _check_input(path: str) -> Path | None:
-    local = _local_path(path)
+    local = _local_input(path)
     if local is None:
         return None
     if any(c in str(local) for c in "*?[") and "{" not in str(local):  # Spark's globs
@@ -215,6 +239,42 @@ class ScoreJob:
     mode: str
     params: dict[str, Any] | None
     scope: str
+    bad_records: str = "fail"
+    progress: bool = False
+    host_log_dir: str | None = None
+
+
+def _check_loader(metadata: ModelMetadata, model: str) -> None:
+    """Fail before Spark starts if the model's loader module cannot be imported here.
+
+    Custom pyfunc models are loaded by spark_pyfunc itself; other flavors (``mlflow.sklearn``,
+    a loader in the model's code directory) import their loader module, which would otherwise
+    fail on the executors, naming their temporary copy of the model.
+    """
+    if metadata.is_custom_pyfunc:
+        return
+    loader = metadata.loader_module
+    code = metadata.code_path()
+    top = loader.split(".")[0]
+    if code is not None and ((code / f"{top}.py").is_file() or (code / top).is_dir()):
+        return  # the model brings its loader along
+    try:
+        found = importlib.util.find_spec(loader) is not None
+    except ImportError as exc:  # a missing parent package: mlflow.sklearn without mlflow
+        missing = getattr(exc, "name", None) or top
+        found = False
+    else:
+        missing = loader
+    if found:
+        return
+    install = "mlflow" if top == "mlflow" else missing.split(".")[0]
+    raise MissingDependencyError(
+        f"MODEL {model!r} is loaded by its loader_module {loader}, which needs the module "
+        f"{missing!r}, not installed here: pip install {install} (on the driver and the "
+        "executors)",
+        module=missing,
+        install=install,
+    )
 
 
 def prepare_score(
@@ -230,11 +290,15 @@ def prepare_score(
     mode: str = "error",
     params: dict[str, Any] | None = None,
     scope: str = "auto",
+    bad_records: str = "fail",
+    progress: bool = False,
+    host_log_dir: str | None = None,
 ) -> ScoreJob:
     """Check everything that does not need Spark: model, input, output, formats, options."""
     for value, allowed, what in (
         (mode, MODES, "--mode"),
         (scope, SCOPES, "--scope"),
+        (bad_records, BAD_RECORDS, "--bad-records"),
         (input_format, (*FORMATS, None), "--input-format"),
         (output_format, (*FORMATS, None), "--output-format"),
     ):
@@ -243,24 +307,27 @@ def prepare_score(
     if not output_column:
         raise UsageError("--output-column must not be empty")
     model_text = os.fspath(model)
-    model_path = _local_path(model_text)
-    if model_path is None:
+    if _is_remote(model_text):
         raise SparkPyfuncError(
             f"MODEL {model_text!r} is not a local directory; download it first (for example "
             "with `mlflow artifacts download`) and pass the local path"
         )
+    model_path = local_path(model_text)
     metadata = read_metadata(model_path)
+    _check_loader(metadata, model_text)
     local_in = _check_input(input)
-    local_out = _local_path(output)
+    local_out = _local_output(output)
     in_format = _resolve_format(input, input_format, local_in, "INPUT")
     out_format = _resolve_format(output, output_format, local_out, "OUTPUT")
-    if local_in is not None and local_out is not None and local_in.resolve() == local_out.resolve():
+    if local_in is not None and local_in.resolve() == local_out:
         raise UsageError(f"INPUT and OUTPUT are the same path {input!r}; write somewhere else")
-    if mode == "error" and local_out is not None and local_out.exists():
+    if mode == "error" and (local_out.exists() or local_out.is_symlink()):
         raise SparkPyfuncError(
             f"OUTPUT {output!r} already exists; pass --mode overwrite to replace it "
             "or --mode append to add to it"
         )
+    if mode == "append" and local_out.exists() and not local_out.is_dir():
+        raise SparkPyfuncError(f"OUTPUT {output!r} is a file; --mode append adds to a directory")
     if columns is not None:
         columns = tuple(columns)
         named = _input_names(metadata)
@@ -282,7 +349,7 @@ def prepare_score(
         model=model_path,
         metadata=metadata,
         input=str(local_in.resolve()) if local_in is not None else input,
-        output=str(local_out.resolve()) if local_out is not None else output,
+        output=str(local_out),
         input_format=in_format,
         output_format=out_format,
         columns=columns,
@@ -291,6 +358,9 @@ def prepare_score(
         mode=mode,
         params=_check_params(params or {}, metadata),
         scope=scope,
+        bad_records=bad_records,
+        progress=progress,
+        host_log_dir=host_log_dir,
     )
 
 
@@ -306,19 +376,26 @@ class ScoreSummary:
     output: str
     output_format: str
     scope: str
+    skipped: int | None = None
+    host_log_dir: str | None = None
 
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else float("nan")
 
     def lines(self) -> list[str]:
-        return [
+        lines = [
             f"rows      {self.rows:,}",
             f"seconds   {self.seconds:,.2f}",
             f"rows/s    {self.rows_per_second:,.0f}",
             f"scope     {self.scope}",
             f"output    {self.output} ({self.output_format})",
         ]
+        if self.skipped is not None:
+            lines.append(f"skipped   {self.skipped:,} malformed rows")
+        if self.host_log_dir is not None:
+            lines.append(f"host logs {self.host_log_dir}")
+        return lines
 
 
 def _bound_columns(job: ScoreJob, available: list[str]) -> list[tuple[str, str]]:
@@ -348,10 +425,353 @@ def _bound_columns(job: ScoreJob, available: list[str]) -> list[tuple[str, str]]
 
 
 def _read(spark: SparkSession, job: ScoreJob) -> DataFrame:
+    """INPUT as a DataFrame; csv and json get a ``_corrupt_record`` column for bad rows.
+
+    Spark's permissive readers turn a row they cannot parse into nulls; the raw text is kept
+    only when the schema has the corrupt-record column, so the inferred schema gets one.
+    """
+    from pyspark.sql.types import StringType
+
     reader = spark.read.format(job.input_format)
+    if job.input_format == "parquet":
+        return reader.load(job.input)
+    reader = reader.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT_RECORD)
     if job.input_format == "csv":
-        reader = reader.option("header", True).option("inferSchema", True)
-    return reader.load(job.input)
+        reader = reader.option("header", True)
+        schema = reader.option("inferSchema", True).load(job.input).schema
+        reader = reader.option("inferSchema", False)
+    else:
+        schema = reader.load(job.input).schema
+    if CORRUPT_RECORD not in schema.fieldNames():
+        schema = schema.add(CORRUPT_RECORD, StringType(), True)
+    return reader.schema(schema).load(job.input)
+
+
+def _malformed(frame: DataFrame, job: ScoreJob) -> tuple[int, int, str | None]:
+    """(rows, malformed rows, the first malformed row's text) of INPUT, in one pass.
+
+    "First" is by file name, then by position: the partitions of one file keep its order.
+    """
+    from pyspark.sql import functions as F
+
+    data = [c for c in frame.columns if c != CORRUPT_RECORD]
+    if not data:
+        raise SparkPyfuncError(f"INPUT {job.input!r} has no well-formed {job.input_format} row")
+    bad = F.col(CORRUPT_RECORD)
+    placed = frame.select(
+        # Spark refuses a scan that reads only the corrupt-record column, so the data columns
+        # are read too: a hash of them cannot be optimised away as a struct's count would be.
+        F.hash(*[F.col(f"`{c}`") for c in data]).alias("data"),
+        bad,
+        F.struct(F.input_file_name(), F.monotonically_increasing_id()).alias("place"),
+    )
+    row = placed.select(
+        F.count(F.lit(1)).alias("rows"),
+        F.max("data").alias("data"),
+        F.count(bad).alias("bad"),
+        F.min_by(bad, F.when(bad.isNotNull(), F.col("place"))).alias("first"),
+    ).first()
+    return int(row["rows"]), int(row["bad"]), row["first"]
+
+
+def _refuse_malformed(job: ScoreJob, rows: int, bad: int, first: str | None) -> None:
+    shown = (first or "").rstrip("\r\n")
+    shown = shown if len(shown) <= 200 else shown[:200] + "..."
+    raise SparkPyfuncError(
+        f"INPUT {job.input!r} has {bad:,} malformed {job.input_format} row"
+        f"{'s' if bad != 1 else ''} (of {rows:,}); the first: {shown!r}. Fix them, or pass "
+        "--bad-records skip to score only the well-formed rows, or --bad-records keep to "
+        f"score every row and keep the raw text in a {CORRUPT_RECORD} column"
+    )
+
+
+def _result_type(text: str | None) -> Any:
+    """--result-type parsed, keeping Spark's reason (``[PARSE_SYNTAX_ERROR] ...``) on one line."""
+    if text is None:
+        return None
+    from spark_pyfunc.udf import parse_result_type
+
+    try:
+        return parse_result_type(text)
+    except SparkPyfuncError as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        reason = re.sub(r"\s*SQLSTATE: \w+\.?", "", lines[0]) if lines else type(cause).__name__
+        raise UsageError(f"--result-type {text!r} is not a valid Spark type: {reason}") from exc
+
+
+@contextlib.contextmanager
+def _host_log_conf(spark: SparkSession, directory: str | None) -> Iterator[None]:
+    """Set ``spark.pyfunc.host.logDir`` for this job, and put back what the session had."""
+    if directory is None:
+        yield
+        return
+    previous = spark.conf.get(CONF_HOST_LOG_DIR, None)
+    spark.conf.set(CONF_HOST_LOG_DIR, directory)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(CONF_HOST_LOG_DIR)
+        else:
+            spark.conf.set(CONF_HOST_LOG_DIR, previous)
+
+
+@contextlib.contextmanager
+def _job_group(spark: SparkSession) -> Iterator[str]:
+    """Run the block's Spark jobs in a group of their own; on any failure (Ctrl-C included)
+    cancel them and wait until their tasks stopped, so that no task writes after cleanup."""
+    sc = spark.sparkContext
+    group = f"spark-pyfunc-score-{uuid.uuid4().hex}"
+    sc.setJobGroup(group, f"{PROG} score", interruptOnCancel=True)
+    try:
+        yield group
+    except BaseException:
+        with contextlib.suppress(Exception):
+            _cancel_and_wait(sc, group)
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            for key in (
+                "spark.jobGroup.id",
+                "spark.job.description",
+                "spark.job.interruptOnCancel",
+            ):
+                sc.setLocalProperty(key, None)  # type: ignore[arg-type]  # None removes it
+
+
+def _cancel_and_wait(sc: Any, group: str, timeout: float = 120.0) -> None:
+    sc.cancelJobGroup(group)
+    tracker = sc.statusTracker()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        active = 0
+        for job_id in tracker.getJobIdsForGroup(group):
+            info = tracker.getJobInfo(job_id)
+            for stage_id in info.stageIds if info is not None else ():
+                stage = tracker.getStageInfo(stage_id)
+                active += stage.numActiveTasks if stage is not None else 0
+        if not active:
+            return
+        time.sleep(0.2)
+    logger.warning("tasks of the cancelled job were still running after %.0f s", timeout)
+
+
+# ------------------------------------------------------------------- atomic output
+
+
+def _sibling(output: Path, role: str) -> Path:
+    """A hidden, unique name next to OUTPUT: same filesystem, so renames are atomic."""
+    return output.parent / f".{output.name}.spark-pyfunc-{role}-{uuid.uuid4().hex[:12]}"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _make_parents(directory: Path) -> list[Path]:
+    """Create ``directory`` and its missing parents; return those created, outermost first."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    missing.reverse()
+    for path in missing:
+        path.mkdir()
+    return missing
+
+
+_SUCCESS_FILES = ("_SUCCESS", "._SUCCESS.crc")
+
+
+def _append_parts(stage: Path, output: Path) -> None:
+    """Move the staged files into OUTPUT; on any failure move back those already moved.
+
+    Spark's part file names carry the job's UUID, so they never replace existing files; only
+    the ``_SUCCESS`` marker is replaced.
+    """
+    entries = sorted(p for p in stage.iterdir() if p.name not in _SUCCESS_FILES)
+    moved: list[Path] = []
+    try:
+        for entry in entries:
+            target = output / entry.name
+            if target.exists() or target.is_symlink():
+                raise SparkPyfuncError(
+                    f"OUTPUT {str(output)!r} already has {entry.name}; nothing was appended"
+                )
+            os.rename(entry, target)
+            moved.append(target)
+    except BaseException:
+        for target in reversed(moved):
+            os.rename(target, stage / target.name)
+        raise
+    for name in _SUCCESS_FILES:
+        if (stage / name).exists():
+            os.replace(stage / name, output / name)
+
+
+def _commit(stage: Path, output: Path, mode: str) -> None:
+    """Put the staged output in place: as a whole, or its files for an append."""
+    exists = output.exists() or output.is_symlink()
+    if exists and mode == "append":
+        _append_parts(stage, output)
+        _remove(stage)
+    elif exists and mode == "overwrite":
+        old = _sibling(output, "old")
+        os.rename(output, old)
+        try:
+            os.rename(stage, output)
+        except BaseException:
+            os.rename(old, output)
+            raise
+        try:
+            _remove(old)
+        except OSError as exc:
+            logger.warning("could not remove the previous OUTPUT, moved to %s: %s", old, exc)
+    elif exists:
+        raise SparkPyfuncError(
+            f"OUTPUT {str(output)!r} appeared while scoring; nothing was written to it"
+        )
+    else:
+        os.rename(stage, output)
+
+
+@contextlib.contextmanager
+def staged_output(output: str | os.PathLike, mode: str) -> Iterator[Path]:
+    """A fresh path to write OUTPUT to, committed into place only if the block succeeds.
+
+    Args:
+        output: the local OUTPUT path.
+        mode: ``error`` (OUTPUT must not exist), ``overwrite`` (the previous OUTPUT is renamed
+            aside, replaced, then deleted; put back if the replacement fails) or ``append``
+            (the new part files are moved into OUTPUT, or all moved back).
+
+    Returns:
+        A context manager yielding a hidden, not yet existing sibling of OUTPUT.
+
+    Raises:
+        SparkPyfuncError: if the commit cannot be done; whatever the block raises. Either way
+            the sibling and any parent directory made for it are removed.
+
+    Example:
+        >>> with staged_output("out.parquet", "overwrite") as stage:
+        ...     frame.write.parquet(str(stage))
+    """
+    output = Path(output)
+    created = _make_parents(output.parent)
+    stage = _sibling(output, "new")
+    try:
+        yield stage
+        _commit(stage, output, mode)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _remove(stage)
+        for directory in reversed(created):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """Rows scored / total and the rate on stderr, from Spark's status tracker.
+
+    Spark reports tasks, not rows: the input is split into equal partitions (see
+    ``_split``), so the rows scored are the total times the share of the write stage's tasks
+    done. tqdm draws the bar when it is installed (the ``progress`` extra); without it a plain
+    line is printed every ``interval`` seconds.
+    """
+
+    def __init__(
+        self, spark: SparkSession, group: str, total: int, tasks: int, interval: float = 10.0
+    ) -> None:
+        self._tracker = spark.sparkContext.statusTracker()
+        self._group, self._total, self._tasks, self._interval = group, total, tasks, interval
+        self._known = set(self._tracker.getJobIdsForGroup(group))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spark-pyfunc-progress", daemon=True)
+        self._started = time.monotonic()
+        self._shown = 0
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            self._bar = None
+        else:
+            self._bar = tqdm(
+                total=total,
+                unit="rows",
+                unit_scale=total >= 10_000,
+                file=sys.stderr,
+                desc="scoring",
+            )
+
+    def __enter__(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._bar is not None:
+            self._bar.close()
+
+    def finish(self, rows: int) -> None:
+        """Show the final count (the exact one, from the job's own observation)."""
+        self._stop.set()
+        self._thread.join()
+        self._show(rows, final=True)
+
+    def _scored(self) -> int:
+        """Rows done: the total times the share of completed tasks in the scoring stage."""
+        jobs = [j for j in self._tracker.getJobIdsForGroup(self._group) if j not in self._known]
+        best = 0.0
+        for job_id in jobs:
+            info = self._tracker.getJobInfo(job_id)
+            for stage_id in info.stageIds if info is not None else ():
+                stage = self._tracker.getStageInfo(stage_id)
+                if stage is not None and stage.numTasks == self._tasks:
+                    best = max(best, stage.numCompletedTasks / stage.numTasks)
+        return round(self._total * best)
+
+    def _run(self) -> None:
+        last_line = self._started
+        while not self._stop.wait(0.5):
+            try:
+                rows = self._scored()
+            except Exception:  # the context is going away: the job's outcome says the rest
+                return
+            if self._bar is not None:
+                self._show(rows)
+            elif time.monotonic() - last_line >= self._interval:
+                last_line = time.monotonic()
+                self._show(rows)
+
+    def _show(self, rows: int, final: bool = False) -> None:
+        if self._bar is not None:
+            if final:
+                self._bar.total = max(self._bar.total, rows)
+            self._bar.update(max(rows - self._shown, 0))
+            self._shown = max(rows, self._shown)
+            return
+        seconds = time.monotonic() - self._started
+        rate = rows / seconds if seconds > 0 else 0.0
+        percent = 100.0 * rows / self._total if self._total else 100.0
+        print(
+            f"{PROG}: scored {rows:,} / {self._total:,} rows ({percent:.0f}%), {rate:,.0f} rows/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _split(frame: DataFrame, spark: SparkSession) -> DataFrame:
+    """Enough equal partitions for the progress to move (2 files would be 2 tasks)."""
+    wanted = _TASKS_PER_CORE * spark.sparkContext.defaultParallelism
+    return frame.repartition(wanted) if frame.rdd.getNumPartitions() < wanted else frame
 
 
 def score(
@@ -363,50 +783,102 @@ def score(
 ) -> ScoreSummary:
     """Score INPUT with MODEL through ``spark_udf`` and write INPUT's columns plus predictions.
 
-    ``options`` are those of :func:`prepare_score`. A struct prediction written as csv becomes
-    one ``<output_column>_<field>`` column per field, since csv has no nested columns.
+    OUTPUT is written to a hidden sibling and renamed into place only when the whole job
+    succeeded (see :func:`staged_output`): a failure leaves OUTPUT as it was.
+
+    Args:
+        spark: the session to score in.
+        model: the model directory (or ``file:`` URI).
+        input: the file, directory or glob to score (local, ``file:``, or any URI Spark reads).
+        output: the local OUTPUT path (or ``file:`` URI).
+        options: those of :func:`prepare_score`.
+
+    Returns:
+        A :class:`ScoreSummary`.
+
+    Raises:
+        SparkPyfuncError: with one telling line for every failure the CLI knows of.
+
+    Example:
+        >>> score(spark, "models/scorer", "in.csv", "out.parquet", mode="overwrite").rows
+        20000
+
+    A struct prediction written as csv becomes one ``<output_column>_<field>`` column per
+    field, since csv has no nested columns.
     """
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
     from pyspark.sql.types import StructType
 
-    from spark_pyfunc.udf import parse_result_type, spark_udf
+    from spark_pyfunc.udf import spark_udf
 
     job = prepare_score(model, input, output, **options)
+    dtype = _result_type(job.result_type)
     frame = _read(spark, job)
+    corrupt = CORRUPT_RECORD in frame.columns and job.input_format != "parquet"
     if job.output_column in frame.columns:
         raise UsageError(
             f"INPUT already has a column {job.output_column!r}; name the predictions "
             "with --output-column"
         )
-    pairs = _bound_columns(job, frame.columns)
-    try:
-        dtype = parse_result_type(job.result_type) if job.result_type is not None else None
-    except SparkPyfuncError as exc:
-        raise UsageError(f"--result-type: {exc}") from exc
+    data_columns = [c for c in frame.columns if not (corrupt and c == CORRUPT_RECORD)]
+    pairs = _bound_columns(job, data_columns)
     started = time.perf_counter()
-    udf = spark_udf(spark, job.model, result_type=dtype, params=job.params, scope=job.scope)
-    inputs = F.struct(*[F.col(f"`{column}`").alias(name) for column, name in pairs])
-    scored = frame.withColumn(job.output_column, udf(inputs))
-    if job.output_format == "csv" and isinstance(udf.result_type, StructType):
-        column = F.col(f"`{job.output_column}`")
-        scored = scored.select(
-            *[F.col(f"`{c}`") for c in frame.columns],
-            *[
-                column[f.name].alias(f"{job.output_column}_{f.name}")
-                for f in udf.result_type.fields
-            ],
-        )
-    observation = Observation("spark_pyfunc_score")
-    writer = scored.observe(observation, F.count(F.lit(1)).alias("rows")).write
-    writer = writer.format(job.output_format).mode(job.mode)
-    if job.output_format == "csv":
-        writer = writer.option("header", True)
-    writer.save(job.output)
+    with (
+        _host_log_conf(spark, job.host_log_dir),
+        staged_output(job.output, job.mode) as stage,
+        _job_group(spark) as group,
+    ):
+        total = None
+        bad_rows = None
+        if corrupt and job.bad_records == "fail":
+            total, bad, first = _malformed(frame, job)
+            if bad:
+                _refuse_malformed(job, total, bad, first)
+        if corrupt and job.bad_records == "skip":
+            bad_rows = Observation("spark_pyfunc_malformed")
+            frame = frame.observe(bad_rows, F.count(F.col(CORRUPT_RECORD)).alias("bad"))
+            frame = frame.where(F.col(CORRUPT_RECORD).isNull())
+        kept = [*data_columns, CORRUPT_RECORD] if corrupt and job.bad_records == "keep" else []
+        frame = frame.select(*[F.col(f"`{c}`") for c in kept or data_columns])
+        if job.progress:
+            if total is None:
+                total = frame.count()
+            frame = _split(frame, spark)
+        udf = spark_udf(spark, job.model, result_type=dtype, params=job.params, scope=job.scope)
+        inputs = F.struct(*[F.col(f"`{column}`").alias(name) for column, name in pairs])
+        scored = frame.withColumn(job.output_column, udf(inputs))
+        if job.output_format == "csv" and isinstance(udf.result_type, StructType):
+            column = F.col(f"`{job.output_column}`")
+            scored = scored.select(
+                *[F.col(f"`{c}`") for c in frame.columns],
+                *[
+                    column[f.name].alias(f"{job.output_column}_{f.name}")
+                    for f in udf.result_type.fields
+                ],
+            )
+        observation = Observation("spark_pyfunc_score")
+        writer = scored.observe(observation, F.count(F.lit(1)).alias("rows")).write
+        writer = writer.format(job.output_format).mode("error")
+        if job.output_format == "csv":
+            writer = writer.option("header", True)
+        if job.progress and total is not None:
+            tasks = frame.rdd.getNumPartitions()
+            with _Progress(spark, group, total, tasks) as progress:
+                writer.save(str(stage))
+                rows = int(observation.get["rows"])
+                progress.finish(rows)
+        else:
+            writer.save(str(stage))
+            rows = int(observation.get["rows"])
     seconds = time.perf_counter() - started
-    rows = int(observation.get["rows"])
+    skipped = int(bad_rows.get["bad"]) if bad_rows is not None else None
+    if skipped:
+        logger.warning("skipped %d malformed rows of INPUT %s", skipped, job.input)
     logger.info("scored %d rows in %.2f s with scope=%s", rows, seconds, udf.scope)
-    return ScoreSummary(rows, seconds, job.output, job.output_format, udf.scope)
+    return ScoreSummary(
+        rows, seconds, job.output, job.output_format, udf.scope, skipped, job.host_log_dir
+    )
 
 
 # ------------------------------------------------------------------------ Spark session
@@ -499,8 +971,8 @@ def spark_session(
             SparkSession.builder.master(master)
             .appName(app_name)
             .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={log_conf}")
-            # Spark's progress bar is for a console: in a log file it is a wall of \r lines.
-            .config("spark.ui.showConsoleProgress", str(sys.stderr.isatty()).lower())
+            # The CLI shows rows scored itself (--progress); Spark's stage bar would fight it.
+            .config("spark.ui.showConsoleProgress", "false")
         )
         if master.startswith("local"):
             # An embedded session needs no network: keep the driver on the loopback interface.
@@ -597,7 +1069,17 @@ def _is_expected(exc: BaseException) -> bool:
 
 @contextlib.contextmanager
 def _logging(verbose: bool) -> Iterator[None]:
-    """spark_pyfunc's own logs on stderr: warnings only, INFO with --verbose."""
+    """spark_pyfunc's own logs on stderr: warnings only, INFO with --verbose.
+
+    Without --verbose the root logger is muted too: py4j logs a traceback through it for
+    every call that Ctrl-C interrupts (``logging.exception``), dozens of lines before ours.
+    """
+    root = logging.getLogger()
+    muted = logging.NullHandler()
+    root_level = root.level
+    if not verbose:
+        root.addHandler(muted)  # also keeps logging.exception from calling basicConfig
+        root.setLevel(logging.CRITICAL + 1)
     package = logging.getLogger("spark_pyfunc")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -615,6 +1097,8 @@ def _logging(verbose: bool) -> Iterator[None]:
     finally:
         package.removeHandler(handler)
         package.setLevel(previous)
+        root.removeHandler(muted)
+        root.setLevel(root_level)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -660,7 +1144,40 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="one model copy per executor, per Python worker, or chosen by model size",
     )
+    parser.add_argument(
+        "--bad-records",
+        choices=BAD_RECORDS,
+        default="fail",
+        help="csv/json rows Spark cannot parse: fail with their count and the first one "
+        "(default), skip them, or keep them (scored from nulls), with the raw text in "
+        f"{CORRUPT_RECORD}",
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show rows scored / total and the rate on stderr (default: only on a terminal)",
+    )
+    parser.add_argument(
+        "--host-log-dir",
+        metavar="DIR",
+        help=f"keep the model hosts' logs in DIR (sets {CONF_HOST_LOG_DIR}); with --verbose "
+        "a new temporary directory is used unless this is given",
+    )
     parser.add_argument("--verbose", action="store_true", help="logs and full tracebacks")
+
+
+def _host_log_dir(args: argparse.Namespace) -> str | None:
+    """DIR of --host-log-dir, made absolute (and created), or a kept temp dir with --verbose."""
+    if args.host_log_dir is not None:
+        directory = local_path(args.host_log_dir)
+        if directory.exists() and not directory.is_dir():
+            raise UsageError(f"--host-log-dir {args.host_log_dir!r} is not a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        return str(directory)
+    if args.verbose:
+        return tempfile.mkdtemp(prefix="spark-pyfunc-host-logs-")
+    return None
 
 
 def _score_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -673,6 +1190,8 @@ def _score_options(args: argparse.Namespace) -> dict[str, Any]:
         "mode": args.mode,
         "params": parse_params(args.param),
         "scope": args.scope,
+        "bad_records": args.bad_records,
+        "progress": sys.stderr.isatty() if args.progress is None else args.progress,
     }
 
 
@@ -682,6 +1201,9 @@ def run_score_command(
     """Check, start Spark through ``session``, score, print the summary."""
     options = _score_options(args)
     prepare_score(args.model, args.input, args.output, **options)
+    options["host_log_dir"] = _host_log_dir(args)
+    if options["host_log_dir"] is not None:
+        logger.info("model host logs go to %s", options["host_log_dir"])
     with session() as spark:
         summary = score(spark, args.model, args.input, args.output, **options)
     print("\n".join(summary.lines()))

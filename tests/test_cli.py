@@ -1,32 +1,59 @@
 """The spark-pyfunc console script end to end: score, info, demo, and every error path.
 
 Scoring runs in-process through ``main([...])`` on the shared local[2] session (the CLI reuses an
-active session and leaves it running); the demo and a few error cases run as real subprocesses
-through the installed console script, as a user would.
+active session and leaves it running); the demo, Ctrl-C and a few error cases run as real
+subprocesses through the installed console script, as a user would.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import cloudpickle
 import numpy as np
 import pandas as pd
 import psutil
 import pyspark
 import pytest
+import yaml
 
-from spark_pyfunc.cli import UsageError, main, parse_columns, parse_params
+from spark_pyfunc.cli import CONF_HOST_LOG_DIR, UsageError, main, parse_columns, parse_params
 from spark_pyfunc.demo import FEATURES, LogisticScorer, build_model, example_features
 from spark_pyfunc.loading import load_model
+from spark_pyfunc.python_model import PythonModel
 from spark_pyfunc.saving import save_model
+from spark_pyfunc.schema import ColSpec, DataType, ModelSignature, Schema
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("spark-pyfunc")
+
+# The models below are pickled by value, so Spark's workers need no tests directory on their path.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class FailsOnSomeRows(PythonModel):
+    """Doubles f0, but refuses batches holding an f0 above 2 (a few rows of the test data)."""
+
+    def predict(self, context, model_input, params=None):
+        if (model_input["f0"] > 2.0).any():
+            raise ValueError("f0 above 2.0: refusing to score this batch")
+        return pd.Series(model_input["f0"] * 2.0)
+
+
+class Slow(PythonModel):
+    """Writes its pid to model_config["started"], then takes a minute per batch."""
+
+    def predict(self, context, model_input, params=None):
+        with open(context.model_config["started"], "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        time.sleep(60)
+        return pd.Series(np.zeros(len(model_input)))
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -323,11 +350,18 @@ def test_info_on_missing_model(capsys, tmp_path):
 
 def test_score_parquet_to_parquet(spark, capsys, tmp_path, model_dir, parquet_input, features):
     out = tmp_path / "scored.parquet"
+    started = time.perf_counter()
     code, stdout, err = run_cli(capsys, "score", model_dir, parquet_input, out)
+    wall = time.perf_counter() - started
     assert code == 0, err
     summary = dict(line.split(None, 1) for line in stdout.strip().splitlines())
     assert summary["rows"] == f"{len(features):,}"
-    assert float(summary["seconds"]) > 0 and float(summary["rows/s"].replace(",", "")) > 0
+    # The seconds are the job's, within the command's own wall time, and the rate is rows over
+    # them (the printed seconds are rounded to 0.01, the rate to 1 row/s).
+    seconds, rate = float(summary["seconds"]), float(summary["rows/s"].replace(",", ""))
+    assert 0 < seconds <= wall + 0.01
+    low, high = len(features) / (seconds + 0.005), len(features) / max(seconds - 0.005, 1e-9)
+    assert low - 0.5 <= rate <= high + 0.5
     assert summary["output"] == f"{out} (parquet)"
     assert summary["scope"] == "process"  # a 1 KiB model is below the auto threshold
     got = read_output(out, "parquet")
@@ -418,9 +452,11 @@ def test_errors_found_once_spark_reads_the_input(spark, capsys, tmp_path, model_
     assert code == 2
     assert "already has a column 'id'" in one_error_line(err)
 
-    code, _, err = run_cli(capsys, "score", model_dir, source, out, "--result-type", "dubble")
+    code, _, err = run_cli(capsys, "score", model_dir, source, out, "--result-type", "doubel")
     assert code == 2
-    assert "--result-type" in one_error_line(err)
+    line = one_error_line(err)
+    assert "--result-type 'doubel' is not a valid Spark type: [PARSE_SYNTAX_ERROR]" in line
+    assert "end of input" in line  # Spark's reason, not an empty one
 
     features.drop(columns=["f3"]).to_parquet(source, index=False)
     code, _, err = run_cli(capsys, "score", model_dir, source, out)
@@ -569,3 +605,373 @@ def test_java_home_without_java_and_old_java(tmp_path):
     assert done.returncode == 1
     line = one_error_line(done.stderr)
     assert "needs Java" in line and f"is Java {shown}" in line
+
+
+# ------------------------------------------------- nothing lost: atomic OUTPUT, failures
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` (hidden ones too) by relative name, with its bytes."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def failing_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("failing") / "model"
+    save_model(path, python_model=FailsOnSomeRows(), input_example=example_features(3))
+    return path
+
+
+def test_failed_runs_keep_the_previous_output_byte_for_byte(
+    spark, capsys, tmp_path, model_dir, failing_model, parquet_input, features
+):
+    assert (features["f0"] > 2.0).any()  # the failing model does fail on this data
+    out = tmp_path / "scored.parquet"
+    assert main(["score", str(model_dir), str(parquet_input), str(out)]) == 0
+    before = snapshot(out)
+    assert any(name.startswith("part-") for name in before)
+    capsys.readouterr()
+    for mode in ("overwrite", "append"):
+        code, _, err = run_cli(
+            capsys, "score", failing_model, parquet_input, out, "--mode", mode,
+            "--output-column", "doubled",
+        )  # fmt: skip
+        assert code == 1, mode
+        assert "f0 above 2.0: refusing to score this batch" in one_error_line(err)
+        assert snapshot(out) == before, mode
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["scored.parquet"], mode
+
+
+def test_a_failed_run_leaves_nothing_so_the_same_command_runs_again(
+    spark, capsys, tmp_path, model_dir, failing_model, parquet_input
+):
+    out = tmp_path / "new" / "dir" / "scored.parquet"  # parents are made, and removed again
+    command = ["score", failing_model, parquet_input, out]
+    for _ in range(2):  # the second run fails the same way, not with "already exists"
+        code, _, err = run_cli(capsys, *command)
+        assert code == 1
+        assert "refusing to score this batch" in one_error_line(err)
+        assert list(tmp_path.iterdir()) == []
+    # A result type the predictions do not fit fails inside Spark too, and leaves nothing.
+    code, _, err = run_cli(capsys, "score", model_dir, parquet_input, out, "--result-type", "int")
+    assert code == 1
+    assert "int" in one_error_line(err)
+    assert list(tmp_path.iterdir()) == []
+    code, _, err = run_cli(capsys, "score", model_dir, parquet_input, out)
+    assert code == 0, err
+    assert len(read_output(out, "parquet")) == 300
+
+
+def test_overwrite_replaces_a_previous_file_and_append_adds_part_files(
+    spark, capsys, tmp_path, model_dir, parquet_input, features
+):
+    out = tmp_path / "scored.json"
+    out.write_text("not spark output\n")
+    code, _, err = run_cli(capsys, "score", model_dir, parquet_input, out, "--mode", "overwrite")
+    assert code == 0, err
+    assert out.is_dir() and len(read_output(out, "json")) == len(features)
+    first = snapshot(out)
+    code, _, err = run_cli(capsys, "score", model_dir, parquet_input, out, "--mode", "append")
+    assert code == 0, err
+    after = snapshot(out)
+    # Every file of the first run is still there, unchanged; the new part files came in beside.
+    for name, data in first.items():
+        if "_SUCCESS" not in name:
+            assert after[name] == data
+    assert len(read_output(out, "json")) == 2 * len(features)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scored.json"]
+
+
+def test_remote_output_is_refused_before_spark(capsys, tmp_path, model_dir, parquet_input):
+    code, _, err = run_cli(capsys, "score", model_dir, parquet_input, "s3a://bucket/out.parquet")
+    assert code == 1
+    line = one_error_line(err)
+    assert "'s3a://bucket/out.parquet'" in line and "local" in line
+
+
+# ----------------------------------------------------------- malformed csv and json rows
+
+
+@pytest.fixture(scope="module")
+def json_with_bad_rows(tmp_path_factory, features) -> Path:
+    path = tmp_path_factory.mktemp("bad") / "features.json"
+    features.to_json(path, orient="records", lines=True)
+    with path.open("a") as fh:
+        fh.write('{"id": 1000, "f0": 0.5, "f1": \n')  # cut short
+        fh.write("id=1001 f0=0.1\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def csv_with_bad_rows(tmp_path_factory, features) -> Path:
+    path = tmp_path_factory.mktemp("bad") / "features.csv"
+    features.to_csv(path, index=False)
+    with path.open("a") as fh:
+        fh.write("1000,0.5,0.25\n")  # 3 fields of 9
+    return path
+
+
+@pytest.mark.parametrize(
+    ("fixture", "bad", "first"),
+    [
+        ("json_with_bad_rows", 2, '{"id": 1000, "f0": 0.5, "f1": '),
+        ("csv_with_bad_rows", 1, "1000,0.5,0.25"),
+    ],
+)
+def test_malformed_rows_fail_by_default_naming_count_and_first(
+    spark, capsys, tmp_path, model_dir, features, request, fixture, bad, first
+):
+    source = request.getfixturevalue(fixture)
+    fmt = source.suffix[1:]
+    code, _, err = run_cli(capsys, "score", model_dir, source, tmp_path / "o.parquet")
+    assert code == 1
+    line = one_error_line(err)
+    rows = f"{bad} malformed {fmt} row{'s' if bad > 1 else ''} (of {len(features) + bad})"
+    assert f"INPUT {str(source)!r} has {rows}; the first: {first!r}" in line
+    assert "--bad-records skip" in line and "--bad-records keep" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fixture", ["json_with_bad_rows", "csv_with_bad_rows"])
+def test_bad_records_skip_scores_only_the_good_rows(
+    spark, capsys, tmp_path, model_dir, features, request, fixture
+):
+    source = request.getfixturevalue(fixture)
+    out = tmp_path / "o.parquet"
+    code, stdout, err = run_cli(capsys, "score", model_dir, source, out, "--bad-records", "skip")
+    assert code == 0, err
+    skipped = 2 if fixture.startswith("json") else 1
+    assert f"rows      {len(features):,}" in stdout
+    assert f"skipped   {skipped:,} malformed rows" in stdout
+    assert f"skipped {skipped} malformed rows of INPUT" in err
+    got = read_output(out, "parquet")
+    assert "_corrupt_record" not in got.columns
+    pd.testing.assert_frame_equal(got[features.columns], features, check_dtype=False)
+    want = expected(model_dir, features)
+    np.testing.assert_allclose(struct_fields(got["prediction"])["probability"], want["probability"])
+
+
+def test_bad_records_keep_scores_every_row_and_keeps_the_raw_text(
+    spark, capsys, tmp_path, model_dir, features, json_with_bad_rows
+):
+    out = tmp_path / "o.json"
+    code, stdout, err = run_cli(
+        capsys, "score", model_dir, json_with_bad_rows, out, "--bad-records", "keep"
+    )
+    assert code == 0, err
+    assert f"rows      {len(features) + 2:,}" in stdout
+    got = pd.concat([pd.read_json(p, lines=True) for p in out.glob("part-*.json")])
+    raw = got["_corrupt_record"].dropna().str.rstrip("\n").tolist()
+    assert sorted(raw) == sorted(['{"id": 1000, "f0": 0.5, "f1": ', "id=1001 f0=0.1"])
+    good = got[got["_corrupt_record"].isna()].sort_values("id").reset_index(drop=True)
+    want = expected(model_dir, features)
+    np.testing.assert_allclose(
+        struct_fields(good["prediction"])["probability"], want["probability"]
+    )
+
+
+# ------------------------------------------------ inputs and outputs: URIs, formats, JSON
+
+
+def test_file_uris_and_explicit_formats(spark, capsys, tmp_path, model_dir, features):
+    source = tmp_path / "features.data"  # no extension that tells the format
+    features.to_json(source, orient="records", lines=True)
+    out = tmp_path / "scored.out"
+    code, stdout, err = run_cli(
+        capsys, "score", model_dir, source.as_uri(), out.as_uri(),
+        "--input-format", "json", "--output-format", "csv",
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"output    {out} (csv)" in stdout
+    got = pd.concat([pd.read_csv(p) for p in out.glob("part-*.csv")]).sort_values("id")
+    np.testing.assert_allclose(
+        got["prediction_probability"], expected(model_dir, features)["probability"]
+    )
+    again = tmp_path / "again.out"
+    code, _, err = run_cli(
+        capsys, "score", model_dir, f"file:{source}", f"file://{again}", "--format", "json"
+    )
+    assert code == 0, err
+    got = read_output(again, "json")
+    pd.testing.assert_frame_equal(got[features.columns], features, check_dtype=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "again.out",
+        "features.data",
+        "scored.out",
+    ]
+
+
+def test_file_uri_on_another_host_is_refused(capsys, tmp_path, model_dir, parquet_input):
+    code, _, err = run_cli(capsys, "score", model_dir, parquet_input, "file://elsewhere/o.json")
+    assert code == 1
+    assert "'file://elsewhere/o.json'" in one_error_line(err)
+
+
+# --------------------------------------------------------------- loader modules, no Spark
+
+
+def _with_loader(tmp_path: Path, loader: str) -> Path:
+    """A model directory whose MLmodel names another flavor's loader module."""
+    path = tmp_path / "flavored"
+    save_model(path, python_model=LogisticScorer(), input_example=example_features(3))
+    mlmodel = path / "MLmodel"
+    raw = yaml.safe_load(mlmodel.read_text())
+    pyfunc = raw["flavors"]["python_function"]
+    pyfunc["loader_module"] = loader
+    pyfunc.pop("python_model", None)
+    pyfunc["data"] = "data"
+    (path / "data").mkdir()
+    mlmodel.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("loader", "blocked", "install"),
+    [
+        ("mlflow.sklearn", "mlflow", "pip install mlflow"),
+        ("acme_flavors.pyfunc", None, "pip install acme_flavors"),
+    ],
+)
+def test_missing_loader_module_is_found_before_spark_starts(
+    tmp_path, parquet_input, loader, blocked, install
+):
+    model = _with_loader(tmp_path, loader)
+    # No java on PATH: had Spark been started, the error would be about Java.
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = _without_java_env(str(empty))
+    block = f"sys.modules[{blocked!r}] = None; " if blocked else ""
+    code = (
+        f"import sys; {block}from spark_pyfunc.cli import main; "
+        f"sys.exit(main(['score', {str(model)!r}, {str(parquet_input)!r}, 'o.parquet']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1
+    line = one_error_line(done.stderr)
+    assert f"MODEL {str(model)!r} is loaded by its loader_module {loader}" in line
+    assert install in line
+    assert not (tmp_path / "o.parquet").exists()
+
+
+# --------------------------------------------------------------------- progress, host logs
+
+
+def test_progress_shows_rows_of_total_only_when_asked(
+    spark, capsys, tmp_path, model_dir, parquet_input, features
+):
+    code, _, err = run_cli(capsys, "score", model_dir, parquet_input, tmp_path / "quiet.parquet")
+    assert code == 0 and "scoring" not in err and "rows/s" not in err  # not a terminal
+    code, _, err = run_cli(
+        capsys, "score", model_dir, parquet_input, tmp_path / "no.parquet", "--no-progress"
+    )
+    assert code == 0 and err == ""
+
+    out = tmp_path / "shown.parquet"
+    code, _, err = run_cli(capsys, "score", model_dir, parquet_input, out, "--progress")
+    assert code == 0, err
+    total = len(features)
+    assert f"{total}/{total}" in err and "rows/s" in err  # tqdm's bar, at 100%
+    # The one input file was split so that the bar moves: 4 tasks per core.
+    parts = list(out.glob("part-*.parquet"))
+    assert len(parts) == 4 * spark.sparkContext.defaultParallelism
+    pd.testing.assert_frame_equal(read_output(out, "parquet")[features.columns], features)
+
+
+def test_progress_without_tqdm_prints_plain_lines(
+    spark, capsys, tmp_path, model_dir, parquet_input, features, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now fails
+    code, _, err = run_cli(
+        capsys, "score", model_dir, parquet_input, tmp_path / "o.parquet", "--progress"
+    )
+    assert code == 0, err
+    last = err.strip().splitlines()[-1]
+    total = len(features)
+    assert last.startswith(f"spark-pyfunc: scored {total:,} / {total:,} rows (100%), ")
+    assert last.endswith(" rows/s")
+
+
+def test_host_log_dir_is_set_for_the_job_and_named_at_the_end(
+    spark, capsys, tmp_path, model_dir, parquet_input, monkeypatch
+):
+    import spark_pyfunc.udf
+
+    seen = []
+    real = spark_pyfunc.udf.spark_udf
+
+    def spy(session, *args, **kwargs):
+        seen.append(session.conf.get(CONF_HOST_LOG_DIR, None))
+        return real(session, *args, **kwargs)
+
+    monkeypatch.setattr(spark_pyfunc.udf, "spark_udf", spy)
+    logs = tmp_path / "logs" / "hosts"
+    code, stdout, err = run_cli(
+        capsys, "score", model_dir, parquet_input, tmp_path / "o.parquet",
+        "--host-log-dir", logs,
+    )  # fmt: skip
+    assert code == 0, err
+    assert seen == [str(logs)] and logs.is_dir()
+    assert f"host logs {logs}" in stdout
+    assert spark.conf.get(CONF_HOST_LOG_DIR, None) is None  # the session is left as it was
+
+    code, stdout, err = run_cli(
+        capsys, "score", model_dir, parquet_input, tmp_path / "v.parquet", "--verbose"
+    )
+    assert code == 0, err
+    kept = Path(stdout.split("host logs ", 1)[1].splitlines()[0])
+    try:
+        assert kept.is_dir() and kept.name.startswith("spark-pyfunc-host-logs-")
+        assert seen[-1] == str(kept)
+    finally:
+        kept.rmdir()
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path, parquet_input):
+    started = tmp_path / "started"
+    model = tmp_path / "slow"
+    # A declared signature: an input example would run the slow predict here, in the test.
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(DataType.double, name) for name in FEATURES]),
+        outputs=Schema([ColSpec(DataType.double)]),
+    )
+    save_model(
+        model, python_model=Slow(), signature=signature, model_config={"started": str(started)}
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    tag = uuid.uuid4().hex
+    env = {**os.environ, "SPARK_PYFUNC_CLI_TEST": tag}
+    command = [*_cli_command(), "score", str(model), str(parquet_input), "out.parquet"]
+    # A terminal's Ctrl-C reaches the whole foreground process group: its own session here.
+    proc = subprocess.Popen(
+        [*command, "--scope", "executor"], env=env, cwd=work, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert started.exists(), "the model never started scoring"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    # Java 17+ prints this when Spark's JVM starts, before anything runs; it is not ours.
+    lines = [x for x in err.splitlines() if not x.startswith("WARNING: Using incubator modules")]
+    assert lines == ["spark-pyfunc: interrupted"], err
+    assert list(work.iterdir()) == []  # no OUTPUT, no hidden staging directory
+    deadline = time.monotonic() + 30
+    while _tagged(tag) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    leftover = _tagged(tag)
+    assert not leftover, [p.cmdline() for p in leftover]

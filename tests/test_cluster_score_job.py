@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import cloudpickle
 import numpy as np
 import pandas as pd
 import pyspark
@@ -22,6 +23,8 @@ import pytest
 
 from spark_pyfunc.demo import FEATURES, build_model, example_features
 from spark_pyfunc.loading import load_model
+from spark_pyfunc.python_model import PythonModel
+from spark_pyfunc.saving import save_model
 
 SCORE_JOB = Path(__file__).resolve().parent.parent / "scripts" / "score_job.py"
 SPARK_SUBMIT = Path(pyspark.__file__).parent / "bin" / "spark-submit"
@@ -29,6 +32,18 @@ SPARK_SUBMIT = Path(pyspark.__file__).parent / "bin" / "spark-submit"
 # $SPARK_HOME/work, whatever spark.worker.dir says.
 SPARK_WORK = Path(os.environ.get("SPARK_HOME", Path(pyspark.__file__).parent)) / "work"
 MARKER = f"-Dpyfunc_test_marker={uuid.uuid4().hex}"
+
+# Pickled by value: the executors' Python workers have no tests directory on their path.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class FailsOnSomeRows(PythonModel):
+    """Refuses batches holding an f0 above 2 (a few rows of the test data)."""
+
+    def predict(self, context, model_input, params=None):
+        if (model_input["f0"] > 2.0).any():
+            raise ValueError("f0 above 2.0: refusing to score this batch")
+        return pd.Series(model_input["f0"] * 2.0)
 
 
 @pytest.fixture(autouse=True)
@@ -88,3 +103,19 @@ def test_score_job_under_spark_submit_matches_local_predict(tmp_path):
         f"spark-pyfunc: error: OUTPUT {str(out)!r} already exists; pass --mode "
         "overwrite to replace it or --mode append to add to it"
     ]
+
+    # A failed overwrite on the cluster keeps the previous output byte for byte and leaves no
+    # staging directory beside it.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    failing = tmp_path / "failing"
+    save_model(failing, python_model=FailsOnSomeRows(), input_example=example_features(3))
+    assert (features["f0"] > 2.0).any()
+    broken = spark_submit(
+        str(failing), str(source), str(out), "--mode", "overwrite", "--output-column", "doubled",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert broken.returncode == 1
+    errors = [line for line in broken.stdout.splitlines() if line.startswith("spark-pyfunc:")]
+    assert len(errors) == 1 and "f0 above 2.0: refusing to score this batch" in errors[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
