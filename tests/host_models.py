@@ -7,6 +7,7 @@ its own ``sys.path`` (pytest puts tests/ on it) to the host.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pandas as pd
@@ -52,3 +53,18 @@ class Counting(PythonModel):
     def describe(self, context, model_input, params=None):
         """A custom inference method: one string per row."""
         return [f"a={a:g} b={b:g}" for a, b in zip(model_input["a"], model_input["b"], strict=True)]
+
+    def whoami(self, context, model_input, params=None):
+        """The pid of the process running predict, on every row."""
+        return pd.DataFrame({"pid": [os.getpid()] * len(model_input)})
+
+
+class Threaded(Counting):
+    """Counting, with a background thread started by load_context (as onnxruntime's session
+    pools or a model refreshing a cache would): forking the loaded process is unsafe."""
+
+    def load_context(self, context):
+        super().load_context(context)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._stop.wait, daemon=True)
+        self._thread.start()
