@@ -37,6 +37,7 @@ from spark_pyfunc.errors import HostError, PredictionError, SchemaEnforcementErr
 from spark_pyfunc.host import DEFAULT_MODE, MODES, read_pid_file, socket_path
 from spark_pyfunc.wire import (
     arrow_bytes_to_frame,
+    arrow_bytes_to_table,
     batch_to_arrow_bytes,
     encode_header,
     frame_to_arrow_bytes,
@@ -63,6 +64,8 @@ class HostSpec:
     ``key`` names the host (see :func:`host_key`); ``state_dir`` is the executor's own
     directory, which holds the lock file, the pid file and the host's log. ``watch_pid`` is the
     process whose end ends the host (the worker's parent: the pyspark daemon or the executor).
+    ``processes`` is how many serving processes a prefork host runs (the executor's task slots;
+    None: the CPUs the host may run on).
     """
 
     model_dir: str
@@ -73,10 +76,19 @@ class HostSpec:
     start_timeout: float = 600.0
     mode: str = DEFAULT_MODE
     watch_pid: int | None = None
+    processes: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise HostError(f"model host mode {self.mode!r} is not one of {list(MODES)}")
+        if self.processes is not None and (
+            isinstance(self.processes, bool)
+            or not isinstance(self.processes, int)
+            or self.processes < 1
+        ):
+            raise HostError(
+                f"model host processes must be a positive integer, not {self.processes!r}"
+            )
 
 
 def host_key(executor_dir: str, model_sha256: str, model_config: dict | None) -> str:
@@ -161,11 +173,15 @@ class ModelHostClient:
         frame: pd.DataFrame | pa.RecordBatch,
         method: str = "predict",
         params: dict | None = None,
-    ) -> pd.DataFrame:
+        *,
+        arrow: bool = False,
+    ) -> pd.DataFrame | pa.Table:
         """The model's output for ``frame``, as rows (see wire.prediction_to_frame).
 
         An Arrow record batch goes to the host as it is, so a Spark worker that already holds
         Arrow data skips a round of pandas conversions; the host gives the model pandas.
+        ``arrow=True`` returns the host's Arrow table as it came, for a relay that fits it
+        to the result type without pandas.
         """
         rows = frame.num_rows if isinstance(frame, pa.RecordBatch) else len(frame)
         header = {"method": method, "params": params, "rows": rows}
@@ -198,7 +214,7 @@ class ModelHostClient:
                 continue
             if not reply.get("ok"):
                 raise _remote_error(reply, method, self._host_pid)
-            return arrow_bytes_to_frame(body)
+            return arrow_bytes_to_table(body) if arrow else arrow_bytes_to_frame(body)
         raise HostError(
             f"the model host for {self.spec.model_dir} broke the connection {ATTEMPTS} times "
             f"in a row: {failure}",
@@ -334,6 +350,8 @@ class ModelHostClient:
         ]  # fmt: skip
         if spec.watch_pid is not None:
             cmd += ["--watch-pid", str(spec.watch_pid)]
+        if spec.processes is not None:
+            cmd += ["--processes", str(spec.processes)]
         return cmd
 
     def _fail(self, message: str) -> HostError:

@@ -64,13 +64,15 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
 
 def host_processes(marker: str) -> list[psutil.Process]:
     """Model hosts serving the model whose archive stem is ``marker`` (hosts are detached, so
-    they are found by their command line, not as our descendants)."""
+    they are found by their command line, not as our descendants); a prefork host's serving
+    children share its command line and are left out."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
         cmd = proc.info["cmdline"] or []
         if "spark_pyfunc.host" in cmd and any(marker in part for part in cmd):
             found.append(proc)
-    return found
+    pids = {p.pid for p in found}
+    return [p for p in found if p.info["ppid"] not in pids]
 
 
 def descendants(predicate: Callable[[list[str]], bool]) -> list[psutil.Process]:

@@ -720,3 +720,60 @@ def test_peer_of_another_uid_is_refused(caplog: pytest.LogCaptureFixture) -> Non
     assert not os.path.exists(shared)
     assert "refused a connection from uid 65534" in caplog.text
     assert not os.path.exists(sock_file)
+
+
+# --------------------------------------------------------------------- through spark_udf
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from udf_models import Probe, save
+
+    from spark_pyfunc.schema import ColSpec, DataType, ModelSignature, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(DataType.double, "a"), ColSpec(DataType.string, "b")]),
+        outputs=Schema([ColSpec(DataType.long, "pid"), ColSpec(DataType.long, "rows")]),
+    )
+    return str(save(Probe(), tmp_path_factory.mktemp("probe") / "model", signature=signature))
+
+
+def _host_of_job(spark, probe_dir: str, counter: Path) -> psutil.Process:
+    """Score a job with a fresh host (its own model_config) and return that host."""
+    from spark_pyfunc.udf import spark_udf
+
+    predict = spark_udf(spark, probe_dir, model_config={"counter": str(counter)}, scope="executor")
+    df = spark.range(0, 2000, numPartitions=4).selectExpr("cast(id as double) as a", "'x' as b")
+    out = df.select(predict("a", "b").alias("p")).select("p.*").toPandas()
+    assert len(out) == 2000
+    (host,) = {int(line.split()[1]) for line in counter.read_text().splitlines()}
+    assert set(out["pid"]) == {host}  # one loaded copy served every row
+    return psutil.Process(host)
+
+
+def test_processes_setting_reaches_the_host(spark, probe_dir: str, tmp_path: Path) -> None:
+    """The executor's task slots (local[2]: 2) by default; spark.pyfunc.host.processes wins."""
+    host = _host_of_job(spark, probe_dir, tmp_path / "default")
+    assert wait_until(lambda: len(serving_children(host.pid)) == 2, 10)
+    assert "--processes 2" in " ".join(host.cmdline())
+    spark.conf.set("spark.pyfunc.host.processes", "3")
+    try:
+        host = _host_of_job(spark, probe_dir, tmp_path / "three")
+    finally:
+        spark.conf.unset("spark.pyfunc.host.processes")
+    assert wait_until(lambda: len(serving_children(host.pid)) == 3, 10)
+    cmdline = host.cmdline()
+    log = Path(cmdline[cmdline.index("--log") + 1]).read_text()
+    assert "in prefork mode with 3 serving processes (auto mode:" in log
+
+
+def test_bad_processes_setting_names_the_key(spark, probe_dir: str) -> None:
+    from spark_pyfunc.errors import SparkPyfuncError
+    from spark_pyfunc.udf import spark_udf
+
+    spark.conf.set("spark.pyfunc.host.processes", "many")
+    try:
+        with pytest.raises(SparkPyfuncError, match="spark.pyfunc.host.processes must be a posi"):
+            spark_udf(spark, probe_dir, scope="executor")
+    finally:
+        spark.conf.unset("spark.pyfunc.host.processes")
