@@ -682,7 +682,15 @@ def main(argv: list[str] | None = None) -> int:
                 size,
                 _memory(),
             )
-            mode, why = choose_mode(args.mode, threads_before, _thread_count())
+            threads_after = _thread_count()
+            mode, why = choose_mode(args.mode, threads_before, threads_after)
+            if mode in ("prefork", "fork") and threads_after > threads_before:
+                logger.warning(
+                    "%s mode was asked for, but loading the model started %d thread(s): the "
+                    "forked children will not have them (auto mode would serve on threads)",
+                    mode,
+                    threads_after - threads_before,
+                )
             processes = args.processes if args.processes is not None else default_processes()
             if mode in ("prefork", "fork"):
                 gc.freeze()  # children then leave the loaded objects' pages shared
