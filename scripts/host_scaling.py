@@ -3,8 +3,9 @@
 K client processes (K = 1, 2) each send prebuilt 10,000-row Arrow requests to one host,
 started through the real client API (HostSpec/ModelHostClient), and fit every answer to a
 ``double`` result the way the Arrow UDF's worker does (udf.predict_arrow). Per mode and model
-it prints rows/s (median of the rounds), the K=2/K=1 ratio, and the CPU seconds per request
-of the host (parent and serving children) and of a client (the worker's share of the path).
+it prints rows/s (median of the rounds), the K=2/K=1 ratio, the CPU seconds per request of
+the host (parent and serving children) and of a client (the worker's share of the path), and
+the host's cores busy (its CPU seconds per wall second: above 1 only if it runs in parallel).
 Then, for prefork, the serving children's private dirty memory (smaps Private_Dirty) after 10
 and after 1,000 requests: copy-on-write discipline.
 
@@ -136,7 +137,7 @@ def measure(spec: HostSpec, clients: int, requests: int, rounds: int) -> dict[st
     with ModelHostClient(spec) as probe:  # the host's pid, from its greeting
         probe.predict(request_batch(1).slice(0, 10))
         host = psutil.Process(probe.host_pid)
-    rates, host_cpu, client_cpu = [], [], []
+    rates, host_cpu, client_cpu, busy = [], [], [], []
     for _ in range(rounds):
         start.wait()
         began, cpu = time.perf_counter(), _host_tree_cpu(host)
@@ -146,12 +147,14 @@ def measure(spec: HostSpec, clients: int, requests: int, rounds: int) -> dict[st
         rates.append(clients * requests * ROWS / took)
         host_cpu.append(used / (clients * requests))
         client_cpu.append(statistics.median(per_client) / requests)
+        busy.append(used / took)
     for p in procs:
         p.join(60)
     return {
         "rows_s": statistics.median(rates),
         "host_ms": 1e3 * statistics.median(host_cpu),
         "client_ms": 1e3 * statistics.median(client_cpu),
+        "host_cores": statistics.median(busy),
         "host": host,
     }
 
@@ -244,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         models = build_models(root)
         header = f"{'model':7} {'mode':7} {'K=1 rows/s':>11} {'K=2 rows/s':>11} {'K2/K1':>6}"
-        print(header + f" {'host ms/req':>11} {'client ms/req':>13}  chosen", flush=True)
+        print(
+            header + f" {'host ms/req':>11} {'client ms/req':>13} {'host cores':>10}  chosen",
+            flush=True,
+        )
         for name in args.models:
             for mode in args.modes:
                 spec = _spec(models[name], mode, args.processes, root / "state")
@@ -254,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name:7} {mode:7} {one['rows_s']:11,.0f} {two['rows_s']:11,.0f} "
                     f"{two['rows_s'] / one['rows_s']:6.2f} "
                     f"{one['host_ms']:5.2f}/{two['host_ms']:5.2f} "
-                    f"{one['client_ms']:6.2f}/{two['client_ms']:6.2f}  "
+                    f"{one['client_ms']:6.2f}/{two['client_ms']:6.2f} "
+                    f"{one['host_cores']:4.2f}/{two['host_cores']:4.2f}  "
                     f"{_log_choice(spec, root / 'state')}",
                     flush=True,
                 )
