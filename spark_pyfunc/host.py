@@ -54,6 +54,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+import pandas as pd
 import psutil
 
 from spark_pyfunc.errors import HostError
@@ -542,6 +544,18 @@ def choose_mode(requested: str, threads_before: int, threads_after: int) -> tupl
     return "prefork", "the loaded model runs no threads of its own and holds no GPU context"
 
 
+def _warm_up_wire() -> None:
+    """Run the request path's own conversions once, without the model, before forking:
+    what pandas and pyarrow set up lazily on first use (imports, caches, allocator pools)
+    is then made once in the parent and shared, instead of in every child's private pages.
+    The model is not called: the parent never runs predict."""
+    frame = pd.DataFrame(
+        {"i": np.arange(4, dtype=np.int64), "x": np.linspace(0, 1, 4), "s": list("abcd")}
+    )
+    back = arrow_bytes_to_frame(frame_to_arrow_bytes(frame))
+    frame_to_arrow_bytes(prediction_to_frame(back["x"].to_numpy()), what="warm-up")
+
+
 def default_processes() -> int:
     """Serving processes when none are asked for: the CPUs this process may run on."""
     try:
@@ -693,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             processes = args.processes if args.processes is not None else default_processes()
             if mode in ("prefork", "fork"):
+                _warm_up_wire()
                 gc.freeze()  # children then leave the loaded objects' pages shared
             host = Host(
                 ModelServer(model),
