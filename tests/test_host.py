@@ -677,8 +677,10 @@ def test_bad_mode_is_refused() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another user needs root")
-def test_peer_of_another_uid_is_refused(caplog: pytest.LogCaptureFixture) -> None:
-    """SO_PEERCRED: only the host's own user gets an answer."""
+@pytest.mark.parametrize("mode", ["thread", "prefork"])
+def test_peer_of_another_uid_is_refused(caplog: pytest.LogCaptureFixture, mode: str) -> None:
+    """SO_PEERCRED: only the host's own user gets an answer (in prefork mode the serving
+    children check it, and keep answering the host's own user)."""
 
     class Fake:
         def invoke(self, method, data, params=None):
@@ -690,9 +692,10 @@ def test_peer_of_another_uid_is_refused(caplog: pytest.LogCaptureFixture) -> Non
     host = Host(
         ModelServer(Fake()),
         socket_file=sock_file,
-        mode="thread",
+        mode=mode,
         idle_timeout=2.0,
         watch=_Watch(None),
+        processes=1,
     )
     host.bind()
     os.chmod(sock_file, 0o777)  # only the peer check stands in the way
@@ -716,12 +719,20 @@ def test_peer_of_another_uid_is_refused(caplog: pytest.LogCaptureFixture) -> Non
                 os._exit(code)
         _, status = os.waitpid(child, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as own:
+            own.settimeout(30)
+            own.connect(sock_file)
+            assert recv_message(own)[0] == {"ok": True, "pid": os.getpid()}
     finally:
         serving.join(10)
+        children = set(host.workers.values())
         host.close()  # also removes the then empty directory
     assert not os.path.exists(shared)
-    assert "refused a connection from uid 65534" in caplog.text
+    if mode == "thread":  # a prefork child logs to its own copy of the handlers
+        assert "refused a connection from uid 65534" in caplog.text
     assert not os.path.exists(sock_file)
+    assert len(children) == (1 if mode == "prefork" else 0)
+    assert not any(running(pid) for pid in children)
 
 
 # --------------------------------------------------------------------- through spark_udf
