@@ -50,6 +50,7 @@ LARGE = ("table", "sklearn")
 APPROACHES = (
     "noop",
     "spf-auto",
+    "spf-executor-prefork",
     "spf-executor-thread",
     "spf-executor-fork",
     "spf-process",
@@ -60,6 +61,7 @@ APPROACHES = (
 #: spark_pyfunc approach -> (scope, spark.pyfunc.host.mode or None for the default).
 SPF = {
     "spf-auto": ("auto", None),
+    "spf-executor-prefork": ("executor", "prefork"),
     "spf-executor-thread": ("executor", "thread"),
     "spf-executor-fork": ("executor", "fork"),
     "spf-process": ("process", None),
@@ -576,7 +578,11 @@ def markdown(fig: Figures, command: str, wall_s: float, notes: list[str]) -> str
                     else:
                         cells.append(f"{_mib(extra)}; peak {_mib(peak)}")
                 lines.append(f"| {model} | {approach} | " + " | ".join(cells) + " |")
-    modes = [a for a in ("spf-executor-thread", "spf-executor-fork") if a in cfg.approaches]
+    modes = [
+        a
+        for a in ("spf-executor-prefork", "spf-executor-thread", "spf-executor-fork")
+        if a in cfg.approaches
+    ]
     if modes:
         top = max(cfg.cores)
         lines += [
@@ -751,6 +757,20 @@ def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+#: Sections of benchmark.md below this line are written by hand (host scaling, projections)
+#: and survive a re-run, which rewrites everything above it.
+KEEP_MARKER = "<!-- sections below are kept by scripts/bench.py -->"
+
+
+def _kept_sections(path: Path) -> str:
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    at = old.find(KEEP_MARKER)
+    return "" if at < 0 else "\n" + old[at:]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = " ".join(
@@ -838,7 +858,7 @@ def _main(args: argparse.Namespace, root: Path, command: str, started: float) ->
     fig = Figures(cfg, apps, sizes)
     cfg.out.mkdir(parents=True, exist_ok=True)
     text = markdown(fig, command, time.monotonic() - started, notes)
-    (cfg.out / "benchmark.md").write_text(text)
+    (cfg.out / "benchmark.md").write_text(text + _kept_sections(cfg.out / "benchmark.md"))
     plot(fig, cfg.out / "benchmark.png")
     print(text)
     print(f"bench: wrote {cfg.out / 'benchmark.md'} and {cfg.out / 'benchmark.png'}")

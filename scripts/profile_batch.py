@@ -1,4 +1,5 @@
-"""Where one batch's time goes in a Python worker scoring in process (scope="process").
+"""Where one batch's time goes in a Python worker scoring in process (scope="process"),
+and on the relayed path of scope="executor" (the worker's relay and the host's request).
 
 Runs the worker-side steps of spark_pyfunc's pandas UDF on 10,000-row batches of the
 benchmark's features, outside Spark, so each step can be timed alone; then a cProfile of the
@@ -26,10 +27,17 @@ from pyspark.sql.types import DoubleType
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models as bm  # noqa: E402
 
+from spark_pyfunc.host import ModelServer  # noqa: E402
 from spark_pyfunc.loading import load_model  # noqa: E402
 from spark_pyfunc.schema import enforce_schema  # noqa: E402
-from spark_pyfunc.udf import _bind, fit_prediction  # noqa: E402
-from spark_pyfunc.wire import prediction_to_frame  # noqa: E402
+from spark_pyfunc.udf import _bind, _to_arrow, fit_arrow_result, fit_prediction  # noqa: E402
+from spark_pyfunc.wire import (  # noqa: E402
+    arrow_bytes_to_frame,
+    arrow_bytes_to_table,
+    batch_to_arrow_bytes,
+    frame_to_arrow_bytes,
+    prediction_to_frame,
+)
 
 ROWS = 10_000
 
@@ -83,6 +91,28 @@ def main() -> None:
         "Spark: pandas -> Arrow (a no-op UDF pays it too)": lambda: pa.Array.from_pandas(fitted),
         "whole batch": whole_batch,
     }
+    # scope="executor": the worker sends the Arrow batch, the host answers, the worker fits
+    request = batch_to_arrow_bytes(batch)
+    server = ModelServer(model)
+    header = {"method": "predict", "params": None, "rows": ROWS}
+    reply = frame_to_arrow_bytes(pred)
+
+    def relay_via_pandas() -> object:  # the relay before it fitted in Arrow
+        fitted = fit_prediction(arrow_bytes_to_frame(reply), DoubleType(), ROWS)
+        return _to_arrow(fitted, DoubleType())
+
+    steps.update(
+        {
+            "relay: Arrow batch -> request bytes (worker)": lambda: batch_to_arrow_bytes(batch),
+            "relay: one request in the host (Arrow->pandas, predict, ->Arrow)": lambda: (
+                server.handle(header, request)
+            ),
+            "relay: fit the host's result in Arrow (worker)": lambda: fit_arrow_result(
+                arrow_bytes_to_table(reply), DoubleType(), ROWS
+            ),
+            "relay: fit the host's result via pandas (worker, before)": relay_via_pandas,
+        }
+    )
     print(f"{args.model} model, {ROWS:,}-row batches, mean of {args.batches}:")
     for name, step in steps.items():
         print(f"  {per_call_ms(step, args.batches):7.3f} ms  {name}")

@@ -49,6 +49,7 @@ from spark_pyfunc.host import (
 )
 from spark_pyfunc.wire import (
     arrow_bytes_to_frame,
+    arrow_bytes_to_table,
     batch_to_arrow_bytes,
     encode_header,
     frame_to_arrow_bytes,
@@ -80,7 +81,9 @@ class HostSpec:
     directory, which holds the lock file, the pid file and (unless ``log_dir`` is given) the
     host's log. ``watch_pid`` is the process whose end ends the host (the worker's parent: the
     pyspark daemon or the executor). ``model_uri`` is the path the user passed, named in errors
-    instead of ``model_dir``, the executor's temporary copy.
+    instead of ``model_dir``, the executor's temporary copy. ``processes`` is how many serving
+    processes a prefork host runs (the executor's task slots; None: the CPUs the host may run
+    on).
     """
 
     model_dir: str
@@ -93,10 +96,19 @@ class HostSpec:
     watch_pid: int | None = None
     model_uri: str | None = None
     log_dir: str | None = None
+    processes: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise HostError(f"model host mode {self.mode!r} is not one of {list(MODES)}")
+        if self.processes is not None and (
+            isinstance(self.processes, bool)
+            or not isinstance(self.processes, int)
+            or self.processes < 1
+        ):
+            raise HostError(
+                f"model host processes must be a positive integer, not {self.processes!r}"
+            )
 
 
 def host_key(executor_dir: str, model_sha256: str, model_config: dict | None) -> str:
@@ -192,11 +204,15 @@ class ModelHostClient:
         frame: pd.DataFrame | pa.RecordBatch,
         method: str = "predict",
         params: dict | None = None,
-    ) -> pd.DataFrame:
+        *,
+        arrow: bool = False,
+    ) -> pd.DataFrame | pa.Table:
         """The model's output for ``frame``, as rows (see wire.prediction_to_frame).
 
         An Arrow record batch goes to the host as it is, so a Spark worker that already holds
         Arrow data skips a round of pandas conversions; the host gives the model pandas.
+        ``arrow=True`` returns the host's Arrow table as it came, for a relay that fits it
+        to the result type without pandas.
         """
         rows = frame.num_rows if isinstance(frame, pa.RecordBatch) else len(frame)
         header = {"method": method, "params": params, "rows": rows}
@@ -239,7 +255,7 @@ class ModelHostClient:
                 continue
             if not reply.get("ok"):
                 raise _remote_error(reply, method, self._host_pid)
-            return arrow_bytes_to_frame(body)
+            return arrow_bytes_to_table(body) if arrow else arrow_bytes_to_frame(body)
         last = str(failure).split("\n", 1)[0]
         raise HostError(
             f"the model host for {self.model_name} was lost {ATTEMPTS} times in a row, "
@@ -385,6 +401,8 @@ class ModelHostClient:
         ]  # fmt: skip
         if spec.watch_pid is not None:
             cmd += ["--watch-pid", str(spec.watch_pid)]
+        if spec.processes is not None:
+            cmd += ["--processes", str(spec.processes)]
         return cmd
 
     @property

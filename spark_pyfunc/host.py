@@ -5,14 +5,24 @@ copy per core. The host loads it once, lazily (the first worker that needs it st
 client.py), and answers batches over a Unix socket private to the user::
 
     python -m spark_pyfunc.host --model-dir D --socket S --log L --pid-file P \\
-        --model-config JSON --watch-pid N --idle-timeout SECONDS --mode thread|fork
+        --model-config JSON --watch-pid N --idle-timeout SECONDS \\
+        --mode auto|prefork|thread|fork --processes P
 
 The command line names spark_pyfunc so that operators find the process with ``ps``.
 
-Modes: ``thread`` serves each connection (one per worker) on a thread of its own, all calling
-the one model; models whose predict releases the GIL (numpy, torch, onnxruntime, xgboost)
-scale across them. ``fork`` forks a child per connection after the load: the children share
-the loaded pages copy-on-write and each has its own GIL, for pure-Python predict code.
+Modes:
+
+- ``prefork`` loads the model, freezes the loaded objects out of the garbage collector's reach
+  (``gc.freeze()``, so reference-count-free pages stay shared) and forks P long-lived serving
+  processes that all accept on the one socket: one loaded copy, P GILs, no fork per task. The
+  parent only supervises (it replaces a child that dies and never runs predict: BLAS/OpenMP
+  pools are not fork-safe once used).
+- ``thread`` serves each connection on a thread of the one process: for models that must not
+  be forked (they started threads, or hold a GPU context) or whose predict releases the GIL.
+- ``fork`` forks a child per connection (per task): kept for comparison, it pays a fork and
+  fresh copy-on-write faults on every task.
+- ``auto`` (the default) picks ``prefork`` unless the loaded model made forking unsafe, then
+  ``thread``, and logs why.
 
 The host goes away by itself: after ``--idle-timeout`` seconds without a connection, within a
 second of the ``--watch-pid`` process (the executor's Python daemon or JVM) going away, and on
@@ -27,8 +37,10 @@ import ctypes
 import gc
 import json
 import logging
+import mmap
 import os
 import re
+import select
 import signal
 import socket
 import stat
@@ -42,6 +54,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+import pandas as pd
 import psutil
 
 from spark_pyfunc.errors import HostError
@@ -55,9 +69,9 @@ from spark_pyfunc.wire import (
     tune_socket,
 )
 
-MODES = ("thread", "fork")
+MODES = ("auto", "prefork", "thread", "fork")
 #: The serving mode used when none is asked for.
-DEFAULT_MODE = "thread"
+DEFAULT_MODE = "auto"
 
 logger = logging.getLogger("spark_pyfunc.host")
 
@@ -70,6 +84,10 @@ _TICK = 0.25
 _BACKLOG = 1024
 # How long children get to finish after SIGTERM before SIGKILL, when the host exits.
 _CHILD_GRACE = 2.0
+# A prefork child that is busy takes a further connection only once it has waited this long
+# unaccepted: every child is then busy, and the client must get its greeting well within
+# client._GREETING_TIMEOUT rather than queue behind a task that holds its connection.
+_OVERFLOW_AFTER = 0.2
 
 
 class Invokable(Protocol):
@@ -220,6 +238,22 @@ class _Watch:
             return False
 
 
+class _Activity:
+    """Open connections per prefork child, in memory shared with the parent (an anonymous
+    mapping made before the fork): the parent's idle timer must count connections that only
+    its children see. Each child writes its own slot; aligned 8-byte stores are atomic."""
+
+    def __init__(self, slots: int) -> None:
+        self._map = mmap.mmap(-1, 8 * max(slots, 1))
+        self._counts = (ctypes.c_int64 * max(slots, 1)).from_buffer(self._map)
+
+    def set(self, slot: int, connections: int) -> None:
+        self._counts[slot] = connections
+
+    def total(self) -> int:
+        return sum(self._counts)
+
+
 class Host:
     """The listening socket, its connections and the host's lifecycle."""
 
@@ -231,16 +265,23 @@ class Host:
         mode: str,
         idle_timeout: float,
         watch: _Watch,
+        processes: int = 1,
     ) -> None:
+        if mode not in ("prefork", "thread", "fork"):
+            raise HostError(f"model host mode {mode!r} must be resolved before serving")
         self.server = server
         self.socket_file = socket_file
         self.mode = mode
         self.idle_timeout = idle_timeout
         self.watch = watch
+        self.processes = max(int(processes), 1)
         self.listener: socket.socket | None = None
         self.socket_ino: int | None = None
         self.threads: set[threading.Thread] = set()
         self.children: set[int] = set()
+        # prefork: slot -> pid of the serving process in it
+        self.workers: dict[int, int] = {}
+        self.activity = _Activity(self.processes if mode == "prefork" else 0)
 
     def bind(self) -> None:
         """Listen on a temporary name, then rename it into place: a client that finds the
@@ -267,6 +308,9 @@ class Host:
                 continue
             self.listener = listener
             self.socket_ino = os.stat(self.socket_file).st_ino
+            # prefork: a client that connects before a child is up waits in the backlog
+            for slot in range(self.processes if self.mode == "prefork" else 0):
+                self._spawn(slot)
             return
 
     def serve(self) -> None:
@@ -275,12 +319,16 @@ class Host:
         self.listener.settimeout(_TICK)
         last_active = time.monotonic()
         while True:
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                conn = None
-            if conn is not None:
-                self._start_connection(conn)
+            if self.mode == "prefork":
+                time.sleep(_TICK)  # the children accept; this process only supervises
+                self._replace_dead_workers()
+            else:
+                try:
+                    conn, _ = self.listener.accept()
+                except TimeoutError:
+                    conn = None
+                if conn is not None:
+                    self._start_connection(conn)
             now = time.monotonic()
             if self._open_connections():
                 last_active = now
@@ -291,16 +339,22 @@ class Host:
                 logger.info("watched process %s is gone: exiting", self.watch.pid)
                 return
 
-    def _start_connection(self, conn: socket.socket) -> None:
+    def _admit(self, conn: socket.socket) -> bool:
+        """Refuse a peer of another uid (closing the connection); ready an admitted one."""
         uid = peer_uid(conn)
         if uid is not None and uid != os.getuid():
             logger.warning(
                 "refused a connection from uid %d (this host serves uid %d)", uid, os.getuid()
             )
             conn.close()
-            return
+            return False
         conn.settimeout(None)
         tune_socket(conn)
+        return True
+
+    def _start_connection(self, conn: socket.socket) -> None:
+        if not self._admit(conn):
+            return
         if self.mode == "thread":
             thread = threading.Thread(
                 target=self.server.serve_connection, args=(conn,), daemon=True
@@ -308,6 +362,12 @@ class Host:
             thread.start()
             self.threads.add(thread)
             return
+        pid = self._fork(lambda: self.server.serve_connection(conn), "connection child")
+        conn.close()
+        self.children.add(pid)
+
+    def _fork(self, work: Any, what: str) -> int:
+        """Fork a child that dies with this process, runs ``work`` and exits."""
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
@@ -315,16 +375,77 @@ class Host:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 _die_with_parent(parent)
-                assert self.listener is not None
-                self.listener.close()
-                self.server.serve_connection(conn)
+                work()
             except BaseException:
-                logger.exception("connection child failed")
+                logger.exception("%s failed", what)
                 code = 1
             finally:
                 os._exit(code)
-        conn.close()
-        self.children.add(pid)
+        return pid
+
+    # ------------------------------------------------------------------------- prefork
+
+    def _spawn(self, slot: int) -> None:
+        self.activity.set(slot, 0)
+        self.workers[slot] = self._fork(lambda: self._serve_slot(slot), "serving process")
+
+    def _replace_dead_workers(self) -> None:
+        for slot, pid in list(self.workers.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done == 0:
+                continue
+            logger.warning("serving process %d exited (%s): replacing it", pid, _exit_text(status))
+            self._spawn(slot)
+
+    def _serve_slot(self, slot: int) -> None:
+        """A prefork child: accept on the shared socket, one connection at a time while
+        another child is free; a connection left waiting means every child is busy, so this
+        one takes it on a thread rather than keep a worker waiting for its greeting."""
+        assert self.listener is not None
+        listener = self.listener
+        listener.settimeout(0)  # several processes accept: one wins, the others get EAGAIN
+        wake_r, wake_w = os.pipe()
+        active: set[threading.Thread] = set()
+        waiting_since: float | None = None
+
+        def serve(conn: socket.socket) -> None:
+            try:
+                self.server.serve_connection(conn)
+            finally:
+                os.write(wake_w, b"x")
+
+        logger.info("serving process %d ready (slot %d)", os.getpid(), slot)
+        while True:
+            readable, _, _ = select.select([listener, wake_r], [], [], _TICK)
+            if wake_r in readable:
+                os.read(wake_r, 64)
+            active = {t for t in active if t.is_alive()}
+            self.activity.set(slot, len(active))
+            if listener not in readable:
+                waiting_since = None
+                continue
+            if active:
+                now = time.monotonic()
+                waiting_since = now if waiting_since is None else waiting_since
+                if now - waiting_since < _OVERFLOW_AFTER:
+                    time.sleep(_OVERFLOW_AFTER / 4)  # a free child may take it meanwhile
+                    continue
+            waiting_since = None
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue  # another child took it
+            if not self._admit(conn):
+                continue
+            thread = threading.Thread(target=serve, args=(conn,), daemon=True)
+            thread.start()
+            active.add(thread)
+            self.activity.set(slot, len(active))
+
+    # ----------------------------------------------------------------------- lifecycle
 
     def _open_connections(self) -> int:
         self.threads = {t for t in self.threads if t.is_alive()}
@@ -333,7 +454,7 @@ class Host:
                 if os.waitpid(pid, os.WNOHANG)[0] == 0:
                     continue
             self.children.discard(pid)
-        return len(self.threads) + len(self.children)
+        return len(self.threads) + len(self.children) + self.activity.total()
 
     def close(self) -> None:
         """Remove the socket (if it is still ours), stop children, and remove the socket
@@ -348,18 +469,99 @@ class Host:
             os.rmdir(os.path.dirname(self.socket_file))
 
     def _stop_children(self) -> None:
-        for pid in self.children:
+        pids = self.children | set(self.workers.values())
+        self.workers.clear()
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + _CHILD_GRACE
-        while self._open_connections() and self.children and time.monotonic() < deadline:
+        while pids and time.monotonic() < deadline:
+            for pid in list(pids):
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                        continue
+                pids.discard(pid)
             time.sleep(0.02)
-        for pid in self.children:
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         self.children.clear()
+
+
+def _exit_text(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+# ------------------------------------------------------------------------ choosing a mode
+
+
+def _thread_count() -> int:
+    """Native threads of this process (Linux); 1 where /proc is unavailable."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def _gpu_in_use() -> str | None:
+    """Why the loaded model holds a GPU context, if it does (checked only where the model
+    already imported torch: importing it here would cost seconds)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        if torch.cuda.is_initialized():
+            return "the model initialised CUDA (torch): a GPU context cannot be forked"
+    except Exception:  # a torch without CUDA support
+        return None
+    return None
+
+
+def choose_mode(requested: str, threads_before: int, threads_after: int) -> tuple[str, str]:
+    """The serving mode for ``requested`` and why (logged).
+
+    ``auto`` forks unless forking is unsafe: a fork copies only the forking thread, so threads
+    the model started while loading (onnxruntime's pools, a background refresher) would be
+    missing, with their locks possibly held, in every child; a GPU context cannot be shared.
+    Threads that were there before the load (numpy's BLAS pool) are the host's own and are
+    fork-safe (OpenBLAS re-creates them in the child).
+    """
+    if requested != "auto":
+        return requested, "asked for"
+    gpu = _gpu_in_use()
+    if gpu is not None:
+        return "thread", gpu
+    started = threads_after - threads_before
+    if started > 0:
+        return "thread", (
+            f"loading the model started {started} native thread(s) ({threads_after} in the "
+            "process): forking would leave them behind"
+        )
+    return "prefork", "the loaded model runs no threads of its own and holds no GPU context"
+
+
+def _warm_up_wire() -> None:
+    """Run the request path's own conversions once, without the model, before forking:
+    what pandas and pyarrow set up lazily on first use (imports, caches, allocator pools)
+    is then made once in the parent and shared, instead of in every child's private pages.
+    The model is not called: the parent never runs predict."""
+    frame = pd.DataFrame(
+        {"i": np.arange(4, dtype=np.int64), "x": np.linspace(0, 1, 4), "s": list("abcd")}
+    )
+    back = arrow_bytes_to_frame(frame_to_arrow_bytes(frame))
+    frame_to_arrow_bytes(prediction_to_frame(back["x"].to_numpy()), what="warm-up")
+
+
+def default_processes() -> int:
+    """Serving processes when none are asked for: the CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 # ------------------------------------------------------------------------------ pid file
@@ -433,6 +635,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--watch-pid", type=int, help="exit soon after this process is gone")
     parser.add_argument("--idle-timeout", type=float, default=600.0)
     parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        help="prefork: serving processes (default: the CPUs this host may run on)",
+    )
     parser.add_argument(
         "--detach",
         action="store_true",
@@ -509,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
             # Imported here, not at the top: the client imports this module too.
             from spark_pyfunc.loading import load_model
 
+            threads_before = _thread_count()  # numpy's BLAS pool and the like: the host's own
             started = time.perf_counter()
             model = load_model(args.model_dir, model_config=model_config)
             size = getattr(model.metadata, "model_size_bytes", None)
@@ -519,18 +727,33 @@ def main(argv: list[str] | None = None) -> int:
                 size,
                 _memory(),
             )
-            if args.mode == "fork":
+            threads_after = _thread_count()
+            mode, why = choose_mode(args.mode, threads_before, threads_after)
+            if mode in ("prefork", "fork") and threads_after > threads_before:
+                logger.warning(
+                    "%s mode was asked for, but loading the model started %d thread(s): the "
+                    "forked children will not have them (auto mode would serve on threads)",
+                    mode,
+                    threads_after - threads_before,
+                )
+            processes = args.processes if args.processes is not None else default_processes()
+            if mode in ("prefork", "fork"):
+                _warm_up_wire()
                 gc.freeze()  # children then leave the loaded objects' pages shared
             host = Host(
                 ModelServer(model),
                 socket_file=args.socket,
-                mode=args.mode,
+                mode=mode,
                 idle_timeout=args.idle_timeout,
                 watch=_Watch(args.watch_pid),
+                processes=processes,
             )
             host.bind()
             stage = "serving"
-            logger.info("serving %s in %s mode", args.socket, args.mode)
+            extent = f" with {host.processes} serving processes" if mode == "prefork" else ""
+            logger.info(
+                "serving %s in %s mode%s (%s mode: %s)", args.socket, mode, extent, args.mode, why
+            )
             host.serve()
         except SystemExit as exc:
             logger.info("exiting on signal (code %s)", exc.code)

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +45,9 @@ from pyspark.sql.types import (
 
 from spark_pyfunc.client import HostSpec, ModelHostClient, host_key
 from spark_pyfunc.errors import ResultTypeError, SparkPyfuncError
+from spark_pyfunc.host import MODES as HOST_MODES
 from spark_pyfunc.shipping import ShippedModel, materialize, ship_model
-from spark_pyfunc.wire import prediction_to_frame
+from spark_pyfunc.wire import prediction_to_frame, table_to_frame
 
 if TYPE_CHECKING:
     from spark_pyfunc import schema as sch
@@ -64,6 +66,7 @@ CONF_IDLE_TIMEOUT = "spark.pyfunc.host.idleTimeout"
 CONF_START_TIMEOUT = "spark.pyfunc.host.startTimeout"
 CONF_HOST_MODE = "spark.pyfunc.host.mode"
 CONF_HOST_LOG_DIR = "spark.pyfunc.host.logDir"
+CONF_HOST_PROCESSES = "spark.pyfunc.host.processes"
 
 #: Models at least this large (bytes on disk) get one host per executor under scope="auto".
 DEFAULT_AUTO_THRESHOLD = 64 * 1024 * 1024
@@ -287,6 +290,10 @@ class _Plan:
     timezone: str | None = None
     model_uri: str = ""  # as the user passed it, for error messages
     host_log_dir: str | None = None
+    # A prefork host's serving processes: spark.pyfunc.host.processes, else the executor's
+    # task slots, from the executor cores read on the driver and the task's CPUs.
+    host_processes: int | None = None
+    executor_cores: int | None = None
 
 
 _PROCESS_MODELS: dict[tuple[str, str], PyFuncModel] = {}
@@ -312,6 +319,27 @@ class _InProcess:
         pass
 
 
+def _task_slots(executor_cores: int | None) -> int | None:
+    """How many tasks this executor runs at once: its cores over this task's CPUs.
+
+    Runs in the worker, where TaskContext knows the task's CPUs (``spark.task.cpus``, or its
+    resource profile's). Without the executor's cores (a standalone executor that takes all of
+    its worker's), None: the host then counts the CPUs it may run on.
+    """
+    if executor_cores is None:
+        return None
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    cpus = 1
+    if context is not None:
+        try:
+            cpus = max(int(context.cpus()), 1)
+        except Exception:  # pragma: no cover - PySpark without TaskContext.cpus()
+            cpus = 1
+    return max(executor_cores // cpus, 1)
+
+
 def _host_client(plan: _Plan) -> ModelHostClient:
     from pyspark import SparkFiles
 
@@ -320,6 +348,9 @@ def _host_client(plan: _Plan) -> ModelHostClient:
     kwargs: dict[str, Any] = {}
     if plan.host_mode:
         kwargs["mode"] = plan.host_mode
+    processes = plan.host_processes or _task_slots(plan.executor_cores)
+    if processes is not None:
+        kwargs["processes"] = processes
     spec = HostSpec(
         model_dir=str(model_dir),
         key=host_key(executor_dir, plan.shipped.sha256, plan.model_config),
@@ -468,6 +499,88 @@ def _to_arrow(fitted: pd.Series | pd.DataFrame, dtype: DataType) -> pa.Array:
     return pa.array(fitted, type=target, from_pandas=True)
 
 
+def _fit_arrow_column(values: pa.Array, dtype: DataType) -> pa.Array | None:
+    """:func:`_fit_column` followed by :func:`_to_arrow`, in Arrow, for the common exact
+    cases; None where the result could differ in any way (the pandas path then decides,
+    with its error messages). NaN becomes null, as Arrow's pandas conversion makes it."""
+    source = values.type
+    if isinstance(dtype, (DoubleType, FloatType)):
+        target = pa.float64() if isinstance(dtype, DoubleType) else pa.float32()
+        floating = source in (pa.float32(), pa.float64())
+        if floating or (isinstance(dtype, DoubleType) and pa.types.is_integer(source)):
+            fitted = values.cast(target, safe=False)  # numpy's astype: same rounding
+            if floating:
+                nan = pc.is_nan(fitted)
+                if pc.any(nan).as_py():
+                    fitted = pc.if_else(nan, pa.scalar(None, target), fitted)
+            return fitted
+        return None
+    if isinstance(dtype, (IntegerType, LongType)):
+        wanted = np.int64 if isinstance(dtype, LongType) else np.int32
+        if (
+            pa.types.is_integer(source)
+            and values.null_count == 0  # pandas holds those as floats
+            and np.can_cast(source.to_pandas_dtype(), wanted)
+        ):
+            return values.cast(_arrow_type(dtype))
+        return None
+    if isinstance(dtype, BooleanType):
+        return values if pa.types.is_boolean(source) and values.null_count == 0 else None
+    if isinstance(dtype, StringType):
+        if pa.types.is_string(source) or pa.types.is_large_string(source):
+            return values.cast(pa.string())
+        return None
+    return None
+
+
+def _fit_arrow(table: pa.Table, dtype: DataType, rows: int) -> pa.Array | None:
+    """The host's Arrow result as the Arrow array Spark expects for ``dtype``, without
+    pandas, where every column allows it; None sends it through :func:`fit_prediction`."""
+    if table.num_rows != rows or table.num_columns == 0:
+        return None
+    columns = [c.combine_chunks() for c in table.columns]
+    if isinstance(dtype, StructType):
+        names = [f.name for f in dtype.fields]
+        given = table.column_names
+        if all(n in given for n in names):
+            picked = [columns[given.index(n)] for n in names]
+        elif len(given) == len(names):
+            picked = columns
+        else:
+            return None
+        arrays = [
+            _fit_arrow_column(c, f.dataType) for c, f in zip(picked, dtype.fields, strict=True)
+        ]
+        if any(a is None for a in arrays):
+            return None
+        return pa.StructArray.from_arrays(arrays, fields=list(_arrow_type(dtype)))
+    if isinstance(dtype, ArrayType):
+        return None
+    return _fit_arrow_column(columns[0], dtype)
+
+
+def predict_arrow(
+    client: ModelHostClient,
+    chunk: pa.RecordBatch,
+    method: str,
+    params: dict | None,
+    result_type: DataType,
+) -> pa.Array:
+    """One relayed request: the host's result fitted to ``result_type`` in Arrow, through
+    pandas only where the type needs it (used by the Arrow UDF and scripts/host_scaling.py)."""
+    table = client.predict(chunk, method, params, arrow=True)
+    return fit_arrow_result(table, result_type, chunk.num_rows)
+
+
+def fit_arrow_result(table: pa.Table, dtype: DataType, rows: int) -> pa.Array:
+    """The host's result table as Spark's Arrow array for ``dtype``: the same array and the
+    same errors as fitting it in pandas (:func:`fit_prediction`), in Arrow where it can."""
+    fitted = _fit_arrow(table, dtype, rows)
+    if fitted is not None:
+        return fitted
+    return _to_arrow(fit_prediction(table_to_frame(table), dtype, rows), dtype)
+
+
 def _score_arrow_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pa.Array]:
     client: ModelHostClient | None = None
     try:
@@ -483,9 +596,9 @@ def _score_arrow_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pa.Arr
             parts = []
             for start in range(0, rows, step):
                 chunk = record.slice(start, step)
-                pred = client.predict(chunk, plan.method, plan.params)
-                fitted = fit_prediction(pred, plan.result_type, chunk.num_rows)
-                parts.append(_to_arrow(fitted, plan.result_type))
+                parts.append(
+                    predict_arrow(client, chunk, plan.method, plan.params, plan.result_type)
+                )
             yield parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
     finally:
         if client is not None:
@@ -608,6 +721,11 @@ def spark_udf(
         if result_type is not None
         else result_type_from_signature(signature.outputs if signature is not None else None)
     )
+    host_mode = _conf(spark, CONF_HOST_MODE, "") or None
+    if host_mode is not None and host_mode not in HOST_MODES:
+        raise SparkPyfuncError(
+            f"{CONF_HOST_MODE} must be one of {list(HOST_MODES)}, not {host_mode!r}"
+        )
     shipped = ship_model(spark, path)
     if scope == "auto":
         threshold = int(_conf(spark, CONF_AUTO_THRESHOLD, str(DEFAULT_AUTO_THRESHOLD)))
@@ -629,11 +747,13 @@ def spark_udf(
         batch_size=batch_size,
         idle_timeout=float(_conf(spark, CONF_IDLE_TIMEOUT, "600")),
         start_timeout=float(_conf(spark, CONF_START_TIMEOUT, "600")),
-        host_mode=_conf(spark, CONF_HOST_MODE, "") or None,
+        host_mode=host_mode,
         config_key=config_key,
         timezone=_conf(spark, "spark.sql.session.timeZone", "") or None,
         model_uri=os.fspath(model_uri),
         host_log_dir=_conf(spark, CONF_HOST_LOG_DIR, "") or None,
+        host_processes=_positive_int_conf(spark, CONF_HOST_PROCESSES),
+        executor_cores=_executor_cores(spark),
     )
     logger.info(
         "spark_udf: model %s (%d bytes) -> %s, scope=%s, result type %s",
@@ -644,6 +764,39 @@ def spark_udf(
         dtype.simpleString(),
     )
     return SparkPyfuncUDF(plan, names)
+
+
+def _positive_int_conf(spark: Any, key: str) -> int | None:
+    """An optional positive integer setting; SparkPyfuncError names the key and the value."""
+    text = _conf(spark, key, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SparkPyfuncError(f"{key} must be a positive integer, not {text!r}")
+    return value
+
+
+def _executor_cores(spark: Any) -> int | None:
+    """The cores of each executor, if the driver knows them: ``spark.executor.cores``, or
+    the master URL of a local or local-cluster run."""
+    cores = _conf(spark, "spark.executor.cores", "").strip()
+    if cores.isdigit() and int(cores) > 0:
+        return int(cores)
+    try:
+        master = spark.sparkContext.master
+    except Exception:  # Spark Connect: no SparkContext on the client
+        return None
+    local = re.fullmatch(r"local\[(\d+)(?:,\d+)?\]", master)
+    if local:
+        return int(local.group(1))
+    cluster = re.fullmatch(r"local-cluster\[\s*\d+\s*,\s*(\d+)\s*,\s*\d+\s*\]", master)
+    if cluster:
+        return int(cluster.group(1))
+    return None
 
 
 def _local_path(model_uri: str | os.PathLike) -> Path:

@@ -105,14 +105,23 @@ def _ipc_stream(data: pa.Table | pa.RecordBatch) -> pa.Buffer:
     return sink.getvalue()
 
 
-def arrow_bytes_to_frame(buf: Buffer) -> pd.DataFrame:
-    """Read an Arrow IPC stream back into a DataFrame (default index, column names kept)."""
+def arrow_bytes_to_table(buf: Buffer) -> pa.Table:
+    """Read an Arrow IPC stream (no copy of its buffers)."""
     source = buf if isinstance(buf, pa.Buffer) else pa.py_buffer(buf)
     with pa.ipc.open_stream(source) as reader:
-        table = reader.read_all()
+        return reader.read_all()
+
+
+def table_to_frame(table: pa.Table) -> pd.DataFrame:
+    """An Arrow table as a DataFrame (default index, column names kept)."""
     # split_blocks: one block per column, so numeric columns without nulls are views of the
     # Arrow buffers instead of being copied into one 2-D block (read-only, as in a pandas UDF).
     return table.to_pandas(use_threads=False, split_blocks=True)
+
+
+def arrow_bytes_to_frame(buf: Buffer) -> pd.DataFrame:
+    """Read an Arrow IPC stream back into a DataFrame (default index, column names kept)."""
+    return table_to_frame(arrow_bytes_to_table(buf))
 
 
 def _json_default(value: Any) -> Any:

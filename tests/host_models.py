@@ -18,6 +18,7 @@ import os
 import socket
 import struct
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -159,3 +160,18 @@ class Faulty(PythonModel):
             (Path(directory) / f"peers-{os.getpid()}").write_text(peers)
             gate(directory, "predict")
         return pd.DataFrame({"y": 2.0 * model_input["x"] + model_input["id"]})
+
+    def whoami(self, context, model_input, params=None):
+        """The pid of the process running predict, on every row."""
+        return pd.DataFrame({"pid": [os.getpid()] * len(model_input)})
+
+
+class Threaded(Counting):
+    """Counting, with a background thread started by load_context (as onnxruntime's session
+    pools or a model refreshing a cache would): forking the loaded process is unsafe."""
+
+    def load_context(self, context):
+        super().load_context(context)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._stop.wait, daemon=True)
+        self._thread.start()

@@ -224,13 +224,15 @@ def alive(proc: psutil.Process) -> bool:
 
 def hosts_naming(text: str) -> list[psutil.Process]:
     """Live model hosts whose command line mentions ``text`` (hosts are detached, so they are
-    found by command line, not as our descendants)."""
+    found by command line, not as our descendants); a prefork host's serving children share
+    its command line and are left out."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
         cmd = proc.info["cmdline"] or []
         if "spark_pyfunc.host" in cmd and any(text in part for part in cmd) and alive(proc):
             found.append(proc)
-    return found
+    pids = {p.pid for p in found}
+    return [p for p in found if p.info["ppid"] not in pids]
 
 
 def descendants(predicate: Callable[[list[str]], bool]) -> list[psutil.Process]:

@@ -13,6 +13,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,12 +22,12 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-from host_models import PARAMS, Counting
+from host_models import PARAMS, Counting, Threaded
 
 from spark_pyfunc import client as client_module
 from spark_pyfunc.client import HostSpec, ModelHostClient, host_key
 from spark_pyfunc.errors import HostError, PredictionError, SchemaEnforcementError
-from spark_pyfunc.host import Host, ModelServer, _Watch, socket_dir, socket_path
+from spark_pyfunc.host import Host, ModelServer, _Watch, choose_mode, socket_dir, socket_path
 from spark_pyfunc.loading import load_model
 from spark_pyfunc.saving import save_model
 from spark_pyfunc.wire import (
@@ -109,6 +110,12 @@ class Hosts:
                 found.append(proc)
         return found
 
+    def roots(self, key: str) -> list[psutil.Process]:
+        """The host processes of ``key`` that are not a host's serving children."""
+        found = self.processes(key)
+        pids = {p.pid for p in found}
+        return [p for p in found if p.ppid() not in pids]
+
     def cleanup(self) -> None:
         """Stop the hosts (SIGTERM: they remove their socket), then sweep what killed ones
         left behind."""
@@ -148,7 +155,7 @@ def loads(path: Path) -> list[str]:
 # ------------------------------------------------------------------------------ scoring
 
 
-@pytest.mark.parametrize("mode", ["thread", "fork"])
+@pytest.mark.parametrize("mode", ["thread", "fork", "prefork", "auto"])
 def test_predictions_equal_local_ones(hosts: Hosts, model_dir: str, mode: str) -> None:
     config = {"offset": 0.25}
     local = load_model(model_dir, model_config=config)
@@ -198,7 +205,7 @@ def test_many_workers_at_once_share_one_host(hosts: Hosts, model_dir: str, tmp_p
     assert len({pid for pid, _ in answers}) == 1
     assert all(scores == answers[0][1] for _, scores in answers)
     assert len(loads(count)) == 1
-    assert len(hosts.processes(spec.key)) == 1
+    assert len(hosts.roots(spec.key)) == 1
 
 
 def _predict_in_worker(spec: HostSpec, barrier, results) -> None:
@@ -259,7 +266,7 @@ def test_server_core_with_a_fake_model() -> None:
 # ------------------------------------------------------------------------ host failures
 
 
-@pytest.mark.parametrize("mode", ["thread", "fork"])
+@pytest.mark.parametrize("mode", ["thread", "fork", "prefork"])
 def test_host_killed_during_a_request_is_restarted(
     hosts: Hosts, model_dir: str, mode: str, tmp_path
 ) -> None:
@@ -276,8 +283,9 @@ def test_host_killed_during_a_request_is_restarted(
         assert not running(first)
     pd.testing.assert_frame_equal(got, expected(model_dir))
     assert len(loads(count)) == 2
-    # fork mode: the killed host's child died with it
-    assert wait_until(lambda: len(hosts.processes(spec.key)) == 1, 5)
+    # fork and prefork modes: the killed host's children died with it
+    assert wait_until(lambda: not any(p.ppid() == first for p in hosts.processes(spec.key)), 10)
+    assert len(hosts.roots(spec.key)) == 1
 
 
 def test_host_killed_between_requests_is_restarted(hosts: Hosts, model_dir: str) -> None:
@@ -290,7 +298,7 @@ def test_host_killed_between_requests_is_restarted(hosts: Hosts, model_dir: str)
         assert client.host_pid != first
 
 
-@pytest.mark.parametrize(("mode", "hosts_loaded"), [("thread", 3), ("fork", 1)])
+@pytest.mark.parametrize(("mode", "hosts_loaded"), [("thread", 3), ("fork", 1), ("prefork", 1)])
 def test_a_request_that_keeps_killing_its_server_fails_after_three_tries(
     hosts: Hosts, model_dir: str, tmp_path, mode: str, hosts_loaded: int
 ) -> None:
@@ -298,7 +306,7 @@ def test_a_request_that_keeps_killing_its_server_fails_after_three_tries(
     spec = hosts.spec(model_dir, mode=mode, model_config={"count_file": str(count)})
     with hosts.client(spec) as client, pytest.raises(HostError, match="3 times") as info:
         client.predict(FRAME, params={"crash": True})
-    # thread mode: the host dies and is restarted twice; fork mode: only its children die
+    # thread mode: the host dies and is restarted twice; (pre)fork modes: only children die
     assert len(loads(count)) == hosts_loaded
     assert "model host starting" in info.value.log_tail
 
@@ -341,7 +349,9 @@ def test_hung_host_is_replaced(
     with hosts.client(spec) as client:
         client.predict(FRAME.head(3))
         hung = client.host_pid
-    os.kill(hung, signal.SIGSTOP)
+    # the whole host hangs: a prefork host's children answer while only its parent is stopped
+    for proc in [psutil.Process(hung), *psutil.Process(hung).children()]:
+        proc.send_signal(signal.SIGSTOP)
     with hosts.client(spec) as again:
         again.predict(FRAME.head(3))
         assert again.host_pid != hung
@@ -403,10 +413,12 @@ def test_model_code_import_error_is_a_host_error(
 
 def test_host_not_ready_in_time_is_killed(hosts: Hosts, model_dir: str, tmp_path) -> None:
     count = tmp_path / "count"
+    # 15 s: the launcher itself (a Python importing pyarrow) must start within it on a
+    # loaded machine; only the model's load, 60 s, must not fit
     spec = hosts.spec(
-        model_dir, start_timeout=2.0, model_config={"count_file": str(count), "load_delay": 60}
+        model_dir, start_timeout=15.0, model_config={"count_file": str(count), "load_delay": 60}
     )
-    with hosts.client(spec) as client, pytest.raises(HostError, match="not ready within 2.0s"):
+    with hosts.client(spec) as client, pytest.raises(HostError, match="not ready within 15.0s"):
         client.predict(FRAME)
     assert wait_until(lambda: loads(count) != [], 5)  # it was loading
     assert wait_until(lambda: hosts.processes(spec.key) == [], 10)
@@ -415,7 +427,7 @@ def test_host_not_ready_in_time_is_killed(hosts: Hosts, model_dir: str, tmp_path
 # ---------------------------------------------------------------------------- lifecycle
 
 
-@pytest.mark.parametrize("mode", ["thread", "fork"])
+@pytest.mark.parametrize("mode", ["thread", "fork", "prefork"])
 def test_idle_host_exits_and_cleans_up(hosts: Hosts, model_dir: str, mode: str) -> None:
     spec = hosts.spec(model_dir, mode=mode, idle_timeout=0.5)
     with hosts.client(spec) as client:
@@ -444,8 +456,9 @@ def test_host_exits_when_the_watched_process_is_gone(hosts: Hosts, model_dir: st
     assert f"watched process {watched.pid} is gone" in client.log_path.read_text()
 
 
-def test_sigterm_stops_the_host_cleanly(hosts: Hosts, model_dir: str) -> None:
-    spec = hosts.spec(model_dir, mode="fork")
+@pytest.mark.parametrize("mode", ["fork", "prefork"])
+def test_sigterm_stops_the_host_cleanly(hosts: Hosts, model_dir: str, mode: str) -> None:
+    spec = hosts.spec(model_dir, mode=mode)
     with hosts.client(spec) as client:
         client.predict(FRAME.head(3))
         pid = client.host_pid
@@ -454,6 +467,157 @@ def test_sigterm_stops_the_host_cleanly(hosts: Hosts, model_dir: str) -> None:
     assert not socket_path(spec.key).exists()
     assert not client.pid_path.exists()
     assert hosts.processes(spec.key) == []  # the connection's child went with it
+
+
+# ------------------------------------------------------------------------------ prefork
+
+
+def serving_children(host_pid: int) -> list[psutil.Process]:
+    return [p for p in psutil.Process(host_pid).children() if running(p.pid)]
+
+
+def test_prefork_loads_once_and_serves_from_its_children(
+    hosts: Hosts, model_dir: str, tmp_path
+) -> None:
+    count = tmp_path / "count"
+    spec = hosts.spec(
+        model_dir, mode="prefork", processes=3, model_config={"count_file": str(count)}
+    )
+    clients = [hosts.client(spec) for _ in range(3)]
+    # every client holds its connection while the next connects, as concurrent tasks do
+    answers = [c.predict(FRAME, method="whoami")["pid"] for c in clients]
+    results = [c.predict(FRAME) for c in clients]
+    host = clients[0].host_pid
+    assert {c.host_pid for c in clients} == {host}  # the greeting names the host
+    assert wait_until(lambda: len(serving_children(host)) == 3, 10)
+    children = {p.pid for p in serving_children(host)}
+    served_by = {int(pid) for answer in answers for pid in answer}
+    assert served_by <= children and host not in served_by  # the parent never runs predict
+    for got in results:
+        pd.testing.assert_frame_equal(got, expected(model_dir))
+    assert loads(count) == [f"load {host}"]  # one load, in the parent, before the fork
+    log = clients[0].log_path.read_text()
+    assert "in prefork mode with 3 serving processes (prefork mode: asked for)" in log
+
+
+def test_prefork_child_killed_is_replaced(hosts: Hosts, model_dir: str, tmp_path) -> None:
+    count = tmp_path / "count"
+    spec = hosts.spec(
+        model_dir, mode="prefork", processes=2, model_config={"count_file": str(count)}
+    )
+    with hosts.client(spec) as client:
+        before = client.predict(FRAME)
+        host = client.host_pid
+        assert wait_until(lambda: len(serving_children(host)) == 2, 10)
+        victim = serving_children(host)[0].pid
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(
+            lambda: (
+                len(serving_children(host)) == 2
+                and victim not in {p.pid for p in serving_children(host)}
+            ),
+            15,
+        )
+        pd.testing.assert_frame_equal(client.predict(FRAME), before)
+        assert client.host_pid == host
+    with hosts.client(spec) as again:
+        pd.testing.assert_frame_equal(again.predict(FRAME), before)
+    assert len(loads(count)) == 1
+    assert f"serving process {victim} exited (killed by signal 9): replacing it" in (
+        client.log_path.read_text()
+    )
+
+
+def test_prefork_idle_timer_counts_connections_its_children_serve(
+    hosts: Hosts, model_dir: str, tmp_path
+) -> None:
+    count = tmp_path / "count"
+    spec = hosts.spec(
+        model_dir,
+        mode="prefork",
+        processes=2,
+        idle_timeout=0.5,
+        model_config={"count_file": str(count)},
+    )
+    with hosts.client(spec) as client:
+        # a request that runs four idle timeouts long, in a child: the host must stay up
+        got = client.predict(FRAME, params={"sleep": 2.0})
+        host = client.host_pid
+        assert running(host)
+        pd.testing.assert_frame_equal(got, expected(model_dir))
+        pd.testing.assert_frame_equal(client.predict(FRAME), got)
+        assert client.host_pid == host
+    assert len(loads(count)) == 1
+    assert_reaped(host)  # and once the connection closed, it idled out
+    assert wait_until(lambda: hosts.processes(spec.key) == [], 10)  # children too
+    assert not socket_path(spec.key).exists()
+
+
+def test_more_connections_than_serving_processes_are_all_answered(
+    hosts: Hosts, model_dir: str
+) -> None:
+    """A child whose connection is held takes a further waiting one on a thread, so a worker
+    never waits for its greeting behind a connection that stays open."""
+    spec = hosts.spec(model_dir, mode="prefork", processes=1)
+    with hosts.client(spec) as first, hosts.client(spec) as second:
+        pd.testing.assert_frame_equal(first.predict(FRAME), expected(model_dir))
+        pd.testing.assert_frame_equal(second.predict(FRAME), expected(model_dir))
+        assert first.host_pid == second.host_pid
+
+
+@pytest.fixture(scope="module")
+def threaded_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("host_model") / "threaded"
+    save_model(str(path), python_model=Threaded(), input_example=(FRAME.head(5), PARAMS))
+    return str(path)
+
+
+def test_auto_forks_a_model_without_threads(hosts: Hosts, model_dir: str) -> None:
+    spec = hosts.spec(model_dir, processes=2)
+    assert spec.mode == "auto"
+    with hosts.client(spec) as client:
+        pd.testing.assert_frame_equal(client.predict(FRAME), expected(model_dir))
+        host = client.host_pid
+        assert wait_until(lambda: len(serving_children(host)) == 2, 10)
+    assert (
+        "in prefork mode with 2 serving processes (auto mode: the loaded model runs no threads "
+        "of its own and holds no GPU context)" in client.log_path.read_text()
+    )
+
+
+def test_auto_serves_a_model_that_started_a_thread_on_threads(
+    hosts: Hosts, threaded_model_dir: str
+) -> None:
+    spec = hosts.spec(threaded_model_dir, processes=2)
+    with hosts.client(spec) as client:
+        got = client.predict(FRAME)
+        pd.testing.assert_frame_equal(got, expected(threaded_model_dir))
+        assert serving_children(client.host_pid) == []
+    assert (
+        "in thread mode (auto mode: loading the model started 1 native thread(s)"
+        in client.log_path.read_text()
+    )
+
+
+def test_auto_does_not_fork_a_process_holding_a_cuda_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Detected without importing torch: only where the model already imported it."""
+    cuda = types.SimpleNamespace(is_initialized=lambda: True)
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    assert choose_mode("auto", 3, 3) == (
+        "thread",
+        "the model initialised CUDA (torch): a GPU context cannot be forked",
+    )
+    cuda.is_initialized = lambda: False
+    assert choose_mode("auto", 3, 3)[0] == "prefork"
+    assert choose_mode("fork", 3, 9) == ("fork", "asked for")
+
+
+def test_bad_processes_are_refused() -> None:
+    for bad in (0, -2, 1.5, "2", True):
+        with pytest.raises(HostError, match="processes must be a positive integer"):
+            HostSpec(model_dir="m", key="k", state_dir="s", processes=bad)
 
 
 # ----------------------------------------------------------------------- socket location
@@ -513,8 +677,10 @@ def test_bad_mode_is_refused() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another user needs root")
-def test_peer_of_another_uid_is_refused(caplog: pytest.LogCaptureFixture) -> None:
-    """SO_PEERCRED: only the host's own user gets an answer."""
+@pytest.mark.parametrize("mode", ["thread", "prefork"])
+def test_peer_of_another_uid_is_refused(caplog: pytest.LogCaptureFixture, mode: str) -> None:
+    """SO_PEERCRED: only the host's own user gets an answer (in prefork mode the serving
+    children check it, and keep answering the host's own user)."""
 
     class Fake:
         def invoke(self, method, data, params=None):
@@ -526,9 +692,10 @@ def test_peer_of_another_uid_is_refused(caplog: pytest.LogCaptureFixture) -> Non
     host = Host(
         ModelServer(Fake()),
         socket_file=sock_file,
-        mode="thread",
+        mode=mode,
         idle_timeout=2.0,
         watch=_Watch(None),
+        processes=1,
     )
     host.bind()
     os.chmod(sock_file, 0o777)  # only the peer check stands in the way
@@ -552,12 +719,20 @@ def test_peer_of_another_uid_is_refused(caplog: pytest.LogCaptureFixture) -> Non
                 os._exit(code)
         _, status = os.waitpid(child, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as own:
+            own.settimeout(30)
+            own.connect(sock_file)
+            assert recv_message(own)[0] == {"ok": True, "pid": os.getpid()}
     finally:
         serving.join(10)
+        children = set(host.workers.values())
         host.close()  # also removes the then empty directory
     assert not os.path.exists(shared)
-    assert "refused a connection from uid 65534" in caplog.text
+    if mode == "thread":  # a prefork child logs to its own copy of the handlers
+        assert "refused a connection from uid 65534" in caplog.text
     assert not os.path.exists(sock_file)
+    assert len(children) == (1 if mode == "prefork" else 0)
+    assert not any(running(pid) for pid in children)
 
 
 # ------------------------------------------- hosts lost before they are ready (issue 11)
@@ -782,3 +957,60 @@ def test_host_log_goes_to_the_log_dir(hosts: Hosts, model_dir: str, tmp_path: Pa
     assert client.log_path == log_dir / f"spark_pyfunc-host-{spec.key}.log"
     assert f"model host starting: pid={client.host_pid}" in client.log_path.read_text()
     assert not list(Path(spec.state_dir).glob("*.log"))
+
+
+# --------------------------------------------------------------------- through spark_udf
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from udf_models import Probe, save
+
+    from spark_pyfunc.schema import ColSpec, DataType, ModelSignature, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(DataType.double, "a"), ColSpec(DataType.string, "b")]),
+        outputs=Schema([ColSpec(DataType.long, "pid"), ColSpec(DataType.long, "rows")]),
+    )
+    return str(save(Probe(), tmp_path_factory.mktemp("probe") / "model", signature=signature))
+
+
+def _host_of_job(spark, probe_dir: str, counter: Path) -> psutil.Process:
+    """Score a job with a fresh host (its own model_config) and return that host."""
+    from spark_pyfunc.udf import spark_udf
+
+    predict = spark_udf(spark, probe_dir, model_config={"counter": str(counter)}, scope="executor")
+    df = spark.range(0, 2000, numPartitions=4).selectExpr("cast(id as double) as a", "'x' as b")
+    out = df.select(predict("a", "b").alias("p")).select("p.*").toPandas()
+    assert len(out) == 2000
+    (host,) = {int(line.split()[1]) for line in counter.read_text().splitlines()}
+    assert set(out["pid"]) == {host}  # one loaded copy served every row
+    return psutil.Process(host)
+
+
+def test_processes_setting_reaches_the_host(spark, probe_dir: str, tmp_path: Path) -> None:
+    """The executor's task slots (local[2]: 2) by default; spark.pyfunc.host.processes wins."""
+    host = _host_of_job(spark, probe_dir, tmp_path / "default")
+    assert wait_until(lambda: len(serving_children(host.pid)) == 2, 10)
+    assert "--processes 2" in " ".join(host.cmdline())
+    spark.conf.set("spark.pyfunc.host.processes", "3")
+    try:
+        host = _host_of_job(spark, probe_dir, tmp_path / "three")
+    finally:
+        spark.conf.unset("spark.pyfunc.host.processes")
+    assert wait_until(lambda: len(serving_children(host.pid)) == 3, 10)
+    cmdline = host.cmdline()
+    log = Path(cmdline[cmdline.index("--log") + 1]).read_text()
+    assert "in prefork mode with 3 serving processes (auto mode:" in log
+
+
+def test_bad_processes_setting_names_the_key(spark, probe_dir: str) -> None:
+    from spark_pyfunc.errors import SparkPyfuncError
+    from spark_pyfunc.udf import spark_udf
+
+    spark.conf.set("spark.pyfunc.host.processes", "many")
+    try:
+        with pytest.raises(SparkPyfuncError, match="spark.pyfunc.host.processes must be a posi"):
+            spark_udf(spark, probe_dir, scope="executor")
+    finally:
+        spark.conf.unset("spark.pyfunc.host.processes")

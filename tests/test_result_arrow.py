@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyspark.sql.pandas.types import to_arrow_type
@@ -29,7 +30,9 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from spark_pyfunc.udf import _relayable, _to_arrow, fit_prediction
+from spark_pyfunc.errors import ResultTypeError
+from spark_pyfunc.udf import _fit_arrow, _relayable, _to_arrow, fit_arrow_result, fit_prediction
+from spark_pyfunc.wire import arrow_bytes_to_table, frame_to_arrow_bytes, table_to_frame
 
 _INT32 = st.integers(-(2**31), 2**31 - 1)
 _INT64 = st.integers(-(2**63), 2**63 - 1)
@@ -118,3 +121,89 @@ def test_types_with_pandas_specific_conversions_keep_the_pandas_udf() -> None:
     assert not _relayable(ArrayType(TimestampType()))
     assert _relayable(StructType([StructField("a", ArrayType(LongType()), True)]))
     assert isinstance(_to_arrow(pd.Series([], dtype=np.float64), DoubleType()), pa.Array)
+
+
+# ------------------------------------------------- the relay fits the host's Arrow in Arrow
+
+# Columns as a model may return them, each a function of drawn Python floats/ints.
+_SOURCES = {
+    "float64": lambda v: pd.Series(v, dtype=np.float64),
+    "float32": lambda v: pd.Series(v, dtype=np.float64).astype(np.float32),
+    "int64": lambda v: pd.Series([0 if x is None else x for x in v], dtype=np.int64),
+    "int32": lambda v: pd.Series([0 if x is None else x for x in v], dtype=np.int64).astype(
+        np.int32
+    ),
+    "uint8": lambda v: pd.Series([0 if x is None else x for x in v], dtype=np.int64).astype(
+        np.uint8
+    ),
+    "uint64": lambda v: pd.Series([0 if x is None else x for x in v], dtype=np.int64).astype(
+        np.uint64
+    ),
+    "Int64": lambda v: pd.Series(v, dtype="Int64"),
+    "bool": lambda v: pd.Series([bool((x or 0) % 2) for x in v], dtype=bool),
+    "object_bool": lambda v: pd.Series([None if x is None else bool(x % 2) for x in v]),
+    "string": lambda v: pd.Series([None if x is None else f"s{x}" for x in v], dtype=object),
+}
+_TARGETS = [DoubleType(), FloatType(), IntegerType(), LongType(), BooleanType(), StringType()]
+_NUMBERS = st.one_of(
+    st.none(),
+    st.integers(-(2**62), 2**62),
+    st.integers(-300, 300),
+    st.sampled_from([math.nan, math.inf, -math.inf, 1.5, 2**53 + 1, 1e300]),
+)
+
+
+def _host_result(frame: pd.DataFrame) -> pa.Table:
+    """What the relay receives: the frame as the host serialises it, read back."""
+    return arrow_bytes_to_table(frame_to_arrow_bytes(frame))
+
+
+def _pandas_path(table: pa.Table, dtype, rows: int):
+    """The relay before it fitted in Arrow: an array, or the error it raised."""
+    try:
+        return _to_arrow(fit_prediction(table_to_frame(table), dtype, rows), dtype)
+    except Exception as exc:  # ResultTypeError, or Arrow's own for an object column
+        return exc
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(sorted(_SOURCES)),
+    st.sampled_from(_TARGETS),
+    st.lists(_NUMBERS, min_size=1, max_size=12),
+)
+def test_arrow_fitting_gives_the_pandas_paths_array_or_error(source, dtype, cells) -> None:
+    try:
+        frame = pd.DataFrame({"y": _SOURCES[source](cells)})
+    except (OverflowError, TypeError, ValueError):
+        return  # not a column this source dtype can hold
+    table = _host_result(frame)
+    want = _pandas_path(table, dtype, len(frame))
+    if isinstance(want, Exception):
+        with pytest.raises(type(want)) as info:
+            fit_arrow_result(table, dtype, len(frame))
+        assert type(info.value) is type(want) and str(info.value) == str(want)
+        return
+    got = fit_arrow_result(table, dtype, len(frame))
+    assert got.type == want.type == to_arrow_type(dtype)
+    assert got.equals(want), (got.to_pylist(), want.to_pylist())
+
+
+def test_common_results_skip_pandas() -> None:
+    """The hot cases are fitted in Arrow (the fallback is for what pandas must decide)."""
+    rows = 5
+    doubles = _host_result(pd.DataFrame({"y": np.array([1.0, np.nan, 3.0, 4.0, 5.0])}))
+    fitted = _fit_arrow(doubles, DoubleType(), rows)
+    assert fitted is not None and fitted.to_pylist() == [1.0, None, 3.0, 4.0, 5.0]
+    ints = _host_result(pd.DataFrame({"y": np.arange(rows, dtype=np.int32)}))
+    assert _fit_arrow(ints, LongType(), rows).type == pa.int64()
+    struct = StructType(
+        [StructField("score", DoubleType(), True), StructField("label", StringType(), True)]
+    )
+    both = _host_result(pd.DataFrame({"label": list("abcde"), "score": np.ones(rows)}))
+    assert _fit_arrow(both, struct, rows).to_pylist()[0] == {"score": 1.0, "label": "a"}
+    # a lossy cast, and a row-count mismatch, are left to the pandas path and its messages
+    assert _fit_arrow(_host_result(pd.DataFrame({"y": [1.5] * rows})), LongType(), rows) is None
+    assert _fit_arrow(doubles, DoubleType(), rows + 1) is None
+    with pytest.raises(ResultTypeError, match="returned 5 rows for a batch of 6 rows"):
+        fit_arrow_result(doubles, DoubleType(), rows + 1)

@@ -58,16 +58,21 @@ class SlowLinear(Linear):
 
 
 class Probe(PythonModel):
-    """Reports what it saw: the host/worker pid, batch sizes and nulls, for UDF semantics tests."""
+    """Reports what it saw: the host/worker pid, batch sizes and nulls, for UDF semantics tests.
+
+    The pid is that of the process that loaded this copy: a prefork host's serving children
+    report their parent, the host.
+    """
 
     def load_context(self, context):
         _record(context, "load")
+        self.pid = os.getpid()
 
     def predict(self, context, model_input, params=None):
         n = len(model_input)
         return pd.DataFrame(
             {
-                "pid": np.full(n, os.getpid(), dtype=np.int64),
+                "pid": np.full(n, self.pid, dtype=np.int64),
                 "rows": np.full(n, n, dtype=np.int64),
                 "nulls": model_input.isna().sum(axis=1).astype(np.int64),
                 "tag": [str((params or {}).get("tag", "none"))] * n,
