@@ -109,6 +109,10 @@ class Counting(PythonModel):
         """A custom inference method: one string per row."""
         return [f"a={a:g} b={b:g}" for a, b in zip(model_input["a"], model_input["b"], strict=True)]
 
+    def whoami(self, context, model_input, params=None):
+        """The pid of the process running predict, on every row."""
+        return pd.DataFrame({"pid": [os.getpid()] * len(model_input)})
+
 
 def peer_pids() -> list[int]:
     """The pids at the other end of this process's Unix socket connections (SO_PEERCRED):
@@ -160,10 +164,6 @@ class Faulty(PythonModel):
             (Path(directory) / f"peers-{os.getpid()}").write_text(peers)
             gate(directory, "predict")
         return pd.DataFrame({"y": 2.0 * model_input["x"] + model_input["id"]})
-
-    def whoami(self, context, model_input, params=None):
-        """The pid of the process running predict, on every row."""
-        return pd.DataFrame({"pid": [os.getpid()] * len(model_input)})
 
 
 class Threaded(Counting):
