@@ -15,7 +15,6 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
@@ -42,6 +41,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from spark_pyfunc._paths import local_path
 from spark_pyfunc.client import HostSpec, ModelHostClient, host_key
 from spark_pyfunc.errors import ResultTypeError, SparkPyfuncError
 from spark_pyfunc.shipping import ShippedModel, materialize, ship_model
@@ -590,7 +590,7 @@ def spark_udf(
     from spark_pyfunc import schema as sch
     from spark_pyfunc.format import read_metadata
 
-    path = _local_path(model_uri)
+    path = local_path(model_uri).resolve()
     metadata = read_metadata(path)
     signature = metadata.signature
     checked_params = sch.enforce_params(params, signature.params if signature is not None else None)
@@ -637,15 +637,3 @@ def spark_udf(
         dtype.simpleString(),
     )
     return SparkPyfuncUDF(plan, names)
-
-
-def _local_path(model_uri: str | os.PathLike) -> Path:
-    text = os.fspath(model_uri)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-    elif "://" in text or text.startswith(("runs:", "models:")):
-        raise SparkPyfuncError(
-            f"model_uri {text!r} is not a local directory; download it first (for example with "
-            "mlflow.artifacts.download_artifacts) and pass the local path"
-        )
-    return Path(text).expanduser().resolve()

@@ -1,0 +1,49 @@
+"""Local paths from what users pass: a path, a ``PathLike`` or a ``file:`` URI.
+
+One place for it, because every entry point (``spark_udf``, ``save_model``'s artifacts and
+code paths) must read ``file:/tmp/m`` as ``/tmp/m`` and not as a relative path named
+``file:/tmp/m``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from spark_pyfunc.errors import SparkPyfuncError
+
+
+def local_path(uri_or_path: str | os.PathLike) -> Path:
+    """The absolute local path behind a path or a ``file:`` URI.
+
+    Args:
+        uri_or_path: a local path (relative, absolute, ``~``), a ``PathLike``, or a ``file:``
+            URI (``file:/x``, ``file:///x``, ``file://localhost/x``).
+
+    Returns:
+        The absolute path (symlinks not resolved; whether it exists is the caller's check).
+
+    Raises:
+        SparkPyfuncError: for any other URI (``s3://``, ``runs:/``, ``file://otherhost/x``),
+            naming it: such models and files must be downloaded first.
+
+    Example:
+        >>> local_path("file:///tmp/model")
+        PosixPath('/tmp/model')
+    """
+    text = os.fspath(uri_or_path)
+    parsed = urlparse(text)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise SparkPyfuncError(
+                f"{text!r} is a file: URI on host {parsed.netloc!r}; only local files can be used"
+            )
+        text = url2pathname(parsed.path)
+    elif len(parsed.scheme) > 1:  # a one-letter scheme is a Windows drive
+        raise SparkPyfuncError(
+            f"{text!r} is a {parsed.scheme}: URI, not a local path; download it first (for "
+            "example with mlflow.artifacts.download_artifacts) and pass the local path"
+        )
+    return Path(os.path.abspath(os.path.expanduser(text)))
