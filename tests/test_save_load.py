@@ -9,6 +9,7 @@ writes must load here and predict the same. "Without MLflow" cases run in a subp
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -183,8 +184,15 @@ def test_predict_without_context_or_params_arguments(tmp_path, caplog):
     save_model(tmp_path / "nc", python_model=NoContext())
     save_model(tmp_path / "np", python_model=NoParams())
     data = frame(3)
-    np.testing.assert_allclose(load_model(tmp_path / "nc").predict(data), data.a)
-    np.testing.assert_allclose(load_model(tmp_path / "np").predict(data), data.a + 1.0)
+    with caplog.at_level(logging.WARNING, logger="spark_pyfunc"):
+        np.testing.assert_allclose(load_model(tmp_path / "nc").predict(data), data.a)
+        np.testing.assert_allclose(load_model(tmp_path / "np").predict(data), data.a + 1.0)
+    assert caplog.records == []  # a model without context/params is normal, not a warning
+    # ... whereas params it never declared are dropped, with a warning naming them.
+    with caplog.at_level(logging.WARNING, logger="spark_pyfunc"):
+        got = load_model(tmp_path / "nc").predict(data, params={"scale": 2.0})
+    np.testing.assert_allclose(got, data.a)
+    assert any("scale" in r.getMessage() for r in caplog.records), caplog.records
 
 
 def test_input_is_enforced_before_predict(tmp_path, artifacts):
@@ -289,7 +297,7 @@ def test_other_loader_modules_are_delegated_to(tmp_path, monkeypatch):
     )
     model = load_model(model_dir, model_config={"k": 7})
     assert list(model.predict(frame(2))) == [7, 7]
-    assert model.unwrap_python_model is not None
+    assert model.metadata.loader_module == "my_flavor"
     with pytest.raises(ModelFormatError, match="no python model to unwrap"):
         model.unwrap_python_model()
 
