@@ -144,7 +144,9 @@ class Blocking(PythonModel):
         import time
 
         config = context.model_config or {}
-        Path(config["loading"]).write_text(str(os.getpid()))
+        announce = Path(f"{config['loading']}.{os.getpid()}")
+        announce.write_text(str(os.getpid()))
+        announce.rename(config["loading"])  # atomic: whoever sees the file can read the pid
         while not Path(config["release"]).exists():
             time.sleep(0.05)
 
