@@ -195,6 +195,23 @@ def test_predict_without_context_or_params_arguments(tmp_path, caplog):
     assert any("scale" in r.getMessage() for r in caplog.records), caplog.records
 
 
+def test_artifacts_given_as_file_uris_are_the_local_files(tmp_path, artifacts, monkeypatch):
+    monkeypatch.chdir(tmp_path / "extras")  # a file: URI read as a relative path would miss
+    uris = {
+        "weights": Path(artifacts["weights"]).as_uri(),  # file:///...
+        "extras": f"file:{artifacts['extras']}",  # file:/...
+    }
+    save_model(tmp_path / "m", python_model=Linear(), artifacts=uris, input_example=frame(3))
+    assert (tmp_path / "m" / "artifacts" / "weights.npy").read_bytes() == Path(
+        artifacts["weights"]
+    ).read_bytes()
+    assert (tmp_path / "m" / "artifacts" / "extras" / "bias.txt").read_text() == "0.25"
+    with pytest.raises(ModelSaveError, match="file://elsewhere/w.npy"):
+        save_model(
+            tmp_path / "m2", python_model=Linear(), artifacts={"w": "file://elsewhere/w.npy"}
+        )
+
+
 def test_input_is_enforced_before_predict(tmp_path, artifacts):
     save_model(tmp_path / "m", python_model=Linear(), artifacts=artifacts, input_example=frame(3))
     model = load_model(tmp_path / "m")
