@@ -24,15 +24,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import cloudpickle
 import numpy as np
 import pandas as pd
 import yaml
 
-from spark_pyfunc.errors import ModelExistsError, ModelSaveError, SchemaError
+from spark_pyfunc._paths import local_path
+from spark_pyfunc.errors import ModelExistsError, ModelSaveError, SchemaError, SparkPyfuncError
 from spark_pyfunc.format import (
     CUSTOM_PYFUNC_LOADER,
     PYFUNC_FLAVOR,
@@ -130,16 +129,12 @@ def _local_path(value: Any, what: str) -> Path:
     """A local path from a path or a ``file:`` URI; other URIs are refused."""
     if not isinstance(value, (str, os.PathLike)):
         raise ModelSaveError(f"{what} must be a local path, not {type(value).__name__}")
-    text = os.fspath(value)
-    parsed = urlparse(text)
-    if parsed.scheme == "file":
-        text = url2pathname(parsed.path)
-    elif len(parsed.scheme) > 1:  # a one-letter scheme is a Windows drive
+    try:
+        path = local_path(value)
+    except SparkPyfuncError as exc:
         raise ModelSaveError(
-            f"{what} {text!r} is a {parsed.scheme}: URI; only local files and directories "
-            f"can be saved with a model"
-        )
-    path = Path(os.path.abspath(text))
+            f"{what}: {exc}; only local files and directories can be saved"
+        ) from exc
     if not path.exists():
         raise ModelSaveError(f"{what}: {path} does not exist")
     return path

@@ -16,7 +16,6 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
@@ -43,6 +42,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from spark_pyfunc._paths import local_path
 from spark_pyfunc.client import HostSpec, ModelHostClient, host_key
 from spark_pyfunc.errors import ResultTypeError, SparkPyfuncError
 from spark_pyfunc.host import MODES as HOST_MODES
@@ -708,7 +708,7 @@ def spark_udf(
     from spark_pyfunc import schema as sch
     from spark_pyfunc.format import read_metadata
 
-    path = _local_path(model_uri)
+    path = local_path(model_uri).resolve()
     metadata = read_metadata(path)
     signature = metadata.signature
     checked_params = sch.enforce_params(params, signature.params if signature is not None else None)
@@ -797,15 +797,3 @@ def _executor_cores(spark: Any) -> int | None:
     if cluster:
         return int(cluster.group(1))
     return None
-
-
-def _local_path(model_uri: str | os.PathLike) -> Path:
-    text = os.fspath(model_uri)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-    elif "://" in text or text.startswith(("runs:", "models:")):
-        raise SparkPyfuncError(
-            f"model_uri {text!r} is not a local directory; download it first (for example with "
-            "mlflow.artifacts.download_artifacts) and pass the local path"
-        )
-    return Path(text).expanduser().resolve()

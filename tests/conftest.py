@@ -7,10 +7,12 @@ named ``test_cluster_*.py`` so that pytest's file order keeps them together.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 # Spark's Python workers must run this interpreter (the virtualenv with spark_pyfunc in it).
@@ -19,6 +21,10 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 # Loopback only: without this Spark binds the driver to the machine's first interface address.
 # Subprocesses (spark-submit, notebook kernels, the CLI) inherit it.
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+#: Hosts that a test leaves behind exit after this long even if nothing stops them (the
+#: default, 600 s, would keep them across the rest of the run); the fixture below stops them.
+TEST_IDLE_TIMEOUT = "60"
 
 LOCAL_MASTER = "local[2]"
 CLUSTER_MASTER = "local-cluster[2,2,1024]"
@@ -50,6 +56,7 @@ def get_session(master: str, tmp_root: str, conf: dict[str, str] | None = None):
         .config("spark.sql.warehouse.dir", os.path.join(tmp_root, "warehouse"))
         .config("spark.local.dir", os.path.join(tmp_root, "spark-local"))
         .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={tmp_root}")
+        .config("spark.pyfunc.host.idleTimeout", TEST_IDLE_TIMEOUT)
     )
     if master.startswith("local-cluster"):
         builder = (
@@ -87,6 +94,39 @@ def cluster_spark(spark_tmp):
 def fault_spark(spark_tmp):
     """A local-cluster with one 2-core executor and spark.task.maxFailures=1, for faults."""
     return get_session(FAULT_MASTER, spark_tmp, FAULT_CONF)
+
+
+def _model_hosts(under: str) -> list[psutil.Process]:
+    """This run's model hosts: their command line names a path under ``under`` (the run's
+    pytest temp root), so other runs on the machine are never touched."""
+    prefix = os.path.join(under, "")  # pytest-2/ must not match pytest-20/
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "spark_pyfunc.host" in cmdline and any(prefix in arg for arg in cmdline):
+            found.append(proc)
+    return found
+
+
+def stop_model_hosts(under: str) -> None:
+    """SIGTERM (hosts then remove their socket), SIGKILL what is left after a while."""
+    hosts = _model_hosts(under)
+    for proc in hosts:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(hosts, timeout=30)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=30)
+
+
+@pytest.fixture(autouse=True)
+def _stop_model_hosts_after_each_test(tmp_path_factory) -> Iterator[None]:
+    """Each test starts its own hosts: none survives into the next test, whose results
+    would then depend on which tests ran before it."""
+    yield
+    stop_model_hosts(str(tmp_path_factory.getbasetemp()))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 
+import pytest
+
 import spark_pyfunc
+from spark_pyfunc import errors
 
 
-def test_every_public_name_resolves() -> None:
+def test_every_public_name_resolves_to_its_definition() -> None:
+    """Each name of ``__all__`` is the object its defining module holds (a lazy entry
+    pointing at the wrong module, or a name missing from it, fails here)."""
     for name in spark_pyfunc.__all__:
-        assert getattr(spark_pyfunc, name) is not None, name
+        value = getattr(spark_pyfunc, name)
+        if name == "__version__":
+            assert isinstance(value, str) and value.count(".") >= 1
+        elif name.endswith("Error"):
+            assert value is getattr(errors, name), name
+        else:
+            module = importlib.import_module(f"spark_pyfunc.{spark_pyfunc._LAZY[name]}")
+            assert value is getattr(module, name), name
+            assert value.__module__ == module.__name__, name
+    assert set(spark_pyfunc.__all__) <= set(dir(spark_pyfunc))
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        _ = spark_pyfunc.nothing_here
 
 
 def test_errors_share_one_base() -> None:
@@ -35,9 +52,19 @@ def test_importing_the_package_or_the_host_does_not_import_pyspark_or_mlflow() -
 
 
 def test_spark_udf_is_loaded_on_first_use() -> None:
-    from spark_pyfunc.udf import spark_udf
-
-    assert spark_pyfunc.spark_udf is spark_udf
+    """``import spark_pyfunc`` does not import the UDF module (nor pyspark); the first
+    ``spark_pyfunc.spark_udf`` does, and returns that module's function."""
+    code = (
+        "import sys, spark_pyfunc; "
+        "before = sorted(m for m in ('spark_pyfunc.udf', 'pyspark') if m in sys.modules); "
+        "f = spark_pyfunc.spark_udf; "
+        "print(repr((before, f is sys.modules['spark_pyfunc.udf'].spark_udf, "
+        "'pyspark' in sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert ast.literal_eval(out.strip()) == ([], True, True)
 
 
 def test_a_worker_relaying_to_the_host_does_not_import_the_format_layer() -> None:

@@ -17,12 +17,14 @@ import types
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import psutil
 import pytest
 from host_models import PARAMS, Counting, Threaded
+from udf_models import Blocking, Gate
 
 from spark_pyfunc import client as client_module
 from spark_pyfunc.client import HostSpec, ModelHostClient, host_key
@@ -267,24 +269,36 @@ def test_server_core_with_a_fake_model() -> None:
 
 
 @pytest.mark.parametrize("mode", ["thread", "fork", "prefork"])
-def test_host_killed_during_a_request_is_restarted(
-    hosts: Hosts, model_dir: str, mode: str, tmp_path
-) -> None:
-    count = tmp_path / "count"
-    spec = hosts.spec(model_dir, mode=mode, model_config={"count_file": str(count)})
+def test_host_killed_during_a_request_is_restarted(hosts: Hosts, mode: str, tmp_path) -> None:
+    """The host dies while it provably holds a request (the model waits at a gate until the
+    kill is done); the client restarts it and resends, and the answer is exact."""
+    model = tmp_path / "gate"
+    save_model(str(model), python_model=Gate())
+    gate = tmp_path / "gate-files"
+    gate.mkdir()
+    spec = hosts.spec(str(model), mode=mode, model_config={"gate": str(gate)})
+    frame = FRAME.head(50)
+
+    def kill_mid_request() -> None:
+        assert wait_until(lambda: any(gate.glob("request-*")), 120), "no request arrived"
+        os.kill(first, signal.SIGKILL)
+        assert wait_until(lambda: not running(first), 60)
+        (gate / "release").touch()
+
     with hosts.client(spec) as client:
-        client.predict(FRAME.head(3))
+        client._connection()  # connect (start the host) first, to know whom to kill
         first = client.host_pid
-        killer = threading.Timer(0.5, os.kill, (first, signal.SIGKILL))
+        killer = threading.Thread(target=kill_mid_request)
         killer.start()
-        got = client.predict(FRAME, params={"sleep": 1.5})
+        got = client.predict(frame)
         killer.join()
-        assert client.host_pid != first
-        assert not running(first)
-    pd.testing.assert_frame_equal(got, expected(model_dir))
-    assert len(loads(count)) == 2
+        assert client.host_pid not in (None, first)
+    pd.testing.assert_frame_equal(got, pd.DataFrame({"score": 2 * frame["a"] + frame["b"]}))
+    # The first host (fork: its connection's child) saw the request, then the restarted one.
+    servers = {p.name for p in gate.glob("request-*")}
+    assert len(servers) == 2, servers
     # fork and prefork modes: the killed host's children died with it
-    assert wait_until(lambda: not any(p.ppid() == first for p in hosts.processes(spec.key)), 10)
+    assert wait_until(lambda: not any(p.ppid() == first for p in hosts.processes(spec.key)), 60)
     assert len(hosts.roots(spec.key)) == 1
 
 
@@ -411,17 +425,34 @@ def test_model_code_import_error_is_a_host_error(
     assert "the model code cannot be imported here" in info.value.log_tail
 
 
-def test_host_not_ready_in_time_is_killed(hosts: Hosts, model_dir: str, tmp_path) -> None:
-    count = tmp_path / "count"
-    # 15 s: the launcher itself (a Python importing pyarrow) must start within it on a
-    # loaded machine; only the model's load, 60 s, must not fit
-    spec = hosts.spec(
-        model_dir, start_timeout=15.0, model_config={"count_file": str(count), "load_delay": 60}
+def test_host_not_ready_in_time_is_killed(
+    hosts: Hosts, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start timeout fires while load_context runs, however slow the machine: the load
+    blocks until released, and the client's clock jumps past its deadline only once the
+    load has announced itself."""
+    model = tmp_path / "blocking"
+    save_model(str(model), python_model=Blocking())
+    loading, release = tmp_path / "loading.pid", tmp_path / "release"
+    monkeypatch.setattr(
+        client_module,
+        "time",
+        SimpleNamespace(
+            monotonic=lambda: time.monotonic() + (3600.0 if loading.exists() else 0.0),
+            sleep=time.sleep,
+            time=time.time,
+        ),
     )
-    with hosts.client(spec) as client, pytest.raises(HostError, match="not ready within 15.0s"):
-        client.predict(FRAME)
-    assert wait_until(lambda: loads(count) != [], 5)  # it was loading
-    assert wait_until(lambda: hosts.processes(spec.key) == [], 10)
+    config = {"loading": str(loading), "release": str(release)}
+    spec = hosts.spec(str(model), start_timeout=60.0, model_config=config)
+    try:
+        with hosts.client(spec) as client, pytest.raises(HostError, match="not ready within 60"):
+            client.predict(FRAME)
+    finally:
+        release.touch()
+    host = int(loading.read_text())
+    assert not running(host)  # the client killed it before raising
+    assert wait_until(lambda: hosts.processes(spec.key) == [], 60)
 
 
 # ---------------------------------------------------------------------------- lifecycle

@@ -9,6 +9,7 @@ writes must load here and predict the same. "Without MLflow" cases run in a subp
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -183,8 +184,32 @@ def test_predict_without_context_or_params_arguments(tmp_path, caplog):
     save_model(tmp_path / "nc", python_model=NoContext())
     save_model(tmp_path / "np", python_model=NoParams())
     data = frame(3)
-    np.testing.assert_allclose(load_model(tmp_path / "nc").predict(data), data.a)
-    np.testing.assert_allclose(load_model(tmp_path / "np").predict(data), data.a + 1.0)
+    with caplog.at_level(logging.WARNING, logger="spark_pyfunc"):
+        np.testing.assert_allclose(load_model(tmp_path / "nc").predict(data), data.a)
+        np.testing.assert_allclose(load_model(tmp_path / "np").predict(data), data.a + 1.0)
+    assert caplog.records == []  # a model without context/params is normal, not a warning
+    # ... whereas params it never declared are dropped, with a warning naming them.
+    with caplog.at_level(logging.WARNING, logger="spark_pyfunc"):
+        got = load_model(tmp_path / "nc").predict(data, params={"scale": 2.0})
+    np.testing.assert_allclose(got, data.a)
+    assert any("scale" in r.getMessage() for r in caplog.records), caplog.records
+
+
+def test_artifacts_given_as_file_uris_are_the_local_files(tmp_path, artifacts, monkeypatch):
+    monkeypatch.chdir(tmp_path / "extras")  # a file: URI read as a relative path would miss
+    uris = {
+        "weights": Path(artifacts["weights"]).as_uri(),  # file:///...
+        "extras": f"file:{artifacts['extras']}",  # file:/...
+    }
+    save_model(tmp_path / "m", python_model=Linear(), artifacts=uris, input_example=frame(3))
+    assert (tmp_path / "m" / "artifacts" / "weights.npy").read_bytes() == Path(
+        artifacts["weights"]
+    ).read_bytes()
+    assert (tmp_path / "m" / "artifacts" / "extras" / "bias.txt").read_text() == "0.25"
+    with pytest.raises(ModelSaveError, match="file://elsewhere/w.npy"):
+        save_model(
+            tmp_path / "m2", python_model=Linear(), artifacts={"w": "file://elsewhere/w.npy"}
+        )
 
 
 def test_input_is_enforced_before_predict(tmp_path, artifacts):
@@ -289,7 +314,7 @@ def test_other_loader_modules_are_delegated_to(tmp_path, monkeypatch):
     )
     model = load_model(model_dir, model_config={"k": 7})
     assert list(model.predict(frame(2))) == [7, 7]
-    assert model.unwrap_python_model is not None
+    assert model.metadata.loader_module == "my_flavor"
     with pytest.raises(ModelFormatError, match="no python model to unwrap"):
         model.unwrap_python_model()
 

@@ -296,36 +296,52 @@ def test_materialize_names_a_missing_archive(tmp_path):
     assert str(root) in str(caught.value)
 
 
-def _race(shipped: ShippedModel, root: str, log: str, result: str, barrier) -> None:
-    """One Python worker: count real unpacks, then materialize together with the others."""
-    real = shipping.safe_extract
+def _wait_for(condition, what: str, deadline_s: float = 120.0) -> None:
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.01)
+
+
+def _race(shipped: ShippedModel, root: str, log: str, result: str, workers: int) -> None:
+    """One Python worker: count real unpacks, and hold the one in progress until every
+    worker is waiting for the unpack lock, so that they provably collide."""
+    real_extract, real_lock = shipping.safe_extract, shipping.filelock.FileLock
+    waiting = Path(log).parent / "waiting"
+
+    class AnnouncedLock(real_lock):  # type: ignore[misc, valid-type]
+        def acquire(self, *args, **kwargs):
+            (waiting / str(os.getpid())).touch()
+            return super().acquire(*args, **kwargs)
 
     def counting(archive, dest):
         with open(log, "a") as handle:
             handle.write(f"{os.getpid()}\n")
-        time.sleep(0.3)  # keep the unpack in progress while the other workers arrive
-        real(archive, dest)
+        _wait_for(lambda: len(list(waiting.iterdir())) == workers, "all workers at the lock")
+        real_extract(archive, dest)
 
     shipping.safe_extract = counting
-    barrier.wait()
+    shipping.filelock.FileLock = AnnouncedLock
     Path(result).write_text(str(materialize(shipped, root)))
 
 
 def test_concurrent_workers_unpack_once(tmp_path):
     shipped, root = _stage(tmp_path)
     log = tmp_path / "unpacks.log"
+    (tmp_path / "waiting").mkdir()
     ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(4)
     results = [tmp_path / f"result-{i}" for i in range(4)]
     workers = [
-        ctx.Process(target=_race, args=(shipped, str(root), str(log), str(out), barrier))
+        ctx.Process(target=_race, args=(shipped, str(root), str(log), str(out), len(results)))
         for out in results
     ]
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join(60)
+        worker.join(180)
     assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    assert len(list((tmp_path / "waiting").iterdir())) == 4  # all four met at the lock
 
     assert len(log.read_text().splitlines()) == 1
     assert {out.read_text() for out in results} == {str(root / shipped.stem)}

@@ -22,12 +22,26 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 FEATURES = [f"f{i}" for i in range(8)]
 
 
-def _record(context, event: str) -> None:
-    """Append ``event pid`` to the file named by model_config["counter"], if any."""
-    path = (context.model_config or {}).get("counter")
+def _main_module() -> str:
+    """``spark_pyfunc.host`` in the model host, ``pyspark.daemon`` in a Spark Python worker."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return spec.name if spec is not None else "-"
+
+
+def _record(context, event: str, key: str = "counter") -> None:
+    """Append ``event pid main-module`` to the file named by model_config[key], if any."""
+    path = (context.model_config or {}).get(key)
     if path:
         with open(path, "a") as fh:
-            fh.write(f"{event} {os.getpid()}\n")
+            fh.write(f"{event} {os.getpid()} {_main_module()}\n")
+
+
+def records(path: Path, event: str | None = None) -> list[tuple[str, int, str]]:
+    """The ``(event, pid, main module)`` lines ``_record`` wrote, optionally of one event."""
+    if not path.exists():
+        return []
+    rows = [line.split() for line in path.read_text().splitlines()]
+    return [(e, int(p), m) for e, p, m in rows if event is None or e == event]
 
 
 class Linear(PythonModel):
@@ -70,6 +84,7 @@ class Probe(PythonModel):
 
     def predict(self, context, model_input, params=None):
         n = len(model_input)
+        _record(context, f"predict:{n}", key="calls")
         return pd.DataFrame(
             {
                 "pid": np.full(n, self.pid, dtype=np.int64),
@@ -124,6 +139,97 @@ class Shapes(PythonModel):
         if kind == "raise":
             raise RuntimeError("the model refused this batch")
         raise ValueError(kind)
+
+
+class Blocking(PythonModel):
+    """A load that announces itself (file model_config["loading"]: pid) and then waits for
+    the file model_config["release"]: a host that is provably mid-load, as long as needed."""
+
+    def load_context(self, context):
+        import time
+
+        config = context.model_config or {}
+        announce = Path(f"{config['loading']}.{os.getpid()}")
+        announce.write_text(str(os.getpid()))
+        announce.rename(config["loading"])  # atomic: whoever sees the file can read the pid
+        while not Path(config["release"]).exists():
+            time.sleep(0.05)
+
+    def predict(self, context, model_input, params=None):
+        return pd.Series(np.zeros(len(model_input)))
+
+
+class Gate(PythonModel):
+    """2a + b, but each predict first leaves ``request-<pid>`` in model_config["gate"] and
+    waits there for a ``release`` file: a request provably in progress for as long as a test
+    needs (to kill its server mid-request, say)."""
+
+    def predict(self, context, model_input, params=None):
+        import time
+
+        gate = Path((context.model_config or {})["gate"])
+        (gate / f"request-{os.getpid()}").touch()
+        while not (gate / "release").exists():
+            time.sleep(0.02)
+        return pd.DataFrame({"score": 2 * model_input["a"] + model_input["b"]})
+
+
+class Broken(PythonModel):
+    """A model whose load fails, so its host cannot start."""
+
+    def load_context(self, context):
+        raise RuntimeError("weights-are-corrupt: this model cannot load")
+
+    def predict(self, context, model_input, params=None):
+        raise AssertionError("never loaded")
+
+
+class Typed(PythonModel):
+    """One column of the Spark type named by params["kind"], computed from the long ``x``:
+    ``TYPED_VALUES`` below gives the same values in Python, for the tests to compare."""
+
+    def predict(self, context, model_input, params=None):
+        kind = (params or {}).get("kind", "long")
+        x = model_input["x"].to_numpy().astype(np.int64)
+        values = typed_values(kind, x)
+        if kind == "struct":  # a struct result is a frame with one column per field
+            return pd.DataFrame(values)
+        return pd.Series(values, name=kind)
+
+
+def typed_values(kind: str, x: np.ndarray) -> object:
+    """What Typed returns for ``kind`` (a numpy array or a list of Python values)."""
+    import datetime as dt
+
+    if kind == "long":
+        return x * 3_000_000_000
+    if kind == "int":
+        return (x * 7).astype(np.int32)
+    if kind == "float":
+        return (x / 4).astype(np.float32)
+    if kind == "double":
+        return x / 3
+    if kind == "boolean":
+        return x % 2 == 0
+    if kind == "string":
+        return np.array([f"é-{v}" for v in x], dtype=object)
+    if kind == "binary":
+        return [bytes([v % 256, 0, 255]) for v in x]
+    if kind == "array<double>":
+        return [np.array([v, v + 0.5]) for v in x]
+    if kind == "array<string>":
+        return [[str(v)] * int(v % 3) for v in x]
+    if kind == "struct":
+        return [{"n": int(v), "s": f"s{v}"} for v in x]
+    if kind == "array<struct>":
+        return [[{"n": int(v), "s": f"s{v}"}] * 2 for v in x]
+    if kind == "date":
+        return [dt.date(2024, 1, 1) + dt.timedelta(days=int(v)) for v in x]
+    if kind == "timestamp":
+        return pd.Series(pd.Timestamp("2024-03-10 01:30:00") + pd.to_timedelta(x, unit="h"))
+    if kind == "map":
+        return [{f"k{v}": float(v), "z": None} for v in x]
+    raise ValueError(kind)
 
 
 def save(model, path: Path, **kwargs) -> Path:
