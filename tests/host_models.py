@@ -31,10 +31,14 @@ from spark_pyfunc.python_model import PythonModel
 GATE_TIMEOUT = 300.0
 
 
-def gate(directory: str, name: str) -> None:
-    """Announce that this process reached gate ``name``, and wait until the test opens it."""
+def gate(directory: str, name: str, host: int | None = None) -> None:
+    """Announce that this process reached gate ``name``, and wait until the test opens it.
+
+    The announcement is named by ``host`` (default: this process) and holds this process's
+    pid: in a prefork host the gate is reached by a serving child of the host that loaded
+    the model."""
     folder = Path(directory)
-    (folder / f"at-{name}-{os.getpid()}").touch()
+    (folder / f"at-{name}-{host or os.getpid()}").write_text(str(os.getpid()))
     deadline = time.monotonic() + GATE_TIMEOUT
     while not (folder / f"go-{name}").exists():
         if time.monotonic() > deadline:
@@ -138,13 +142,17 @@ class Faulty(PythonModel):
     """y = 2x + id, for the cluster fault tests (inputs ``id``, ``x``).
 
     Records its evidence in model_config["gates_dir"]: ``loads`` (one ``<pid>`` line per
-    load_context) and ``calls`` (``<pid> <first id> <rows>`` per batch, so a resent batch
-    shows twice). Stops at the gates named in model_config["gates"]; ``predict`` only for the
+    load_context) and ``calls`` (``<host pid> <first id> <rows>`` per batch, so a resent batch
+    shows twice; the host is the process that loaded the model, also when a prefork child
+    runs predict). Stops at the gates named in model_config["gates"]; ``predict`` only for the
     batch starting at model_config["gate_id"], after writing ``peers-<pid>``: the workers
     connected to this host at that moment, one of which is waiting for that batch.
     """
 
     def load_context(self, context):
+        # The host: the process that loads the model (a prefork host's serving children
+        # inherit it), so that evidence names hosts whatever the serving mode.
+        self.host = os.getpid()
         directory, gates = _gates(context.model_config)
         if directory:  # none when save_model infers the signature
             with open(Path(directory) / "loads", "a") as f:
@@ -158,11 +166,11 @@ class Faulty(PythonModel):
         first = int(model_input["id"].iloc[0])
         if directory:
             with open(Path(directory) / "calls", "a") as f:
-                f.write(f"{os.getpid()} {first} {len(model_input)}\n")
+                f.write(f"{self.host} {first} {len(model_input)}\n")
         if directory and "predict" in gates and first == config.get("gate_id"):
             peers = " ".join(str(p) for p in peer_pids())
-            (Path(directory) / f"peers-{os.getpid()}").write_text(peers)
-            gate(directory, "predict")
+            (Path(directory) / f"peers-{self.host}").write_text(peers)
+            gate(directory, "predict", self.host)
         return pd.DataFrame({"y": 2.0 * model_input["x"] + model_input["id"]})
 
 

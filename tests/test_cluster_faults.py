@@ -37,7 +37,7 @@ from spark_pyfunc.udf import CONF_HOST_LOG_DIR, CONF_IDLE_TIMEOUT, spark_udf
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-#: Jobs per host-fault scenario; the default gives 24 kills per session (the twice-in-a-row
+#: Jobs per host-fault scenario; the default gives 28 kills per session (the twice-in-a-row
 #: scenario kills two hosts per job).
 REPEATS = int(os.environ.get("SPARK_PYFUNC_FAULT_REPEATS", "4"))
 ROWS = 2000
@@ -299,6 +299,31 @@ def test_host_killed_mid_request(faults: Faults, repeat: int):
 
 
 @pytest.mark.parametrize("repeat", range(REPEATS))
+def test_prefork_serving_process_killed_mid_request(faults: Faults, repeat: int):
+    """SIGKILL to the prefork child running predict on the gated batch (the process the OOM
+    killer would pick while predict allocates): the host replaces the child, the worker
+    reconnects to the same host, which sends the batch again to a new child; no reload."""
+    config = faults.config("predict")
+    seen: dict = {}
+
+    def fault(job: Job) -> None:
+        host = faults.wait_for_arrival("predict")
+        child = int((faults.dir / f"at-predict-{host}").read_text())
+        assert child != host, "the predict gate was not reached in a prefork serving process"
+        assert job.running(), "the job ended before the fault"
+        os.kill(child, signal.SIGKILL)
+        assert wait_until(lambda: not alive_pid(child), 30)
+        seen.update(host=host, child=child)
+
+    faults.run(config, fault)
+    host = seen["host"]
+    assert alive_pid(host) and faults.loads() == [host]
+    assert faults.calls(GATE_ID) == [host, host]
+    assert faults.worker_logged(f"lost the model host (pid {host}) during a request")
+    assert wait_until(lambda: faults.host_logged(f"serving process {seen['child']} exited"), 30)
+
+
+@pytest.mark.parametrize("repeat", range(REPEATS))
 def test_host_killed_between_requests(faults: Faults, repeat: int):
     """SIGKILL while no request is in flight (between two jobs on the reused Python workers):
     the next request finds a dead host, its socket and pid file left behind, and starts a new
@@ -316,10 +341,12 @@ def test_host_killed_between_requests(faults: Faults, repeat: int):
     assert faults.calls(GATE_ID) == [first, faults.calls()[-1]]  # once per job, each exact
 
 
-def test_nothing_of_the_fault_session_outlives_it(fault_spark, evidence_root: Path):
-    """After all those kills: no host, daemon or worker is left 10 s after spark.stop()."""
+def test_nothing_of_the_fault_session_outlives_it(faults: Faults, evidence_root: Path):
+    """After all those kills (the conftest stops each test's hosts, so this one serves a job of
+    its own first): no host, daemon or worker is left 10 s after spark.stop()."""
+    faults.run(faults.config(), lambda job: None)
     hosts = hosts_naming(str(evidence_root))
-    assert hosts, "no host is left to watch: the fault tests above did not run"
+    assert hosts, "no model host served the job"
     stop_active_session()
     assert wait_until(lambda: not hosts_naming(str(evidence_root)), 10), [
         p.pid for p in hosts_naming(str(evidence_root))

@@ -181,8 +181,10 @@ def test_empty_partitions_never_load_the_model(spark, probe_model, tmp_path, sco
     assert len(out) == 12
     scored = [(pid, int(event.split(":")[1])) for event, pid, _ in records(calls)]
     assert sum(n for _, n in scored) == 12
-    loads = records(counter, "load")
-    assert len(loads) == 1 and {pid for _, pid, _ in loads} == {pid for pid, _ in scored}
+    [(_, loader, _)] = records(counter, "load")
+    # The loader scored them, or (a prefork host) its serving children did.
+    serving = {loader} | {child.pid for child in psutil.Process(loader).children()}
+    assert {pid for pid, _ in scored} <= serving, (loader, scored)
 
 
 def test_executor_scope_uses_one_host_for_all_workers(spark, probe_model, tmp_path):
@@ -534,10 +536,12 @@ def test_auto_scope_uses_the_host_from_the_threshold_on(spark, probe_model, spar
 
 def test_idle_timeout_from_spark_conf_stops_the_host(spark, probe_model, spark_conf, tmp_path):
     spark_conf(CONF_IDLE_TIMEOUT, "2.5")
-    calls = tmp_path / "calls.txt"
-    predict = spark_udf(spark, probe_model, model_config={"calls": str(calls)}, scope="executor")
+    counter = tmp_path / "loads.txt"
+    predict = spark_udf(
+        spark, probe_model, model_config={"counter": str(counter)}, scope="executor"
+    )
     _probe_frame(spark).select(predict("a", "b")).collect()
-    (host,) = {pid for _, pid, _ in records(calls)}
+    (host,) = {pid for _, pid, _ in records(counter, "load")}
     assert _wait_until(lambda: _gone(host)), f"host {host} still running"
     log = _host_log(spark, host)
     assert "'--idle-timeout', '2.5'" in log
@@ -585,4 +589,4 @@ def test_a_host_that_cannot_start_fails_the_task_with_its_log(spark, tmp_path):
     with pytest.raises(Exception, match="last lines of the model host log") as failure:
         _probe_frame(spark, partitions=1).select(predict("a", "b")).collect()
     assert "weights-are-corrupt: this model cannot load" in str(failure.value)
-    assert "exited before it was ready" in str(failure.value)
+    assert "before it was ready; loading the model failed" in str(failure.value)
