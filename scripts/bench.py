@@ -149,7 +149,7 @@ def _noop(spark: Any, path: Path) -> Any:
 
 def _spf(scope: str) -> Callable[[Any, Path], Any]:
     def build(spark: Any, path: Path) -> Any:
-        from spark_pyfunc.udf import spark_udf
+        from spark_pyfunc import spark_udf
 
         return spark_udf(spark, str(path), result_type="double", scope=scope)(*bm.FEATURES)
 

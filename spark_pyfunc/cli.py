@@ -34,14 +34,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spark_pyfunc import __version__
+from spark_pyfunc._format import read_metadata
 from spark_pyfunc._paths import local_path
 from spark_pyfunc.errors import MissingDependencyError, SchemaEnforcementError, SparkPyfuncError
-from spark_pyfunc.format import read_metadata
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from spark_pyfunc.format import ModelMetadata
+    from spark_pyfunc._format import ModelMetadata
+
+__all__ = [
+    "ScoreJob",
+    "ScoreSummary",
+    "UsageError",
+    "add_score_arguments",
+    "build_parser",
+    "check_java",
+    "describe",
+    "info_lines",
+    "main",
+    "parse_columns",
+    "parse_params",
+    "prepare_score",
+    "run_score_command",
+    "score",
+    "spark_session",
+    "staged_output",
+    "submit_main",
+]
 
 PROG = "spark-pyfunc"
 FORMATS = ("parquet", "csv", "json")
@@ -489,7 +509,7 @@ def _result_type(text: str | None) -> Any:
     """--result-type parsed, keeping Spark's reason (``[PARSE_SYNTAX_ERROR] ...``) on one line."""
     if text is None:
         return None
-    from spark_pyfunc.udf import parse_result_type
+    from spark_pyfunc._udf import parse_result_type
 
     try:
         return parse_result_type(text)
@@ -810,7 +830,7 @@ def score(
     from pyspark.sql import functions as F
     from pyspark.sql.types import StructType
 
-    from spark_pyfunc.udf import spark_udf
+    from spark_pyfunc._udf import spark_udf
 
     job = prepare_score(model, input, output, **options)
     dtype = _result_type(job.result_type)
@@ -1352,7 +1372,7 @@ def _info_command(args: argparse.Namespace) -> int:
 
 
 def _demo_command(args: argparse.Namespace) -> int:
-    from spark_pyfunc.demo import run_demo
+    from spark_pyfunc._demo import run_demo
 
     if args.rows <= 0:
         raise UsageError(f"--rows must be positive: {args.rows}")

@@ -7,6 +7,21 @@ the field, the column, the module or the host log.
 
 from __future__ import annotations
 
+__all__ = [
+    "HostError",
+    "MissingDependencyError",
+    "ModelExistsError",
+    "ModelFormatError",
+    "ModelSaveError",
+    "PredictionError",
+    "ResultTypeError",
+    "SchemaEnforcementError",
+    "SchemaError",
+    "ShippingError",
+    "SparkPyfuncError",
+    "UnsafePathError",
+]
+
 
 class SparkPyfuncError(Exception):
     """Base class of every error raised by spark_pyfunc."""

@@ -24,11 +24,10 @@ import pyspark
 import pytest
 import yaml
 
+from spark_pyfunc import load_model, save_model
+from spark_pyfunc._demo import FEATURES, LogisticScorer, build_model, example_features
 from spark_pyfunc.cli import CONF_HOST_LOG_DIR, UsageError, main, parse_columns, parse_params
-from spark_pyfunc.demo import FEATURES, LogisticScorer, build_model, example_features
-from spark_pyfunc.loading import load_model
 from spark_pyfunc.python_model import PythonModel
-from spark_pyfunc.saving import save_model
 from spark_pyfunc.schema import ColSpec, DataType, ModelSignature, Schema
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("spark-pyfunc")
@@ -897,16 +896,16 @@ def test_progress_without_tqdm_prints_plain_lines(
 def test_host_log_dir_is_set_for_the_job_and_named_at_the_end(
     spark, capsys, tmp_path, model_dir, parquet_input, monkeypatch
 ):
-    import spark_pyfunc.udf
+    import spark_pyfunc._udf
 
     seen = []
-    real = spark_pyfunc.udf.spark_udf
+    real = spark_pyfunc._udf.spark_udf
 
     def spy(session, *args, **kwargs):
         seen.append(session.conf.get(CONF_HOST_LOG_DIR, None))
         return real(session, *args, **kwargs)
 
-    monkeypatch.setattr(spark_pyfunc.udf, "spark_udf", spy)
+    monkeypatch.setattr(spark_pyfunc._udf, "spark_udf", spy)
     logs = tmp_path / "logs" / "hosts"
     code, stdout, err = run_cli(
         capsys, "score", model_dir, parquet_input, tmp_path / "o.parquet",

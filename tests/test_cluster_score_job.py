@@ -21,10 +21,9 @@ import pandas as pd
 import pyspark
 import pytest
 
-from spark_pyfunc.demo import FEATURES, build_model, example_features
-from spark_pyfunc.loading import load_model
+from spark_pyfunc import load_model, save_model
+from spark_pyfunc._demo import FEATURES, build_model, example_features
 from spark_pyfunc.python_model import PythonModel
-from spark_pyfunc.saving import save_model
 
 SCORE_JOB = Path(__file__).resolve().parent.parent / "scripts" / "score_job.py"
 SPARK_SUBMIT = Path(pyspark.__file__).parent / "bin" / "spark-submit"

@@ -16,9 +16,8 @@ import pandas as pd
 import pytest
 from udf_models import FEATURES, Linear, Probe, save
 
-from spark_pyfunc.loading import load_model
+from spark_pyfunc import load_model, spark_udf
 from spark_pyfunc.schema import ColSpec, DataType, ModelSignature, Schema
-from spark_pyfunc.udf import spark_udf
 
 pytestmark = pytest.mark.slow
 

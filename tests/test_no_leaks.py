@@ -28,7 +28,7 @@ def hosts_under(root: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if "spark_pyfunc.host" in cmd and any(str(root) in part for part in cmd):
+        if "spark_pyfunc._host" in cmd and any(str(root) in part for part in cmd):
             found.append(proc)
     return found
 

@@ -30,9 +30,9 @@ from pyspark.sql.types import (
     StructType,
 )
 
+from spark_pyfunc._udf import _fit_arrow, _relayable, _to_arrow, fit_arrow_result, fit_prediction
+from spark_pyfunc._wire import arrow_bytes_to_table, frame_to_arrow_bytes, table_to_frame
 from spark_pyfunc.errors import ResultTypeError
-from spark_pyfunc.udf import _fit_arrow, _relayable, _to_arrow, fit_arrow_result, fit_prediction
-from spark_pyfunc.wire import arrow_bytes_to_table, frame_to_arrow_bytes, table_to_frame
 
 _INT32 = st.integers(-(2**31), 2**31 - 1)
 _INT64 = st.integers(-(2**63), 2**63 - 1)

@@ -14,8 +14,8 @@ import cloudpickle
 import numpy as np
 import pandas as pd
 
+from spark_pyfunc import save_model
 from spark_pyfunc.python_model import PythonModel
-from spark_pyfunc.saving import save_model
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -23,7 +23,7 @@ FEATURES = [f"f{i}" for i in range(8)]
 
 
 def _main_module() -> str:
-    """``spark_pyfunc.host`` in the model host, ``pyspark.daemon`` in a Spark Python worker."""
+    """``spark_pyfunc._host`` in the model host, ``pyspark.daemon`` in a Spark Python worker."""
     spec = getattr(sys.modules["__main__"], "__spec__", None)
     return spec.name if spec is not None else "-"
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import cloudpickle
 
+from spark_pyfunc._format import ModelMetadata, read_metadata, read_model_config
 from spark_pyfunc.errors import MissingDependencyError, ModelFormatError
-from spark_pyfunc.format import ModelMetadata, read_metadata, read_model_config
 from spark_pyfunc.python_model import PythonModel, PythonModelContext, bind_inference
 from spark_pyfunc.schema import enforce_params, enforce_schema
 

@@ -42,16 +42,16 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from spark_pyfunc._client import HostSpec, ModelHostClient, host_key
+from spark_pyfunc._host import MODES as HOST_MODES
 from spark_pyfunc._paths import local_path
-from spark_pyfunc.client import HostSpec, ModelHostClient, host_key
+from spark_pyfunc._shipping import ShippedModel, materialize, ship_model
+from spark_pyfunc._wire import prediction_to_frame, table_to_frame
 from spark_pyfunc.errors import ResultTypeError, SparkPyfuncError
-from spark_pyfunc.host import MODES as HOST_MODES
-from spark_pyfunc.shipping import ShippedModel, materialize, ship_model
-from spark_pyfunc.wire import prediction_to_frame, table_to_frame
 
 if TYPE_CHECKING:
     from spark_pyfunc import schema as sch
-    from spark_pyfunc.loading import PyFuncModel
+    from spark_pyfunc._loading import PyFuncModel
 
 # The signature (schema.py) and the model (loading.py) are read on the driver, and by workers
 # with scope="process"; a worker relaying batches to the host never imports them.
@@ -306,7 +306,7 @@ class _InProcess:
         key = (plan.shipped.sha256, plan.config_key)
         model = _PROCESS_MODELS.get(key)
         if model is None:
-            from spark_pyfunc.loading import load_model
+            from spark_pyfunc._loading import load_model
 
             model = load_model(materialize(plan.shipped), model_config=plan.model_config)
             _PROCESS_MODELS[key] = model
@@ -706,7 +706,7 @@ def spark_udf(
     if not isinstance(method, str) or not method.isidentifier():
         raise SparkPyfuncError(f"method must be the name of a model method, not {method!r}")
     from spark_pyfunc import schema as sch
-    from spark_pyfunc.format import read_metadata
+    from spark_pyfunc._format import read_metadata
 
     path = local_path(model_uri).resolve()
     metadata = read_metadata(path)

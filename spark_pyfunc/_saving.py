@@ -30,9 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from spark_pyfunc._paths import local_path
-from spark_pyfunc.errors import ModelExistsError, ModelSaveError, SchemaError, SparkPyfuncError
-from spark_pyfunc.format import (
+from spark_pyfunc._format import (
     CUSTOM_PYFUNC_LOADER,
     PYFUNC_FLAVOR,
     REQUIREMENTS_FILE,
@@ -41,6 +39,8 @@ from spark_pyfunc.format import (
     read_model_config,
     write_mlmodel,
 )
+from spark_pyfunc._paths import local_path
+from spark_pyfunc.errors import ModelExistsError, ModelSaveError, SchemaError, SparkPyfuncError
 from spark_pyfunc.python_model import PythonModelContext, bind_inference
 from spark_pyfunc.schema import ModelSignature, enforce_params, enforce_schema, infer_signature
 

@@ -38,8 +38,7 @@ import psutil
 import pyarrow as pa
 
 from spark_pyfunc import errors
-from spark_pyfunc.errors import HostError, PredictionError, SchemaEnforcementError
-from spark_pyfunc.host import (
+from spark_pyfunc._host import (
     DEFAULT_MODE,
     MODES,
     exit_status_path,
@@ -47,7 +46,7 @@ from spark_pyfunc.host import (
     read_pid_file,
     socket_path,
 )
-from spark_pyfunc.wire import (
+from spark_pyfunc._wire import (
     arrow_bytes_to_frame,
     arrow_bytes_to_table,
     batch_to_arrow_bytes,
@@ -57,8 +56,9 @@ from spark_pyfunc.wire import (
     send_message,
     tune_socket,
 )
+from spark_pyfunc.errors import HostError, PredictionError, SchemaEnforcementError
 
-logger = logging.getLogger("spark_pyfunc.client")
+logger = logging.getLogger("spark_pyfunc._client")
 
 #: Attempts per batch when the host is lost, mid-request or before it was ready (the first try
 #: included). One budget for both: it bounds the model loads one batch can cause, so a host the
@@ -328,7 +328,7 @@ class ModelHostClient:
             proc = psutil.Process(pid)
             cmdline = proc.cmdline()
             ours = (
-                "spark_pyfunc.host" in cmdline
+                "spark_pyfunc._host" in cmdline
                 and str(self.socket_path) in cmdline
                 and proc.uids().real == os.getuid()
             )
@@ -389,7 +389,7 @@ class ModelHostClient:
     def _command(self) -> list[str]:
         spec = self.spec
         cmd = [
-            sys.executable, "-m", "spark_pyfunc.host",
+            sys.executable, "-m", "spark_pyfunc._host",
             "--model-dir", str(spec.model_dir),
             "--socket", str(self.socket_path),
             "--log", str(self.log_path),

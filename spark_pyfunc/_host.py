@@ -4,7 +4,7 @@ Spark runs a Python worker per running task, so a model loaded inside the worker
 copy per core. The host loads it once, lazily (the first worker that needs it starts it, see
 client.py), and answers batches over a Unix socket private to the user::
 
-    python -m spark_pyfunc.host --model-dir D --socket S --log L --pid-file P \\
+    python -m spark_pyfunc._host --model-dir D --socket S --log L --pid-file P \\
         --model-config JSON --watch-pid N --idle-timeout SECONDS \\
         --mode auto|prefork|thread|fork --processes P
 
@@ -58,8 +58,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from spark_pyfunc.errors import HostError
-from spark_pyfunc.wire import (
+from spark_pyfunc._wire import (
     PeerClosed,
     arrow_bytes_to_frame,
     frame_to_arrow_bytes,
@@ -68,12 +67,13 @@ from spark_pyfunc.wire import (
     send_message,
     tune_socket,
 )
+from spark_pyfunc.errors import HostError
 
 MODES = ("auto", "prefork", "thread", "fork")
 #: The serving mode used when none is asked for.
 DEFAULT_MODE = "auto"
 
-logger = logging.getLogger("spark_pyfunc.host")
+logger = logging.getLogger("spark_pyfunc._host")
 
 # sun_path holds 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
@@ -625,7 +625,7 @@ def remove_pid_file(path: str | None, pid: int) -> None:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m spark_pyfunc.host", description="Serve one model to a Spark executor."
+        prog="python -m spark_pyfunc._host", description="Serve one model to a Spark executor."
     )
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--socket", required=True)
@@ -714,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
     with _pid_file(args.pid_file):
         try:
             # Imported here, not at the top: the client imports this module too.
-            from spark_pyfunc.loading import load_model
+            from spark_pyfunc._loading import load_model
 
             threads_before = _thread_count()  # numpy's BLAS pool and the like: the host's own
             started = time.perf_counter()
