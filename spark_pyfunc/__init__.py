@@ -18,8 +18,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from spark_pyfunc._version import __version__
 from spark_pyfunc.errors import (
+    EnvironmentSetupError,
     HostError,
+    InvalidArgumentError,
     MissingDependencyError,
     ModelExistsError,
     ModelFormatError,
@@ -31,6 +34,7 @@ from spark_pyfunc.errors import (
     ShippingError,
     SparkPyfuncError,
     UnsafePathError,
+    UsageError,
 )
 
 if TYPE_CHECKING:
@@ -49,7 +53,6 @@ if TYPE_CHECKING:
         infer_signature,
     )
 
-__version__ = "0.1.0"
 
 #: Public name -> the module (under spark_pyfunc) that defines it.
 _LAZY = {
@@ -72,7 +75,9 @@ _LAZY = {
 
 __all__ = [
     "ColSpec",
+    "EnvironmentSetupError",
     "HostError",
+    "InvalidArgumentError",
     "MissingDependencyError",
     "ModelExistsError",
     "ModelFormatError",
@@ -94,6 +99,7 @@ __all__ = [
     "SparkPyfuncUDF",
     "TensorSpec",
     "UnsafePathError",
+    "UsageError",
     "__version__",
     "infer_signature",
     "load_model",

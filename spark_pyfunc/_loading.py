@@ -85,13 +85,12 @@ class PyFuncModel:
         call = self._calls.get(method)
         if call is None:
             call = self._calls[method] = self._bind(method)
-        signature = self._metadata.signature
-        inputs = signature.inputs if signature is not None else None
+        inputs = self._metadata.get_input_schema()
         # MLflow leaves checking input to the model's own predict when the signature came
         # from its type hints.
         if inputs is not None and not self._metadata.raw.get("is_signature_from_type_hint"):
             data = enforce_schema(data, inputs)
-        params = enforce_params(params, signature.params if signature is not None else None)
+        params = enforce_params(params, self._metadata.get_params_schema())
         return call(data, params)
 
     def unwrap_python_model(self) -> Any:

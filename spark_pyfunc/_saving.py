@@ -40,6 +40,7 @@ from spark_pyfunc._format import (
     write_mlmodel,
 )
 from spark_pyfunc._paths import local_path
+from spark_pyfunc._version import __version__
 from spark_pyfunc.errors import ModelExistsError, ModelSaveError, SchemaError, SparkPyfuncError
 from spark_pyfunc.python_model import PythonModelContext, bind_inference
 from spark_pyfunc.schema import ModelSignature, enforce_params, enforce_schema, infer_signature
@@ -224,8 +225,6 @@ def _requirements(pip_requirements: Any) -> list[str] | None:
 
 
 def _default_requirements() -> list[str]:
-    from spark_pyfunc import __version__
-
     return [f"spark-pyfunc=={__version__}", f"cloudpickle=={cloudpickle.__version__}"]
 
 

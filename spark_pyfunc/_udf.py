@@ -42,12 +42,12 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from spark_pyfunc import _config
 from spark_pyfunc._client import HostSpec, ModelHostClient, host_key
-from spark_pyfunc._host import MODES as HOST_MODES
 from spark_pyfunc._paths import local_path
 from spark_pyfunc._shipping import ShippedModel, materialize, ship_model
 from spark_pyfunc._wire import prediction_to_frame, table_to_frame
-from spark_pyfunc.errors import ResultTypeError, SparkPyfuncError
+from spark_pyfunc.errors import InvalidArgumentError, ResultTypeError, SparkPyfuncError
 
 if TYPE_CHECKING:
     from spark_pyfunc import schema as sch
@@ -57,19 +57,6 @@ if TYPE_CHECKING:
 # with scope="process"; a worker relaying batches to the host never imports them.
 
 logger = logging.getLogger(__name__)
-
-SCOPES = ("auto", "executor", "process")
-
-#: Spark configuration keys read on the driver when a UDF is built.
-CONF_AUTO_THRESHOLD = "spark.pyfunc.scope.autoThresholdBytes"
-CONF_IDLE_TIMEOUT = "spark.pyfunc.host.idleTimeout"
-CONF_START_TIMEOUT = "spark.pyfunc.host.startTimeout"
-CONF_HOST_MODE = "spark.pyfunc.host.mode"
-CONF_HOST_LOG_DIR = "spark.pyfunc.host.logDir"
-CONF_HOST_PROCESSES = "spark.pyfunc.host.processes"
-
-#: Models at least this large (bytes on disk) get one host per executor under scope="auto".
-DEFAULT_AUTO_THRESHOLD = 64 * 1024 * 1024
 
 _SCALARS: dict[str, DataType] = {
     "boolean": BooleanType(),
@@ -153,7 +140,7 @@ def parse_result_type(result_type: str | DataType) -> DataType:
     if isinstance(result_type, DataType):
         return result_type
     if not isinstance(result_type, str):
-        raise SparkPyfuncError(
+        raise InvalidArgumentError(
             f"result_type must be a pyspark DataType or a DDL string, not {type(result_type)}"
         )
     from pyspark.sql.types import _parse_datatype_string
@@ -161,7 +148,7 @@ def parse_result_type(result_type: str | DataType) -> DataType:
     try:
         return _parse_datatype_string(result_type)
     except Exception as exc:  # pyspark raises its own ParseException types
-        raise SparkPyfuncError(
+        raise InvalidArgumentError(
             f"result_type {result_type!r} is not a valid Spark type: {exc}"
         ) from exc
 
@@ -636,14 +623,14 @@ class SparkPyfuncUDF:
         names = self._signature_names
         if not cols:
             if not names:
-                raise SparkPyfuncError(
+                raise InvalidArgumentError(
                     "this model's signature does not name its inputs: pass the columns explicitly"
                 )
             cols = tuple(F.col(f"`{n}`") for n in names)
         elif names is None and all(isinstance(c, str) for c in cols):
             names = tuple(str(c) for c in cols)  # no signature: columns keep their own names
         if names is not None and len(cols) > len(names) and len(cols) > 1:
-            raise SparkPyfuncError(
+            raise InvalidArgumentError(
                 f"the model takes {len(names)} inputs {list(names)} but {len(cols)} columns "
                 "were given"
             )
@@ -673,6 +660,11 @@ def _conf(spark: Any, key: str, default: str) -> str:
     return default if value is None else str(value)
 
 
+def _setting(spark: Any, setting: _config.Setting) -> Any:
+    """A ``spark.pyfunc.*`` setting of the session, parsed (InvalidArgumentError names it)."""
+    return setting.read(_conf(spark, setting.key, "") or None)
+
+
 def spark_udf(
     spark: Any,
     model_uri: str | os.PathLike,
@@ -695,42 +687,37 @@ def spark_udf(
     of at least ``spark.pyfunc.scope.autoThresholdBytes``, default 64 MiB).
     """
     if env_manager not in (None, "local"):
-        raise SparkPyfuncError(
+        raise InvalidArgumentError(
             f"env_manager={env_manager!r} is not supported: spark_pyfunc scores in the "
             "executors' own Python environment (env_manager='local')"
         )
-    if scope not in SCOPES:
-        raise SparkPyfuncError(f"scope must be one of {SCOPES}, not {scope!r}")
+    if scope not in _config.SCOPES:
+        raise InvalidArgumentError(f"scope must be one of {_config.SCOPES}, not {scope!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
-        raise SparkPyfuncError(f"batch_size must be a positive integer, not {batch_size!r}")
+        raise InvalidArgumentError(f"batch_size must be a positive integer, not {batch_size!r}")
     if not isinstance(method, str) or not method.isidentifier():
-        raise SparkPyfuncError(f"method must be the name of a model method, not {method!r}")
+        raise InvalidArgumentError(f"method must be the name of a model method, not {method!r}")
     from spark_pyfunc import schema as sch
     from spark_pyfunc._format import read_metadata
 
     path = local_path(model_uri).resolve()
     metadata = read_metadata(path)
-    signature = metadata.signature
-    checked_params = sch.enforce_params(params, signature.params if signature is not None else None)
+    checked_params = sch.enforce_params(params, metadata.get_params_schema())
     try:
         config_key = json.dumps(model_config, sort_keys=True) if model_config else ""
     except TypeError as exc:
-        raise SparkPyfuncError(f"model_config must be JSON-serialisable: {exc}") from exc
+        raise InvalidArgumentError(f"model_config must be JSON-serialisable: {exc}") from exc
     dtype = (
         parse_result_type(result_type)
         if result_type is not None
-        else result_type_from_signature(signature.outputs if signature is not None else None)
+        else result_type_from_signature(metadata.get_output_schema())
     )
-    host_mode = _conf(spark, CONF_HOST_MODE, "") or None
-    if host_mode is not None and host_mode not in HOST_MODES:
-        raise SparkPyfuncError(
-            f"{CONF_HOST_MODE} must be one of {list(HOST_MODES)}, not {host_mode!r}"
-        )
+    host_mode = _setting(spark, _config.HOST_MODE)
     shipped = ship_model(spark, path)
     if scope == "auto":
-        threshold = int(_conf(spark, CONF_AUTO_THRESHOLD, str(DEFAULT_AUTO_THRESHOLD)))
+        threshold = _setting(spark, _config.AUTO_THRESHOLD)
         scope = "executor" if shipped.model_size >= threshold else "process"
-    inputs = signature.inputs if signature is not None else None
+    inputs = metadata.get_input_schema()
     names = (
         tuple(str(n) for n in inputs.input_names())
         if inputs is not None and inputs.has_input_names()
@@ -745,14 +732,14 @@ def spark_udf(
         result_type=dtype,
         input_names=names,
         batch_size=batch_size,
-        idle_timeout=float(_conf(spark, CONF_IDLE_TIMEOUT, "600")),
-        start_timeout=float(_conf(spark, CONF_START_TIMEOUT, "600")),
+        idle_timeout=_setting(spark, _config.IDLE_TIMEOUT),
+        start_timeout=_setting(spark, _config.START_TIMEOUT),
         host_mode=host_mode,
         config_key=config_key,
         timezone=_conf(spark, "spark.sql.session.timeZone", "") or None,
         model_uri=os.fspath(model_uri),
-        host_log_dir=_conf(spark, CONF_HOST_LOG_DIR, "") or None,
-        host_processes=_positive_int_conf(spark, CONF_HOST_PROCESSES),
+        host_log_dir=_setting(spark, _config.HOST_LOG_DIR),
+        host_processes=_setting(spark, _config.HOST_PROCESSES),
         executor_cores=_executor_cores(spark),
     )
     logger.info(
@@ -764,20 +751,6 @@ def spark_udf(
         dtype.simpleString(),
     )
     return SparkPyfuncUDF(plan, names)
-
-
-def _positive_int_conf(spark: Any, key: str) -> int | None:
-    """An optional positive integer setting; SparkPyfuncError names the key and the value."""
-    text = _conf(spark, key, "").strip()
-    if not text:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise SparkPyfuncError(f"{key} must be a positive integer, not {text!r}")
-    return value
 
 
 def _executor_cores(spark: Any) -> int | None:

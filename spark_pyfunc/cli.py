@@ -33,10 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spark_pyfunc import __version__
+from spark_pyfunc._config import DEFAULT_SCOPE, HOST_LOG_DIR, SCOPES
 from spark_pyfunc._format import read_metadata
 from spark_pyfunc._paths import local_path
-from spark_pyfunc.errors import MissingDependencyError, SchemaEnforcementError, SparkPyfuncError
+from spark_pyfunc._version import __version__
+from spark_pyfunc.errors import (
+    EnvironmentSetupError,
+    InvalidArgumentError,
+    MissingDependencyError,
+    SchemaEnforcementError,
+    SparkPyfuncError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -46,7 +54,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ScoreJob",
     "ScoreSummary",
-    "UsageError",
     "add_score_arguments",
     "build_parser",
     "check_java",
@@ -66,13 +73,11 @@ __all__ = [
 PROG = "spark-pyfunc"
 FORMATS = ("parquet", "csv", "json")
 MODES = ("error", "overwrite", "append")
-SCOPES = ("auto", "executor", "process")
 BAD_RECORDS = ("fail", "skip", "keep")
 DEFAULT_MASTER = "local[*]"
 #: Where Spark's csv/json readers put the text of a row they cannot parse.
 CORRUPT_RECORD = "_corrupt_record"
 #: Spark conf naming a directory for the model hosts' logs that outlives the job.
-CONF_HOST_LOG_DIR = "spark.pyfunc.host.logDir"
 #: Tasks per core the input is split into when progress is shown, so that the bar moves.
 _TASKS_PER_CORE = 4
 
@@ -93,10 +98,6 @@ _INSTALL_JAVA = (
 )
 
 logger = logging.getLogger(__name__)
-
-
-class UsageError(SparkPyfuncError):
-    """A command-line argument is wrong: exit status 2, as for argparse's own errors."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -123,7 +124,7 @@ def _local_output(path: str) -> Path:
     """OUTPUT as a local path: the atomic commit renames directories, which needs a local
     filesystem (Hadoop's object stores have no atomic directory rename)."""
     if _is_remote(path):
-        raise SparkPyfuncError(
+        raise InvalidArgumentError(
             f"OUTPUT {path!r} is not a local path or file: URI; spark-pyfunc score writes "
             "OUTPUT to a temporary sibling and renames it into place, which needs a local "
             "filesystem: write locally and copy it, or use spark_udf in your own Spark job"
@@ -170,13 +171,13 @@ def _check_input(path: str) -> Path | None:
         return None
     if any(c in str(local) for c in "*?[") and "{" not in str(local):  # Spark's globs
         if not glob.glob(str(local)):
-            raise SparkPyfuncError(f"INPUT {path!r} matches no file")
+            raise InvalidArgumentError(f"INPUT {path!r} matches no file")
         return local
     if not local.exists():
-        raise SparkPyfuncError(f"INPUT {path!r} does not exist")
+        raise InvalidArgumentError(f"INPUT {path!r} does not exist")
     wanted = os.R_OK | (os.X_OK if local.is_dir() else 0)
     if not os.access(local, wanted):
-        raise SparkPyfuncError(f"INPUT {path!r} is not readable (permission denied)")
+        raise InvalidArgumentError(f"INPUT {path!r} is not readable (permission denied)")
     return local
 
 
@@ -214,8 +215,7 @@ def _check_params(params: dict[str, Any], metadata: ModelMetadata) -> dict[str, 
         return None
     from spark_pyfunc.schema import enforce_params
 
-    signature = metadata.signature
-    schema = signature.params if signature is not None else None
+    schema = metadata.get_params_schema()
     if schema is None:
         raise UsageError(
             f"the model takes no params (its signature has no params schema), but --param "
@@ -236,8 +236,7 @@ def _check_params(params: dict[str, Any], metadata: ModelMetadata) -> dict[str, 
 
 def _input_names(metadata: ModelMetadata) -> tuple[list[str], set[str]] | None:
     """The signature's input names and the required ones, or None when inputs are unnamed."""
-    signature = metadata.signature
-    inputs = signature.inputs if signature is not None else None
+    inputs = metadata.get_input_schema()
     if inputs is None or not inputs.has_input_names():
         return None
     return [str(n) for n in inputs.input_names()], {str(n) for n in inputs.required_input_names()}
@@ -328,7 +327,7 @@ def prepare_score(
         raise UsageError("--output-column must not be empty")
     model_text = os.fspath(model)
     if _is_remote(model_text):
-        raise SparkPyfuncError(
+        raise InvalidArgumentError(
             f"MODEL {model_text!r} is not a local directory; download it first (for example "
             "with `mlflow artifacts download`) and pass the local path"
         )
@@ -342,12 +341,14 @@ def prepare_score(
     if local_in is not None and local_in.resolve() == local_out:
         raise UsageError(f"INPUT and OUTPUT are the same path {input!r}; write somewhere else")
     if mode == "error" and (local_out.exists() or local_out.is_symlink()):
-        raise SparkPyfuncError(
+        raise InvalidArgumentError(
             f"OUTPUT {output!r} already exists; pass --mode overwrite to replace it "
             "or --mode append to add to it"
         )
     if mode == "append" and local_out.exists() and not local_out.is_dir():
-        raise SparkPyfuncError(f"OUTPUT {output!r} is a file; --mode append adds to a directory")
+        raise InvalidArgumentError(
+            f"OUTPUT {output!r} is a file; --mode append adds to a directory"
+        )
     if columns is not None:
         columns = tuple(columns)
         named = _input_names(metadata)
@@ -436,7 +437,7 @@ def _bound_columns(job: ScoreJob, available: list[str]) -> list[tuple[str, str]]
     names, required = named
     absent = [n for n in names if n in required and n not in available]
     if absent:
-        raise SparkPyfuncError(
+        raise InvalidArgumentError(
             f"INPUT {job.input!r} has no column {', '.join(absent)}, required by the model's "
             f"signature (its columns: {', '.join(available)}); pass --columns to bind INPUT "
             "columns to the model's inputs in order"
@@ -526,15 +527,15 @@ def _host_log_conf(spark: SparkSession, directory: str | None) -> Iterator[None]
     if directory is None:
         yield
         return
-    previous = spark.conf.get(CONF_HOST_LOG_DIR, None)
-    spark.conf.set(CONF_HOST_LOG_DIR, directory)
+    previous = spark.conf.get(HOST_LOG_DIR.key, None)
+    spark.conf.set(HOST_LOG_DIR.key, directory)
     try:
         yield
     finally:
         if previous is None:
-            spark.conf.unset(CONF_HOST_LOG_DIR)
+            spark.conf.unset(HOST_LOG_DIR.key)
         else:
-            spark.conf.set(CONF_HOST_LOG_DIR, previous)
+            spark.conf.set(HOST_LOG_DIR.key, previous)
 
 
 @contextlib.contextmanager
@@ -924,14 +925,14 @@ def check_java() -> str:
     if home:
         java = os.path.join(home, "bin", "java")
         if not os.access(java, os.X_OK):
-            raise SparkPyfuncError(
+            raise EnvironmentSetupError(
                 f"Spark needs Java 17 or 21, but JAVA_HOME={home} has no bin/java; "
                 f"point JAVA_HOME at a Java installation or {_INSTALL_JAVA}"
             )
     else:
         found = shutil.which("java")
         if found is None:
-            raise SparkPyfuncError(
+            raise EnvironmentSetupError(
                 f"Spark needs Java 17 or 21 and there is no `java` on PATH (JAVA_HOME is not "
                 f"set): {_INSTALL_JAVA}"
             )
@@ -940,7 +941,7 @@ def check_java() -> str:
     needed, supported = (17, "17 or 21") if spark4 else (8, "8, 11 or 17")
     major = _java_major(java)
     if major is not None and major < needed:
-        raise SparkPyfuncError(
+        raise EnvironmentSetupError(
             f"Spark {pyspark.__version__} needs Java {supported}, but {java} is Java {major}: "
             f"{_INSTALL_JAVA}"
         )
@@ -1161,7 +1162,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scope",
         choices=SCOPES,
-        default="auto",
+        default=DEFAULT_SCOPE,
         help="one model copy per executor, per Python worker, or chosen by model size",
     )
     parser.add_argument(
@@ -1181,7 +1182,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host-log-dir",
         metavar="DIR",
-        help=f"keep the model hosts' logs in DIR (sets {CONF_HOST_LOG_DIR}); with --verbose "
+        help=f"keep the model hosts' logs in DIR (sets {HOST_LOG_DIR.key}); with --verbose "
         "a new temporary directory is used unless this is given",
     )
     parser.add_argument("--verbose", action="store_true", help="logs and full tracebacks")
@@ -1233,7 +1234,6 @@ def run_score_command(
 def describe(model: str | os.PathLike) -> dict[str, Any]:
     """A model's metadata as a plain dict: what ``info --json`` prints (keys are stable)."""
     metadata = read_metadata(Path(model))
-    signature = metadata.signature
 
     def columns(schema: Any) -> list[dict[str, Any]] | None:
         if schema is None:
@@ -1247,7 +1247,7 @@ def describe(model: str | os.PathLike) -> dict[str, Any]:
             for index, spec in enumerate(schema.to_dict())
         ]
 
-    params = signature.params if signature is not None else None
+    params = metadata.get_params_schema()
     artifacts = metadata.pyfunc_conf.get("artifacts") or {}
     return {
         "path": str(metadata.path),
@@ -1259,8 +1259,8 @@ def describe(model: str | os.PathLike) -> dict[str, Any]:
         "python_version": metadata.python_version,
         "cloudpickle_version": metadata.cloudpickle_version,
         "mlflow_version": metadata.mlflow_version,
-        "inputs": columns(signature.inputs if signature is not None else None),
-        "outputs": columns(signature.outputs if signature is not None else None),
+        "inputs": columns(metadata.get_input_schema()),
+        "outputs": columns(metadata.get_output_schema()),
         "params": (
             [
                 {
@@ -1377,9 +1377,9 @@ def _demo_command(args: argparse.Namespace) -> int:
     if args.rows <= 0:
         raise UsageError(f"--rows must be positive: {args.rows}")
     if args.save_data is not None and os.path.exists(args.save_data):
-        raise SparkPyfuncError(f"--save-data {args.save_data!r} already exists")
+        raise InvalidArgumentError(f"--save-data {args.save_data!r} already exists")
     if args.save_model is not None and os.path.exists(args.save_model):
-        raise SparkPyfuncError(f"--save-model {args.save_model!r} already exists")
+        raise InvalidArgumentError(f"--save-model {args.save_model!r} already exists")
     with spark_session(args.master, verbose=args.verbose, app_name=f"{PROG} demo") as spark:
         run_demo(
             spark,

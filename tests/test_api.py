@@ -6,6 +6,7 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import re
 import subprocess
 import sys
 
@@ -121,3 +122,53 @@ def test_a_worker_relaying_to_the_host_does_not_import_the_format_layer() -> Non
         "mlflow",
     )
     assert imported_after("spark_pyfunc._udf", format_layer) == []
+
+
+def test_the_error_tree_in_errors_docstring_is_the_real_hierarchy() -> None:
+    """errors.py opens with the hierarchy drawn as a tree; each class's parent in the drawing
+    is its first base, and every error of the module is drawn (so the drawing cannot rot)."""
+    parents: dict[str, str | None] = {}
+    stack: list[tuple[int, str]] = []
+    for line in errors.__doc__.split("The hierarchy::", 1)[1].split("\n\n", 2)[1].splitlines():
+        match = re.match(r"^(\s*(?:[│ ]   )*)(?:[├└]── )?(\w+Error)", line)
+        assert match, line
+        depth = match.start(2)
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        parents[match.group(2)] = stack[-1][1] if stack else None
+        stack.append((depth, match.group(2)))
+    assert sorted(parents) == sorted(errors.__all__)
+    for name, parent in parents.items():
+        base = getattr(errors, name).__mro__[1]
+        assert (base.__name__ if parent else base) == (parent or Exception), name
+
+
+@pytest.mark.parametrize(
+    ("name", "rebuilt"),
+    [
+        ("SchemaEnforcementError", errors.SchemaEnforcementError),
+        ("InvalidArgumentError", errors.InvalidArgumentError),
+        ("ResultTypeError", errors.ResultTypeError),
+        ("HostError", errors.PredictionError),  # carries fields the reply does not
+        ("PredictionError", errors.PredictionError),
+        ("ZeroDivisionError", errors.PredictionError),  # the model's own
+        ("Exception", errors.PredictionError),
+    ],
+)
+def test_an_error_from_the_host_is_rebuilt_by_the_documented_rule(name, rebuilt) -> None:
+    from spark_pyfunc._client import _remote_error
+
+    reply = {"error": name, "message": "the text", "traceback": "Traceback: line 1"}
+    exc = _remote_error(reply, "predict", 1234)
+    assert type(exc) is rebuilt
+    assert exc.remote_traceback == "Traceback: line 1"
+    assert "the text" in str(exc)
+    if rebuilt is errors.PredictionError:
+        assert f"raised {name}" in str(exc) and "(pid 1234)" in str(exc)
+
+
+def test_an_error_raised_here_has_no_remote_traceback() -> None:
+    assert errors.SchemaError("x").remote_traceback is None
+    assert errors.PredictionError("x").remote_traceback is None
+    assert isinstance(errors.InvalidArgumentError("x"), ValueError)
+    assert issubclass(errors.UsageError, errors.InvalidArgumentError)

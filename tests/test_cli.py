@@ -26,9 +26,12 @@ import yaml
 
 from spark_pyfunc import load_model, save_model
 from spark_pyfunc._demo import FEATURES, LogisticScorer, build_model, example_features
-from spark_pyfunc.cli import CONF_HOST_LOG_DIR, UsageError, main, parse_columns, parse_params
+from spark_pyfunc.cli import main, parse_columns, parse_params
+from spark_pyfunc.errors import UsageError
 from spark_pyfunc.python_model import PythonModel
 from spark_pyfunc.schema import ColSpec, DataType, ModelSignature, Schema
+
+CONF_HOST_LOG_DIR = "spark.pyfunc.host.logDir"
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("spark-pyfunc")
 

@@ -32,8 +32,10 @@ from conftest import FAULT_CONF, FAULT_MASTER, stop_active_session
 from host_models import Faulty
 from pyspark.sql import functions as F
 
-from spark_pyfunc import save_model
-from spark_pyfunc._udf import CONF_HOST_LOG_DIR, CONF_IDLE_TIMEOUT, spark_udf
+from spark_pyfunc import save_model, spark_udf
+
+CONF_HOST_LOG_DIR = "spark.pyfunc.host.logDir"
+CONF_IDLE_TIMEOUT = "spark.pyfunc.host.idleTimeout"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -29,7 +29,8 @@ from udf_models import Blocking, Gate
 from spark_pyfunc import _client as client_module
 from spark_pyfunc import load_model, save_model
 from spark_pyfunc._client import HostSpec, ModelHostClient, host_key
-from spark_pyfunc._host import Host, ModelServer, _Watch, choose_mode, socket_dir, socket_path
+from spark_pyfunc._host import Host, ModelServer, _Watch, choose_mode
+from spark_pyfunc._rendezvous import socket_dir, socket_path
 from spark_pyfunc._wire import (
     PeerClosed,
     arrow_bytes_to_frame,
