@@ -22,11 +22,15 @@ __all__ = [
     "HOST_PROCESSES",
     "IDLE_TIMEOUT",
     "MODES",
+    "PROG",
     "SCOPES",
     "SETTINGS",
     "START_TIMEOUT",
     "Setting",
 ]
+
+#: The console script's name: its messages, Spark job groups and the embedded app's name.
+PROG = "spark-pyfunc"
 
 #: Where ``spark_udf`` keeps the model: ``auto`` picks by the model's size on disk.
 SCOPES = ("auto", "executor", "process")

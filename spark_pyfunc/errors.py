@@ -62,6 +62,9 @@ class InvalidArgumentError(SparkPyfuncError, ValueError):
     """An argument or a ``spark.pyfunc.*`` setting has a value the function cannot use; the
     message names the argument (or key), what it must be and the value given."""
 
+    #: The keyword argument at fault, when the error is about one (the CLI maps it to a flag).
+    argument: str | None = None
+
 
 class UsageError(InvalidArgumentError):
     """A command-line argument is wrong: exit status 2, as for argparse's own errors. The

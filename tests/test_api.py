@@ -40,6 +40,7 @@ PUBLIC_MODULES = (
     "spark_pyfunc.errors",
     "spark_pyfunc.python_model",
     "spark_pyfunc.schema",
+    "spark_pyfunc.scoring",
 )
 
 

@@ -212,7 +212,7 @@ def test_unreadable_input(capsys, tmp_path, model_dir, features, monkeypatch):
     if os.geteuid() == 0:  # root reads every file: deny access the way the kernel would
         real_access = os.access
         monkeypatch.setattr(
-            "spark_pyfunc.cli.os.access",
+            "spark_pyfunc.scoring.os.access",
             lambda p, mode: str(p) != str(path) and real_access(p, mode),
         )
     code, _, err = run_cli(capsys, "score", model_dir, path, tmp_path / "out.parquet")
