@@ -14,6 +14,20 @@ from urllib.request import url2pathname
 
 from spark_pyfunc.errors import InvalidArgumentError
 
+__all__ = ["is_remote", "local_path"]
+
+
+def is_remote(uri_or_path: str | os.PathLike) -> bool:
+    """Whether this is a URI of another filesystem (``hdfs://``, ``s3a://``), which Spark can
+    read but :func:`local_path` refuses; paths and ``file:`` URIs are not.
+
+    Example:
+        >>> is_remote("s3a://bucket/in.parquet"), is_remote("file:/tmp/in"), is_remote("C:/x")
+        (True, False, False)
+    """
+    scheme = urlparse(os.fspath(uri_or_path)).scheme
+    return len(scheme) > 1 and scheme != "file"  # a one-letter scheme is a Windows drive
+
 
 def local_path(uri_or_path: str | os.PathLike) -> Path:
     """The absolute local path behind a path or a ``file:`` URI.
@@ -41,7 +55,7 @@ def local_path(uri_or_path: str | os.PathLike) -> Path:
                 f"{text!r} is a file: URI on host {parsed.netloc!r}; only local files can be used"
             )
         text = url2pathname(parsed.path)
-    elif len(parsed.scheme) > 1:  # a one-letter scheme is a Windows drive
+    elif is_remote(text):
         raise InvalidArgumentError(
             f"{text!r} is a {parsed.scheme}: URI, not a local path; download it first (for "
             "example with mlflow.artifacts.download_artifacts) and pass the local path"

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from spark_pyfunc._config import HOST_LOG_DIR, PROG, SCOPES
 from spark_pyfunc._format import read_metadata
-from spark_pyfunc._paths import local_path
+from spark_pyfunc._paths import is_remote, local_path
 from spark_pyfunc.errors import (
     InvalidArgumentError,
     MissingDependencyError,
@@ -73,7 +73,6 @@ _EXTENSIONS = {
 }
 # Compression suffixes Spark reads transparently: "x.csv.gz" is a csv file.
 _COMPRESSIONS = {".gz", ".bz2", ".zst", ".lz4", ".snappy", ".deflate", ".xz"}
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _SUCCESS_FILES = ("_SUCCESS", "._SUCCESS.crc")
 logger = logging.getLogger(__name__)
 
@@ -86,20 +85,15 @@ def _bad_argument(keyword: str, message: str) -> InvalidArgumentError:
     return error
 
 
-def _is_remote(path: str) -> bool:
-    """True for a URI Spark reads through Hadoop (hdfs://, s3a://, ...), not a ``file:`` one."""
-    return bool(_URI.match(path)) and not path.startswith("file:") and len(path.split(":")[0]) > 1
-
-
 def _local_input(path: str) -> Path | None:
     """The local file behind INPUT, or None for a remote URI that Spark reads as it is."""
-    return None if _is_remote(path) else local_path(path)
+    return None if is_remote(path) else local_path(path)
 
 
 def _local_output(path: str) -> Path:
     """OUTPUT as a local path: the atomic commit renames directories, which needs a local
     filesystem (Hadoop's object stores have no atomic directory rename)."""
-    if _is_remote(path):
+    if is_remote(path):
         raise InvalidArgumentError(
             f"OUTPUT {path!r} is not a local path or file: URI; spark-pyfunc score writes "
             "OUTPUT to a temporary sibling and renames it into place, which needs a local "
@@ -279,7 +273,7 @@ def prepare_score(
     if not output_column:
         raise _bad_argument("output_column", "output_column= must not be empty")
     model_text = os.fspath(model)
-    if _is_remote(model_text):
+    if is_remote(model_text):
         raise InvalidArgumentError(
             f"MODEL {model_text!r} is not a local directory; download it first (for example "
             "with `mlflow artifacts download`) and pass the local path"
