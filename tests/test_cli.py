@@ -23,6 +23,7 @@ import psutil
 import pyspark
 import pytest
 import yaml
+from udf_models import FailsOnSomeRows
 
 from spark_pyfunc import load_model, save_model
 from spark_pyfunc._demo import FEATURES, LogisticScorer, build_model, example_features
@@ -37,15 +38,6 @@ CONSOLE_SCRIPT = Path(sys.executable).with_name("spark-pyfunc")
 
 # The models below are pickled by value, so Spark's workers need no tests directory on their path.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-class FailsOnSomeRows(PythonModel):
-    """Doubles f0, but refuses batches holding an f0 above 2 (a few rows of the test data)."""
-
-    def predict(self, context, model_input, params=None):
-        if (model_input["f0"] > 2.0).any():
-            raise ValueError("f0 above 2.0: refusing to score this batch")
-        return pd.Series(model_input["f0"] * 2.0)
 
 
 class Slow(PythonModel):
