@@ -1,14 +1,17 @@
 """Where a worker and its model host meet: the socket, the pid file and the exit record.
 
-Both sides compute these paths from the host key alone, so the worker (client.py) finds a
-host it did not start and the host (host.py) cleans up after itself. They live here, below
+Both sides compute these paths from the host key alone, so the worker (_client.py) finds a
+host it did not start and the host (_host.py) cleans up after itself. They live here, below
 both, so that the client does not import the server module to learn a file name.
 
-Layout, in the user's private directory ``<tmp>/spark_pyfunc-<uid>`` (mode 0700)::
+The files::
 
-    <key>.sock   the Unix socket the host accepts on
-    <key>.pid    the host's pid, written atomically once it listens
-    <key>.exit   how the host ended (JSON with its pid), so a failed load fails fast
+    <tmp>/spark_pyfunc-<uid>/<key>.sock   the socket, in the user's private directory (0700)
+    <state dir>/<...>.pid                 the host's pid, written atomically once it listens
+    <state dir>/<...>.exit                how it ended (JSON with its pid): a failed load
+                                          fails fast instead of being started again
+
+The state directory is the executor's own, chosen by the client.
 """
 
 from __future__ import annotations
