@@ -484,3 +484,7 @@ def submit_main(argv: Sequence[str] | None = None) -> int:
                 spark.stop()
 
         return _guarded(lambda: _run_score_command(args, session), args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
