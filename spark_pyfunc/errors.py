@@ -6,7 +6,7 @@ the file, the field, the column, the module or the host log. The hierarchy::
 
     SparkPyfuncError
     ├── InvalidArgumentError (also ValueError)   an argument or spark.pyfunc.* setting
-    │   └── UsageError                            a command-line argument (exit status 2)
+    ├── UsageError                                a command-line argument (exit status 2)
     ├── EnvironmentSetupError                     no usable Java for Spark
     ├── ModelFormatError                          a model directory, MLmodel, pickle
     │   └── UnsafePathError                       a path that leaves the model directory
@@ -66,9 +66,12 @@ class InvalidArgumentError(SparkPyfuncError, ValueError):
     argument: str | None = None
 
 
-class UsageError(InvalidArgumentError):
+class UsageError(SparkPyfuncError):
     """A command-line argument is wrong: exit status 2, as for argparse's own errors. The
-    message names the flag (``--param``), where the library's names the keyword."""
+    message names the flag (``--param``), where the library's names the keyword.
+
+    Not a ValueError: argparse replaces the message of a ValueError raised by a ``type=``
+    converter (``--columns``) with "invalid ... value"."""
 
 
 class EnvironmentSetupError(SparkPyfuncError):

@@ -172,4 +172,4 @@ def test_an_error_raised_here_has_no_remote_traceback() -> None:
     assert errors.SchemaError("x").remote_traceback is None
     assert errors.PredictionError("x").remote_traceback is None
     assert isinstance(errors.InvalidArgumentError("x"), ValueError)
-    assert issubclass(errors.UsageError, errors.InvalidArgumentError)
+    assert not issubclass(errors.UsageError, ValueError)  # argparse would swallow its message

@@ -12,7 +12,7 @@ import pytest
 
 from spark_pyfunc._demo import FEATURES, build_model
 from spark_pyfunc.cli import _reworded
-from spark_pyfunc.errors import InvalidArgumentError, UsageError
+from spark_pyfunc.errors import InvalidArgumentError
 from spark_pyfunc.scoring import prepare_score
 
 
@@ -89,4 +89,3 @@ def test_the_cli_turns_a_keyword_error_into_a_usage_error(model, csv_input, tmp_
     out = str(tmp_path / "o.parquet")
     assert main(["score", str(model), str(csv_input), out, "--output-column", ""]) == 2
     assert "error: --output-column must not be empty" in capsys.readouterr().err
-    assert issubclass(UsageError, InvalidArgumentError)
