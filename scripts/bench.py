@@ -149,7 +149,7 @@ def _noop(spark: Any, path: Path) -> Any:
 
 def _spf(scope: str) -> Callable[[Any, Path], Any]:
     def build(spark: Any, path: Path) -> Any:
-        from spark_pyfunc.udf import spark_udf
+        from spark_pyfunc import spark_udf
 
         return spark_udf(spark, str(path), result_type="double", scope=scope)(*bm.FEATURES)
 
@@ -484,10 +484,24 @@ def goals(fig: Figures) -> list[tuple[str, str, str]]:
 
 
 def markdown(fig: Figures, command: str, wall_s: float, notes: list[str]) -> str:
+    """BENCHMARK.md: the setup, then one section per figure, each from its own function."""
+    lines = _md_setup(fig, command, wall_s)
+    lines += _md_throughput(fig) + _md_ratios(fig) + _md_cold_start(fig)
+    if fig.cfg.local_cluster:
+        lines += _md_memory(fig)
+    lines += _md_host_modes(fig)
+    lines += ["", "## Goals (issue 5)", "", "| goal | measured | verdict |", "|---|---|---|"]
+    lines += [f"| {g} | {m} | {v} |" for g, m, v in goals(fig)]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    lines += ["", "![benchmark plots](benchmark.png)", ""]
+    return "\n".join(lines)
+
+
+def _md_setup(fig: Figures, command: str, wall_s: float) -> list[str]:
     cfg = fig.cfg
-    main = cfg.main_cores
     cluster = "Spark standalone on 127.0.0.1, one Worker" if cfg.local_cluster else cfg.master
-    lines = [
+    return [
         "# Benchmark: spark_pyfunc vs MLflow spark_udf and alternatives",
         "",
         f"- Command: `{command}`",
@@ -503,6 +517,12 @@ def markdown(fig: Figures, command: str, wall_s: float, notes: list[str]) -> str
         "- Every approach's predictions were checked against a reference computed on the driver "
         f"(np.allclose on {CHECK_ROWS} rows, and equal sums across warm runs) before any figure "
         "was written.",
+    ]
+
+
+def _md_throughput(fig: Figures) -> list[str]:
+    cfg, main = fig.cfg, fig.cfg.main_cores
+    lines = [
         "",
         f"## Throughput ({main} cores; rows/s, median of {cfg.runs} warm runs [min–max])",
         "",
@@ -519,9 +539,14 @@ def markdown(fig: Figures, command: str, wall_s: float, notes: list[str]) -> str
             rps = run.rows_per_s
             cells.append(f"{_fmt_rps(run.median_rps)} [{_fmt_rps(min(rps))}–{_fmt_rps(max(rps))}]")
         lines.append(f"| {approach} | " + " | ".join(cells) + " |")
-    lines += [
+    return lines
+
+
+def _md_ratios(fig: Figures) -> list[str]:
+    cfg = fig.cfg
+    lines = [
         "",
-        f"### Ratios of medians ({main} cores)",
+        f"### Ratios of medians ({cfg.main_cores} cores)",
         "",
         "| approach | " + " | ".join(f"{m} ×MLflow | {m} ×no-op" for m in cfg.models) + " |",
         "|---" * (2 * len(cfg.models) + 1) + "|",
@@ -533,7 +558,12 @@ def markdown(fig: Figures, command: str, wall_s: float, notes: list[str]) -> str
                 r = fig.ratio(model, approach, base)
                 cells.append("-" if r is None else f"{r:.2f}")
         lines.append(f"| {approach} | " + " | ".join(cells) + " |")
-    lines += [
+    return lines
+
+
+def _md_cold_start(fig: Figures) -> list[str]:
+    cfg, main = fig.cfg, fig.cfg.main_cores
+    lines = [
         "",
         f"### Cold start ({main} cores): first job in seconds, UDF construction and "
         "model load included (warm median in brackets)",
@@ -549,65 +579,70 @@ def markdown(fig: Figures, command: str, wall_s: float, notes: list[str]) -> str
                 "-" if run is None else f"{run.cold_s:.1f} [{statistics.median(run.warm_s):.1f}]"
             )
         lines.append(f"| {approach} | " + " | ".join(cells) + " |")
-    if cfg.local_cluster:
-        floors = [(c, fig.floor_pss(c), fig.floor_pss(c, "peak")) for c in cfg.cores]
-        lines += [
-            "",
-            "## Executor memory: Python PSS above the no-op floor",
-            "",
-            "Summed over every Python process of the executor (PySpark daemon and workers, "
-            "spark_pyfunc model hosts), sampled every 0.2 s. Each cell: MiB held during the warm "
-            "runs (in model sizes), then the peak over the whole application, model loading "
-            "included. No-op floor (steady/peak MiB): "
-            + ", ".join(f"{c} cores {_mib(s)}/{_mib(p)}" for c, s, p in floors if s and p),
-            "",
-            "| model | approach | " + " | ".join(f"{c} cores" for c in cfg.cores) + " |",
-            "|---" * (len(cfg.cores) + 2) + "|",
-        ]
-        for model in cfg.models:
-            for approach in cfg.approaches[1:]:
-                cells = []
-                for c in cfg.cores:
-                    extra = fig.above_floor(model, approach, c)
-                    peak = fig.above_floor(model, approach, c, "peak")
-                    sizes = fig.model_sizes(model, approach, c)
-                    if extra is None or peak is None or sizes is None:
-                        cells.append("-")
-                    elif model in LARGE:
-                        cells.append(f"{_mib(extra)} ({sizes:.2f}); peak {_mib(peak)}")
-                    else:
-                        cells.append(f"{_mib(extra)}; peak {_mib(peak)}")
-                lines.append(f"| {model} | {approach} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _md_memory(fig: Figures) -> list[str]:
+    cfg = fig.cfg
+    floors = [(c, fig.floor_pss(c), fig.floor_pss(c, "peak")) for c in cfg.cores]
+    lines = [
+        "",
+        "## Executor memory: Python PSS above the no-op floor",
+        "",
+        "Summed over every Python process of the executor (PySpark daemon and workers, "
+        "spark_pyfunc model hosts), sampled every 0.2 s. Each cell: MiB held during the warm "
+        "runs (in model sizes), then the peak over the whole application, model loading "
+        "included. No-op floor (steady/peak MiB): "
+        + ", ".join(f"{c} cores {_mib(s)}/{_mib(p)}" for c, s, p in floors if s and p),
+        "",
+        "| model | approach | " + " | ".join(f"{c} cores" for c in cfg.cores) + " |",
+        "|---" * (len(cfg.cores) + 2) + "|",
+    ]
+    for model in cfg.models:
+        for approach in cfg.approaches[1:]:
+            cells = []
+            for c in cfg.cores:
+                extra = fig.above_floor(model, approach, c)
+                peak = fig.above_floor(model, approach, c, "peak")
+                sizes = fig.model_sizes(model, approach, c)
+                if extra is None or peak is None or sizes is None:
+                    cells.append("-")
+                elif model in LARGE:
+                    cells.append(f"{_mib(extra)} ({sizes:.2f}); peak {_mib(peak)}")
+                else:
+                    cells.append(f"{_mib(extra)}; peak {_mib(peak)}")
+            lines.append(f"| {model} | {approach} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _md_host_modes(fig: Figures) -> list[str]:
+    cfg, main = fig.cfg, fig.cfg.main_cores
     modes = [
         a
         for a in ("spf-executor-prefork", "spf-executor-thread", "spf-executor-fork")
         if a in cfg.approaches
     ]
-    if modes:
-        top = max(cfg.cores)
-        lines += [
-            "",
-            f'## Host modes for scope="executor" (`spark.pyfunc.host.mode`): rows/s at '
-            f"{main} cores, memory above floor at {top} cores (MiB)",
-            "",
-            "| model | " + " | ".join(f"{a} rows/s | {a} MiB" for a in modes) + " |",
-            "|---" * (2 * len(modes) + 1) + "|",
-        ]
-        for model in cfg.models:
-            cells = []
-            for a in modes:
-                rps, extra = fig.rps(model, a), fig.above_floor(model, a, top)
-                cells += [
-                    "-" if rps is None else _fmt_rps(rps),
-                    "-" if extra is None else _mib(extra),
-                ]
-            lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    lines += ["", "## Goals (issue 5)", "", "| goal | measured | verdict |", "|---|---|---|"]
-    lines += [f"| {g} | {m} | {v} |" for g, m, v in goals(fig)]
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    lines += ["", "![benchmark plots](benchmark.png)", ""]
-    return "\n".join(lines)
+    if not modes:
+        return []
+    top = max(cfg.cores)
+    lines = [
+        "",
+        f'## Host modes for scope="executor" (`spark.pyfunc.host.mode`): rows/s at '
+        f"{main} cores, memory above floor at {top} cores (MiB)",
+        "",
+        "| model | " + " | ".join(f"{a} rows/s | {a} MiB" for a in modes) + " |",
+        "|---" * (2 * len(modes) + 1) + "|",
+    ]
+    for model in cfg.models:
+        cells = []
+        for a in modes:
+            rps, extra = fig.rps(model, a), fig.above_floor(model, a, top)
+            cells += [
+                "-" if rps is None else _fmt_rps(rps),
+                "-" if extra is None else _mib(extra),
+            ]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _color(approach: str) -> str:

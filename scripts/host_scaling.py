@@ -40,10 +40,10 @@ import psutil
 import pyarrow as pa
 from pyspark.sql.types import DoubleType
 
-from spark_pyfunc.client import HostSpec, ModelHostClient
+from spark_pyfunc import save_model
+from spark_pyfunc._client import HostSpec, ModelHostClient
+from spark_pyfunc._udf import predict_arrow
 from spark_pyfunc.python_model import PythonModel
-from spark_pyfunc.saving import save_model
-from spark_pyfunc.udf import predict_arrow
 
 ROWS = 10_000
 FEATURES = [f"x{i}" for i in range(8)]

@@ -27,17 +27,18 @@ from pyspark.sql.types import DoubleType
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models as bm  # noqa: E402
 
-from spark_pyfunc.host import ModelServer  # noqa: E402
-from spark_pyfunc.loading import load_model  # noqa: E402
-from spark_pyfunc.schema import enforce_schema  # noqa: E402
-from spark_pyfunc.udf import _bind, _to_arrow, fit_arrow_result, fit_prediction  # noqa: E402
-from spark_pyfunc.wire import (  # noqa: E402
+from spark_pyfunc import load_model  # noqa: E402
+from spark_pyfunc._host import ModelServer  # noqa: E402
+from spark_pyfunc._result_types import fit_arrow_result, fit_prediction, to_arrow  # noqa: E402
+from spark_pyfunc._udf import _bind  # noqa: E402
+from spark_pyfunc._wire import (  # noqa: E402
     arrow_bytes_to_frame,
     arrow_bytes_to_table,
     batch_to_arrow_bytes,
     frame_to_arrow_bytes,
     prediction_to_frame,
 )
+from spark_pyfunc.schema import enforce_schema  # noqa: E402
 
 ROWS = 10_000
 
@@ -99,7 +100,7 @@ def main() -> None:
 
     def relay_via_pandas() -> object:  # the relay before it fitted in Arrow
         fitted = fit_prediction(arrow_bytes_to_frame(reply), DoubleType(), ROWS)
-        return _to_arrow(fitted, DoubleType())
+        return to_arrow(fitted, DoubleType())
 
     steps.update(
         {

@@ -4,7 +4,7 @@
 
 The options are those of ``spark-pyfunc score`` except ``--master`` (spark-submit sets the
 master and every other Spark setting); ``--help`` lists them. The scoring is
-``spark_pyfunc.cli.score``, the same code the console script runs.
+``spark_pyfunc.scoring.score``, the same code the console script runs.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import psutil
 #: from everything else on a shared machine.
 TAG_VAR = "SPARK_PYFUNC_BENCH_TAG"
 
-HOST_MARKER = "spark_pyfunc.host"
+HOST_MARKER = "spark_pyfunc._host"
 
 
 class ClusterError(RuntimeError):
@@ -215,7 +215,7 @@ class PssSampler:
     """Sum the PSS of every Python process of one application's executor, every ``interval``.
 
     The Python processes are the executor JVM's descendants (PySpark daemon and workers) plus
-    the spark_pyfunc model hosts (command line containing ``spark_pyfunc.host``) and their
+    the spark_pyfunc model hosts (command line containing ``spark_pyfunc._host``) and their
     children: a host may have been reparented away from the JVM, so hosts are found by command
     line and matched to the application by the inherited :data:`TAG_VAR`. PSS counts pages
     shared between forked processes once in total, which is what a per-executor figure needs.

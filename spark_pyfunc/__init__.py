@@ -18,8 +18,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from spark_pyfunc._version import __version__
 from spark_pyfunc.errors import (
+    EnvironmentSetupError,
     HostError,
+    InvalidArgumentError,
     MissingDependencyError,
     ModelExistsError,
     ModelFormatError,
@@ -31,13 +34,15 @@ from spark_pyfunc.errors import (
     ShippingError,
     SparkPyfuncError,
     UnsafePathError,
+    UsageError,
 )
 
 if TYPE_CHECKING:
-    from spark_pyfunc.format import ModelMetadata
-    from spark_pyfunc.loading import PyFuncModel, load_model
+    from spark_pyfunc._format import ModelMetadata
+    from spark_pyfunc._loading import PyFuncModel, load_model
+    from spark_pyfunc._saving import save_model
+    from spark_pyfunc._udf import SparkPyfuncUDF, spark_udf
     from spark_pyfunc.python_model import PythonModel, PythonModelContext
-    from spark_pyfunc.saving import save_model
     from spark_pyfunc.schema import (
         ColSpec,
         ModelSignature,
@@ -47,18 +52,16 @@ if TYPE_CHECKING:
         TensorSpec,
         infer_signature,
     )
-    from spark_pyfunc.udf import SparkPyfuncUDF, spark_udf
 
-__version__ = "0.1.0"
 
 #: Public name -> the module (under spark_pyfunc) that defines it.
 _LAZY = {
-    "ModelMetadata": "format",
-    "PyFuncModel": "loading",
-    "load_model": "loading",
+    "ModelMetadata": "_format",
+    "PyFuncModel": "_loading",
+    "load_model": "_loading",
     "PythonModel": "python_model",
     "PythonModelContext": "python_model",
-    "save_model": "saving",
+    "save_model": "_saving",
     "ColSpec": "schema",
     "ModelSignature": "schema",
     "ParamSchema": "schema",
@@ -66,13 +69,15 @@ _LAZY = {
     "Schema": "schema",
     "TensorSpec": "schema",
     "infer_signature": "schema",
-    "SparkPyfuncUDF": "udf",
-    "spark_udf": "udf",
+    "SparkPyfuncUDF": "_udf",
+    "spark_udf": "_udf",
 }
 
 __all__ = [
     "ColSpec",
+    "EnvironmentSetupError",
     "HostError",
+    "InvalidArgumentError",
     "MissingDependencyError",
     "ModelExistsError",
     "ModelFormatError",
@@ -94,6 +99,7 @@ __all__ = [
     "SparkPyfuncUDF",
     "TensorSpec",
     "UnsafePathError",
+    "UsageError",
     "__version__",
     "infer_signature",
     "load_model",

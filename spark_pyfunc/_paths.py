@@ -12,7 +12,21 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from spark_pyfunc.errors import SparkPyfuncError
+from spark_pyfunc.errors import InvalidArgumentError
+
+__all__ = ["is_remote", "local_path"]
+
+
+def is_remote(uri_or_path: str | os.PathLike) -> bool:
+    """Whether this is a URI of another filesystem (``hdfs://``, ``s3a://``), which Spark can
+    read but :func:`local_path` refuses; paths and ``file:`` URIs are not.
+
+    Example:
+        >>> is_remote("s3a://bucket/in.parquet"), is_remote("file:/tmp/in"), is_remote("C:/x")
+        (True, False, False)
+    """
+    scheme = urlparse(os.fspath(uri_or_path)).scheme
+    return len(scheme) > 1 and scheme != "file"  # a one-letter scheme is a Windows drive
 
 
 def local_path(uri_or_path: str | os.PathLike) -> Path:
@@ -26,7 +40,7 @@ def local_path(uri_or_path: str | os.PathLike) -> Path:
         The absolute path (symlinks not resolved; whether it exists is the caller's check).
 
     Raises:
-        SparkPyfuncError: for any other URI (``s3://``, ``runs:/``, ``file://otherhost/x``),
+        InvalidArgumentError: for any other URI (``s3://``, ``runs:/``, ``file://otherhost/x``),
             naming it: such models and files must be downloaded first.
 
     Example:
@@ -37,12 +51,12 @@ def local_path(uri_or_path: str | os.PathLike) -> Path:
     parsed = urlparse(text)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
-            raise SparkPyfuncError(
+            raise InvalidArgumentError(
                 f"{text!r} is a file: URI on host {parsed.netloc!r}; only local files can be used"
             )
         text = url2pathname(parsed.path)
-    elif len(parsed.scheme) > 1:  # a one-letter scheme is a Windows drive
-        raise SparkPyfuncError(
+    elif is_remote(text):
+        raise InvalidArgumentError(
             f"{text!r} is a {parsed.scheme}: URI, not a local path; download it first (for "
             "example with mlflow.artifacts.download_artifacts) and pass the local path"
         )

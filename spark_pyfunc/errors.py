@@ -1,15 +1,82 @@
 """Every exception spark_pyfunc raises, in one place.
 
 All of them derive from :class:`SparkPyfuncError`, so callers can catch the package's
-failures with one ``except``. Each message names the thing at fault: the path, the file,
-the field, the column, the module or the host log.
+failures with one ``except``. Each message names the thing at fault: the argument, the path,
+the file, the field, the column, the module or the host log. The hierarchy::
+
+    SparkPyfuncError
+    ├── InvalidArgumentError (also ValueError)   an argument or spark.pyfunc.* setting
+    ├── UsageError                                a command-line argument (exit status 2)
+    ├── EnvironmentSetupError                     no usable Java for Spark
+    ├── ModelFormatError                          a model directory, MLmodel, pickle
+    │   └── UnsafePathError                       a path that leaves the model directory
+    ├── ModelExistsError (also FileExistsError)   save_model into a non-empty directory
+    ├── ModelSaveError                            something save_model cannot save
+    ├── MissingDependencyError (also ImportError) a module the model needs is missing
+    ├── SchemaError                               a malformed signature or schema
+    │   └── SchemaEnforcementError                input or params that do not match it
+    ├── ShippingError                             the model archive on its way to executors
+    ├── HostError                                 the model host cannot be started or reached
+    ├── PredictionError                           the model's own predict raised
+    └── ResultTypeError                           a prediction that does not fit the result type
+
+Errors rebuilt from the model host: an exception raised in the host crosses the socket as
+its type name, message and traceback text, and the worker (``_client._remote_error``)
+raises it again. A class of this module that takes its message alone (it defines no
+``__init__`` of its own, as ``SchemaEnforcementError``) comes back as the same class, so
+``except SchemaEnforcementError`` works the same in both scopes; anything else (the model's
+own exceptions, and these errors that carry fields) comes back as :class:`PredictionError`
+naming the original type. Either way ``remote_traceback`` holds the host's traceback text;
+it is None on an error raised in the process that catches it.
 """
 
 from __future__ import annotations
 
+__all__ = [
+    "EnvironmentSetupError",
+    "HostError",
+    "InvalidArgumentError",
+    "MissingDependencyError",
+    "ModelExistsError",
+    "ModelFormatError",
+    "ModelSaveError",
+    "PredictionError",
+    "ResultTypeError",
+    "SchemaEnforcementError",
+    "SchemaError",
+    "ShippingError",
+    "SparkPyfuncError",
+    "UnsafePathError",
+    "UsageError",
+]
+
 
 class SparkPyfuncError(Exception):
     """Base class of every error raised by spark_pyfunc."""
+
+    #: The model host's traceback text, on an error rebuilt from the host; else None.
+    remote_traceback: str | None = None
+
+
+class InvalidArgumentError(SparkPyfuncError, ValueError):
+    """An argument or a ``spark.pyfunc.*`` setting has a value the function cannot use; the
+    message names the argument (or key), what it must be and the value given."""
+
+    #: The keyword argument at fault, when the error is about one (the CLI maps it to a flag).
+    argument: str | None = None
+
+
+class UsageError(SparkPyfuncError):
+    """A command-line argument is wrong: exit status 2, as for argparse's own errors. The
+    message names the flag (``--param``), where the library's names the keyword.
+
+    Not a ValueError: argparse replaces the message of a ValueError raised by a ``type=``
+    converter (``--columns``) with "invalid ... value"."""
+
+
+class EnvironmentSetupError(SparkPyfuncError):
+    """This machine cannot start Spark: no Java, or a Java the installed Spark does not
+    support. The message says which Java was found and how to install a supported one."""
 
 
 class ModelFormatError(SparkPyfuncError):
@@ -68,7 +135,13 @@ class HostError(SparkPyfuncError):
 
 
 class PredictionError(SparkPyfuncError):
-    """The model's own predict (or custom method) raised; carries its traceback text."""
+    """The model's own predict (or custom method) raised in the model host; the message
+    names the original exception type and carries the host's traceback, also kept apart in
+    ``remote_traceback``."""
+
+    def __init__(self, message: str, *, remote_traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
 
 
 class ResultTypeError(SparkPyfuncError):

@@ -19,6 +19,12 @@ from typing import Any, NamedTuple
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "PythonModel",
+    "PythonModelContext",
+    "bind_inference",
+]
+
 
 class _TypeHints(NamedTuple):
     input: Any = None

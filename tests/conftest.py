@@ -103,7 +103,7 @@ def _model_hosts(under: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "spark_pyfunc.host" in cmdline and any(prefix in arg for arg in cmdline):
+        if "spark_pyfunc._host" in cmdline and any(prefix in arg for arg in cmdline):
             found.append(proc)
     return found
 

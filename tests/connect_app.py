@@ -16,8 +16,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from spark_pyfunc.loading import load_model
-from spark_pyfunc.udf import spark_udf
+from spark_pyfunc import load_model, spark_udf
 
 
 def main(model_dir: str, counter: str) -> None:

@@ -10,7 +10,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from spark_pyfunc.udf import spark_udf
+from spark_pyfunc import spark_udf
 
 
 def main(model_dir: str) -> None:

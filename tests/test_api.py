@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
+import pkgutil
+import re
 import subprocess
 import sys
 
@@ -31,6 +34,47 @@ def test_every_public_name_resolves_to_its_definition() -> None:
         _ = spark_pyfunc.nothing_here
 
 
+PUBLIC_MODULES = (
+    "spark_pyfunc",
+    "spark_pyfunc.cli",
+    "spark_pyfunc.errors",
+    "spark_pyfunc.python_model",
+    "spark_pyfunc.schema",
+    "spark_pyfunc.scoring",
+)
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_a_public_module_exports_exactly_its_all(name: str) -> None:
+    """``__all__`` is the module's surface: no duplicates, every name resolves, and every
+    public class or function the module defines is in it (a forgotten export fails here)."""
+    module = importlib.import_module(name)
+    exported = module.__all__
+    assert len(exported) == len(set(exported)), "duplicates in __all__"
+    for member in exported:
+        assert getattr(module, member) is not None, member
+    defined = {
+        member
+        for member, value in vars(module).items()
+        if not member.startswith("_")
+        and (inspect.isclass(value) or inspect.isfunction(value))
+        and value.__module__ == name
+    }
+    assert sorted(defined - set(exported)) == [], "defined here but not exported"
+    star: dict[str, object] = {}
+    exec(f"from {name} import *", star)  # what a star import really gives
+    assert sorted(set(star) - {"__builtins__"}) == sorted(exported)
+
+
+def test_private_modules_are_not_exported_by_the_package() -> None:
+    assert not [n for n in spark_pyfunc.__all__ if n.startswith("_") and n != "__version__"]
+    for private in ("_udf", "_host", "_client", "_wire", "_loading", "_saving", "_format"):
+        importlib.import_module(f"spark_pyfunc.{private}")
+    assert {"udf", "host", "client", "wire", "loading", "saving", "format"}.isdisjoint(
+        name for _, name, _ in pkgutil.iter_modules(spark_pyfunc.__path__)
+    )
+
+
 def test_errors_share_one_base() -> None:
     errors = [getattr(spark_pyfunc, n) for n in spark_pyfunc.__all__ if n.endswith("Error")]
     assert len(errors) >= 10
@@ -47,7 +91,7 @@ def imported_after(imports: str, modules: tuple[str, ...]) -> list[str]:
 
 
 def test_importing_the_package_or_the_host_does_not_import_pyspark_or_mlflow() -> None:
-    imports = "spark_pyfunc, spark_pyfunc.host, spark_pyfunc.client"
+    imports = "spark_pyfunc, spark_pyfunc._host, spark_pyfunc._client"
     assert imported_after(imports, ("pyspark", "mlflow")) == []
 
 
@@ -56,9 +100,9 @@ def test_spark_udf_is_loaded_on_first_use() -> None:
     ``spark_pyfunc.spark_udf`` does, and returns that module's function."""
     code = (
         "import sys, spark_pyfunc; "
-        "before = sorted(m for m in ('spark_pyfunc.udf', 'pyspark') if m in sys.modules); "
+        "before = sorted(m for m in ('spark_pyfunc._udf', 'pyspark') if m in sys.modules); "
         "f = spark_pyfunc.spark_udf; "
-        "print(repr((before, f is sys.modules['spark_pyfunc.udf'].spark_udf, "
+        "print(repr((before, f is sys.modules['spark_pyfunc._udf'].spark_udf, "
         "'pyspark' in sys.modules)))"
     )
     out = subprocess.run(
@@ -68,14 +112,64 @@ def test_spark_udf_is_loaded_on_first_use() -> None:
 
 
 def test_a_worker_relaying_to_the_host_does_not_import_the_format_layer() -> None:
-    """A Spark worker with scope="executor" imports spark_pyfunc.udf to run the UDF; the
+    """A Spark worker with scope="executor" imports spark_pyfunc._udf to run the UDF; the
     model is in the host, so the signature/loading modules would only cost memory there."""
     format_layer = (
         "spark_pyfunc.schema",
-        "spark_pyfunc.format",
-        "spark_pyfunc.loading",
-        "spark_pyfunc.saving",
+        "spark_pyfunc._format",
+        "spark_pyfunc._loading",
+        "spark_pyfunc._saving",
         "yaml",
         "mlflow",
     )
-    assert imported_after("spark_pyfunc.udf", format_layer) == []
+    assert imported_after("spark_pyfunc._udf", format_layer) == []
+
+
+def test_the_error_tree_in_errors_docstring_is_the_real_hierarchy() -> None:
+    """errors.py opens with the hierarchy drawn as a tree; each class's parent in the drawing
+    is its first base, and every error of the module is drawn (so the drawing cannot rot)."""
+    parents: dict[str, str | None] = {}
+    stack: list[tuple[int, str]] = []
+    for line in errors.__doc__.split("The hierarchy::", 1)[1].split("\n\n", 2)[1].splitlines():
+        match = re.match(r"^(\s*(?:[│ ]   )*)(?:[├└]── )?(\w+Error)", line)
+        assert match, line
+        depth = match.start(2)
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        parents[match.group(2)] = stack[-1][1] if stack else None
+        stack.append((depth, match.group(2)))
+    assert sorted(parents) == sorted(errors.__all__)
+    for name, parent in parents.items():
+        base = getattr(errors, name).__mro__[1]
+        assert (base.__name__ if parent else base) == (parent or Exception), name
+
+
+@pytest.mark.parametrize(
+    ("name", "rebuilt"),
+    [
+        ("SchemaEnforcementError", errors.SchemaEnforcementError),
+        ("InvalidArgumentError", errors.InvalidArgumentError),
+        ("ResultTypeError", errors.ResultTypeError),
+        ("HostError", errors.PredictionError),  # carries fields the reply does not
+        ("PredictionError", errors.PredictionError),
+        ("ZeroDivisionError", errors.PredictionError),  # the model's own
+        ("Exception", errors.PredictionError),
+    ],
+)
+def test_an_error_from_the_host_is_rebuilt_by_the_documented_rule(name, rebuilt) -> None:
+    from spark_pyfunc._client import _remote_error
+
+    reply = {"error": name, "message": "the text", "traceback": "Traceback: line 1"}
+    exc = _remote_error(reply, "predict", 1234)
+    assert type(exc) is rebuilt
+    assert exc.remote_traceback == "Traceback: line 1"
+    assert "the text" in str(exc)
+    if rebuilt is errors.PredictionError:
+        assert f"raised {name}" in str(exc) and "(pid 1234)" in str(exc)
+
+
+def test_an_error_raised_here_has_no_remote_traceback() -> None:
+    assert errors.SchemaError("x").remote_traceback is None
+    assert errors.PredictionError("x").remote_traceback is None
+    assert isinstance(errors.InvalidArgumentError("x"), ValueError)
+    assert not issubclass(errors.UsageError, ValueError)  # argparse would swallow its message

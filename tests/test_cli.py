@@ -23,27 +23,21 @@ import psutil
 import pyspark
 import pytest
 import yaml
+from udf_models import FailsOnSomeRows
 
-from spark_pyfunc.cli import CONF_HOST_LOG_DIR, UsageError, main, parse_columns, parse_params
-from spark_pyfunc.demo import FEATURES, LogisticScorer, build_model, example_features
-from spark_pyfunc.loading import load_model
+from spark_pyfunc import load_model, save_model
+from spark_pyfunc._demo import FEATURES, LogisticScorer, build_model, example_features
+from spark_pyfunc.cli import main, parse_columns, parse_params
+from spark_pyfunc.errors import UsageError
 from spark_pyfunc.python_model import PythonModel
-from spark_pyfunc.saving import save_model
 from spark_pyfunc.schema import ColSpec, DataType, ModelSignature, Schema
+
+CONF_HOST_LOG_DIR = "spark.pyfunc.host.logDir"
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("spark-pyfunc")
 
 # The models below are pickled by value, so Spark's workers need no tests directory on their path.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-class FailsOnSomeRows(PythonModel):
-    """Doubles f0, but refuses batches holding an f0 above 2 (a few rows of the test data)."""
-
-    def predict(self, context, model_input, params=None):
-        if (model_input["f0"] > 2.0).any():
-            raise ValueError("f0 above 2.0: refusing to score this batch")
-        return pd.Series(model_input["f0"] * 2.0)
 
 
 class Slow(PythonModel):
@@ -210,7 +204,7 @@ def test_unreadable_input(capsys, tmp_path, model_dir, features, monkeypatch):
     if os.geteuid() == 0:  # root reads every file: deny access the way the kernel would
         real_access = os.access
         monkeypatch.setattr(
-            "spark_pyfunc.cli.os.access",
+            "spark_pyfunc.scoring.os.access",
             lambda p, mode: str(p) != str(path) and real_access(p, mode),
         )
     code, _, err = run_cli(capsys, "score", model_dir, path, tmp_path / "out.parquet")
@@ -897,16 +891,16 @@ def test_progress_without_tqdm_prints_plain_lines(
 def test_host_log_dir_is_set_for_the_job_and_named_at_the_end(
     spark, capsys, tmp_path, model_dir, parquet_input, monkeypatch
 ):
-    import spark_pyfunc.udf
+    import spark_pyfunc._udf
 
     seen = []
-    real = spark_pyfunc.udf.spark_udf
+    real = spark_pyfunc._udf.spark_udf
 
     def spy(session, *args, **kwargs):
         seen.append(session.conf.get(CONF_HOST_LOG_DIR, None))
         return real(session, *args, **kwargs)
 
-    monkeypatch.setattr(spark_pyfunc.udf, "spark_udf", spy)
+    monkeypatch.setattr(spark_pyfunc._udf, "spark_udf", spy)
     logs = tmp_path / "logs" / "hosts"
     code, stdout, err = run_cli(
         capsys, "score", model_dir, parquet_input, tmp_path / "o.parquet",

@@ -32,8 +32,10 @@ from conftest import FAULT_CONF, FAULT_MASTER, stop_active_session
 from host_models import Faulty
 from pyspark.sql import functions as F
 
-from spark_pyfunc.saving import save_model
-from spark_pyfunc.udf import CONF_HOST_LOG_DIR, CONF_IDLE_TIMEOUT, spark_udf
+from spark_pyfunc import save_model, spark_udf
+
+CONF_HOST_LOG_DIR = "spark.pyfunc.host.logDir"
+CONF_IDLE_TIMEOUT = "spark.pyfunc.host.idleTimeout"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -229,7 +231,7 @@ def hosts_naming(text: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline", "ppid"]):
         cmd = proc.info["cmdline"] or []
-        if "spark_pyfunc.host" in cmd and any(text in part for part in cmd) and alive(proc):
+        if "spark_pyfunc._host" in cmd and any(text in part for part in cmd) and alive(proc):
             found.append(proc)
     pids = {p.pid for p in found}
     return [p for p in found if p.info["ppid"] not in pids]

@@ -15,16 +15,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import cloudpickle
 import numpy as np
 import pandas as pd
 import pyspark
 import pytest
+from udf_models import FailsOnSomeRows
 
-from spark_pyfunc.demo import FEATURES, build_model, example_features
-from spark_pyfunc.loading import load_model
-from spark_pyfunc.python_model import PythonModel
-from spark_pyfunc.saving import save_model
+from spark_pyfunc import load_model, save_model
+from spark_pyfunc._demo import FEATURES, build_model, example_features
 
 SCORE_JOB = Path(__file__).resolve().parent.parent / "scripts" / "score_job.py"
 SPARK_SUBMIT = Path(pyspark.__file__).parent / "bin" / "spark-submit"
@@ -32,18 +30,6 @@ SPARK_SUBMIT = Path(pyspark.__file__).parent / "bin" / "spark-submit"
 # $SPARK_HOME/work, whatever spark.worker.dir says.
 SPARK_WORK = Path(os.environ.get("SPARK_HOME", Path(pyspark.__file__).parent)) / "work"
 MARKER = f"-Dpyfunc_test_marker={uuid.uuid4().hex}"
-
-# Pickled by value: the executors' Python workers have no tests directory on their path.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-class FailsOnSomeRows(PythonModel):
-    """Refuses batches holding an f0 above 2 (a few rows of the test data)."""
-
-    def predict(self, context, model_input, params=None):
-        if (model_input["f0"] > 2.0).any():
-            raise ValueError("f0 above 2.0: refusing to score this batch")
-        return pd.Series(model_input["f0"] * 2.0)
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from spark_pyfunc.shipping import ship_model
+from spark_pyfunc._shipping import ship_model
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_each_executor_unpacks_each_model_once(cluster_spark, tmp_path):
         "a_inode long, spilled boolean, models string"
     )
     def probe(ids: pd.Series) -> pd.DataFrame:
-        from spark_pyfunc import shipping
+        from spark_pyfunc import _shipping as shipping
 
         if not hasattr(shipping, "_counting_extract"):
             # Python workers are reused across tasks: wrap the extractor only once per worker.

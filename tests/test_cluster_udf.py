@@ -14,27 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from udf_models import FEATURES, Linear, Probe, save
+from udf_models import FEATURES, Probe, save, save_linear
 
-from spark_pyfunc.loading import load_model
+from spark_pyfunc import load_model, spark_udf
 from spark_pyfunc.schema import ColSpec, DataType, ModelSignature, Schema
-from spark_pyfunc.udf import spark_udf
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def linear_model(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cluster-linear")
-    np.save(root / "w.npy", np.linspace(-1, 1, 8))
-    example = pd.DataFrame(np.ones((3, 8)), columns=FEATURES)
-    return save(
-        Linear(),
-        root / "model",
-        artifacts={"weights": str(root / "w.npy")},
-        input_example=example,
-        model_config={"bias": 0.0},
-    )
+    return save_linear(tmp_path_factory.mktemp("cluster-linear"), model_config={"bias": 0.0})
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-from udf_models import FEATURES, Linear, save
+from udf_models import save_linear
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +23,7 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="module")
 def linear_model(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("connect-linear")
-    np.save(root / "w.npy", np.linspace(-1, 1, 8))
-    example = pd.DataFrame(np.ones((3, 8)), columns=FEATURES)
-    return save(
-        Linear(), root / "model", artifacts={"weights": str(root / "w.npy")}, input_example=example
-    )
+    return save_linear(tmp_path_factory.mktemp("connect-linear"))
 
 
 def test_connect_session_scores_with_one_host(linear_model, tmp_path):

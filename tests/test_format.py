@@ -12,10 +12,9 @@ import pytest
 import yaml
 from format_models import Linear, frame
 
+from spark_pyfunc import load_model, save_model
+from spark_pyfunc._format import read_metadata, resolve_inside
 from spark_pyfunc.errors import ModelFormatError, UnsafePathError
-from spark_pyfunc.format import read_metadata, resolve_inside
-from spark_pyfunc.loading import load_model
-from spark_pyfunc.saving import save_model
 
 
 @pytest.fixture

@@ -26,13 +26,12 @@ import pytest
 from host_models import PARAMS, Counting, Threaded
 from udf_models import Blocking, Gate
 
-from spark_pyfunc import client as client_module
-from spark_pyfunc.client import HostSpec, ModelHostClient, host_key
-from spark_pyfunc.errors import HostError, PredictionError, SchemaEnforcementError
-from spark_pyfunc.host import Host, ModelServer, _Watch, choose_mode, socket_dir, socket_path
-from spark_pyfunc.loading import load_model
-from spark_pyfunc.saving import save_model
-from spark_pyfunc.wire import (
+from spark_pyfunc import _client as client_module
+from spark_pyfunc import load_model, save_model
+from spark_pyfunc._client import HostSpec, ModelHostClient, host_key
+from spark_pyfunc._host import Host, ModelServer, _Watch, choose_mode
+from spark_pyfunc._rendezvous import socket_dir, socket_path
+from spark_pyfunc._wire import (
     PeerClosed,
     arrow_bytes_to_frame,
     frame_to_arrow_bytes,
@@ -40,6 +39,7 @@ from spark_pyfunc.wire import (
     recv_message,
     send_message,
 )
+from spark_pyfunc.errors import HostError, PredictionError, SchemaEnforcementError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -927,7 +927,7 @@ def test_host_still_loading_when_its_starter_died_is_waited_for(
 ) -> None:
     """_adopt_or_clear: the worker that started the host was killed while the host loads; the
     next worker waits for that host instead of killing it or starting another."""
-    caplog.set_level("INFO", logger="spark_pyfunc.client")
+    caplog.set_level("INFO", logger="spark_pyfunc._client")
     config = gated(tmp_path, "load")
     spec = hosts.spec(model_dir, model_config=config)
     ctx = multiprocessing.get_context("fork")
@@ -1008,7 +1008,7 @@ def probe_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _host_of_job(spark, probe_dir: str, counter: Path) -> psutil.Process:
     """Score a job with a fresh host (its own model_config) and return that host."""
-    from spark_pyfunc.udf import spark_udf
+    from spark_pyfunc import spark_udf
 
     predict = spark_udf(spark, probe_dir, model_config={"counter": str(counter)}, scope="executor")
     df = spark.range(0, 2000, numPartitions=4).selectExpr("cast(id as double) as a", "'x' as b")
@@ -1036,8 +1036,8 @@ def test_processes_setting_reaches_the_host(spark, probe_dir: str, tmp_path: Pat
 
 
 def test_bad_processes_setting_names_the_key(spark, probe_dir: str) -> None:
+    from spark_pyfunc import spark_udf
     from spark_pyfunc.errors import SparkPyfuncError
-    from spark_pyfunc.udf import spark_udf
 
     spark.conf.set("spark.pyfunc.host.processes", "many")
     try:

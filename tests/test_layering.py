@@ -1,9 +1,8 @@
 """Imports flow one way: a module imports only modules of a lower layer, read from the source.
 
-``LAYERS`` gives each module its layer; a module may import one of a strictly lower layer,
-never one beside it (same layer) or above it. Every module under a folder in ``CHECKED`` must
-have a layer, so a new module has to be placed. To cover more of the package, add its
-modules to ``LAYERS`` and their folder to ``CHECKED`` ("" is the whole package).
+``TIERS`` gives each module of the package its layer; a module may import one of a strictly
+lower layer, never one beside it (same layer) or above it. Every module must have a layer, so
+a new module has to be placed. Imports inside functions and ``if TYPE_CHECKING:`` count too.
 """
 
 from __future__ import annotations
@@ -18,18 +17,49 @@ import spark_pyfunc
 
 PACKAGE_DIR = Path(spark_pyfunc.__file__).parent
 
-#: Module -> layer. Types <- coercion <- specs <- inference, enforcement <- the public module.
+#: The tiers, bottom up; a module may import only modules of a lower tier (docs/architecture.md
+#: draws the same graph). Leaves; the signature; the format layer; the host's plumbing; the
+#: worker and driver side of the UDF; the batch-scoring library; the console script.
+TIERS: list[list[str]] = [
+    ["errors", "_version"],
+    ["_config", "_paths"],
+    ["schema._types", "_wire", "_spark_session"],
+    ["schema._coerce", "_rendezvous", "_shipping"],
+    ["schema._specs"],
+    ["schema._infer", "schema._enforce"],
+    ["schema"],
+    ["_format", "_result_types"],
+    ["python_model"],
+    ["_loading", "_saving"],
+    ["_host", "_client", "_describe"],
+    ["_udf"],
+    ["scoring", "_demo", ""],
+    ["cli"],
+]
+
+#: Module -> layer.
 LAYERS: dict[str, int] = {
-    "spark_pyfunc.schema._types": 0,
-    "spark_pyfunc.schema._coerce": 1,
-    "spark_pyfunc.schema._specs": 2,
-    "spark_pyfunc.schema._infer": 3,
-    "spark_pyfunc.schema._enforce": 3,
-    "spark_pyfunc.schema": 4,
+    f"spark_pyfunc.{name}" if name else "spark_pyfunc": layer
+    for layer, names in enumerate(TIERS)
+    for name in names
 }
 
-#: Folders (relative to the package) whose every module must be in LAYERS.
-CHECKED = ["schema"]
+#: Folders (relative to the package) whose every module must be in LAYERS: all of them.
+CHECKED = [""]
+
+#: The modules that may import pyspark (the host and the format layer never do), and those
+#: of them that may do so at module level: the others import it inside functions, so that
+#: ``info``, ``--help`` and the host's archive code start without it.
+PYSPARK_IMPORTERS = {
+    "spark_pyfunc._udf",
+    "spark_pyfunc._result_types",
+    "spark_pyfunc._shipping",
+    "spark_pyfunc.scoring",
+    "spark_pyfunc._spark_session",
+    "spark_pyfunc._demo",
+    "spark_pyfunc.cli",
+}
+PYSPARK_AT_MODULE_LEVEL = {"spark_pyfunc._udf", "spark_pyfunc._result_types"}
 
 
 def module_name(path: Path, package_dir: Path) -> str:
@@ -94,13 +124,42 @@ def test_imports_flow_one_way() -> None:
     assert sorted(set(graph) - set(LAYERS)) == [], "modules without a layer in LAYERS"
     assert sorted(set(LAYERS) - set(graph)) == [], "LAYERS names modules that do not exist"
     assert layering_violations(LAYERS, graph) == []
-    # Not vacuous: the edge that broke the ParamSpec cycle is seen, as is the front module's.
+    # Not vacuous: the edge that broke the ParamSpec cycle is seen, as is the front module's,
+    # a lazy import inside a function, and the client's rendezvous without the server module.
     assert "spark_pyfunc.schema._coerce" in graph["spark_pyfunc.schema._specs"]
     assert "spark_pyfunc.schema._enforce" in graph["spark_pyfunc.schema"]
+    assert "spark_pyfunc._loading" in graph["spark_pyfunc._host"]
+    assert "spark_pyfunc._rendezvous" in graph["spark_pyfunc._client"]
+    assert "spark_pyfunc._host" not in graph["spark_pyfunc._client"]
+    assert "spark_pyfunc" not in set().union(*graph.values()), "an import of the package root"
+
+
+def module_level_imports(source: str) -> set[str]:
+    """Top modules imported outside functions and ``if TYPE_CHECKING:`` blocks."""
+    found: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_only_the_spark_side_imports_pyspark() -> None:
+    graph = import_graph(PACKAGE_DIR, CHECKED)
+    importers = {m for m, targets in graph.items() if any(t.startswith("pyspark") for t in targets)}
+    assert importers <= PYSPARK_IMPORTERS, sorted(importers - PYSPARK_IMPORTERS)
+    assert "spark_pyfunc._shipping" in importers  # not vacuous
+    at_top = {
+        name
+        for name, path in package_modules(PACKAGE_DIR).items()
+        if "pyspark" in module_level_imports(path.read_text(encoding="utf-8"))
+    }
+    assert at_top == PYSPARK_AT_MODULE_LEVEL
 
 
 def test_coercion_does_not_depend_on_specs_or_enforcement() -> None:
-    """The cycle this layout broke: ParamSpec used enforcement, which used ParamSpec."""
+    """The cycle the schema split broke: ParamSpec used enforcement, which used ParamSpec."""
     graph = import_graph(PACKAGE_DIR, CHECKED)
     within = {m for m in graph["spark_pyfunc.schema._coerce"] if m.startswith("spark_pyfunc.")}
     assert within == {"spark_pyfunc.errors", "spark_pyfunc.schema._types"}

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import psutil
 import pytest
-from udf_models import FEATURES, Linear, save
+from udf_models import LINEAR_WEIGHTS, save_linear
 
 pytestmark = pytest.mark.slow
 
@@ -28,19 +27,13 @@ def hosts_under(root: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if "spark_pyfunc.host" in cmd and any(str(root) in part for part in cmd):
+        if "spark_pyfunc._host" in cmd and any(str(root) in part for part in cmd):
             found.append(proc)
     return found
 
 
 def test_an_ended_application_leaves_no_host_and_no_temp_files(tmp_path):
-    np.save(tmp_path / "w.npy", np.linspace(-1, 1, 8))
-    model = save(
-        Linear(),
-        tmp_path / "model",
-        artifacts={"weights": str(tmp_path / "w.npy")},
-        input_example=pd.DataFrame(np.ones((2, 8)), columns=FEATURES),
-    )
+    model = save_linear(tmp_path, example_rows=2)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch)}
@@ -49,7 +42,7 @@ def test_an_ended_application_leaves_no_host_and_no_temp_files(tmp_path):
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    expected = np.arange(5000).sum() * (np.arange(8) @ np.linspace(-1, 1, 8))
+    expected = np.arange(5000).sum() * (np.arange(8) @ LINEAR_WEIGHTS)
     assert float(proc.stdout.strip().splitlines()[-1]) == pytest.approx(expected)
 
     ended = time.monotonic()

@@ -1,7 +1,7 @@
 """Property tests: a prediction fitted to a result type comes out as the Arrow array Spark expects.
 
 With ``scope="executor"`` on PySpark 4.1+ the worker hands Spark Arrow arrays it built itself
-(udf._to_arrow) instead of pandas: for every result type that path takes, the array must have
+(udf.to_arrow) instead of pandas: for every result type that path takes, the array must have
 Spark's Arrow type for it and hold the predicted values, nulls where pandas has missing values
 (NaN included, as a pandas UDF returns them).
 """
@@ -30,9 +30,15 @@ from pyspark.sql.types import (
     StructType,
 )
 
+from spark_pyfunc._result_types import (
+    _fit_arrow,
+    fit_arrow_result,
+    fit_prediction,
+    relayable,
+    to_arrow,
+)
+from spark_pyfunc._wire import arrow_bytes_to_table, frame_to_arrow_bytes, table_to_frame
 from spark_pyfunc.errors import ResultTypeError
-from spark_pyfunc.udf import _fit_arrow, _relayable, _to_arrow, fit_arrow_result, fit_prediction
-from spark_pyfunc.wire import arrow_bytes_to_table, frame_to_arrow_bytes, table_to_frame
 
 _INT32 = st.integers(-(2**31), 2**31 - 1)
 _INT64 = st.integers(-(2**63), 2**63 - 1)
@@ -88,9 +94,9 @@ def columns(draw, kind: str | None = None):
 def test_every_relayed_scalar_and_array_type(column) -> None:
     kind, cells = column
     dtype, _, as_series = _KINDS[kind]
-    assert _relayable(dtype)
+    assert relayable(dtype)
     fitted = fit_prediction(pd.DataFrame({"0": as_series(cells)}), dtype, len(cells))
-    array = _to_arrow(fitted, dtype)
+    array = to_arrow(fitted, dtype)
     assert array.type == to_arrow_type(dtype)
     assert array.to_pylist() == _expected(cells, dtype)
 
@@ -104,7 +110,7 @@ def test_struct_results(score, label, data) -> None:
         [StructField("score", DoubleType(), True), StructField("label", StringType(), True)]
     )
     pred = pd.DataFrame({"label": pd.Series(labels, dtype=object), "score": scores})
-    array = _to_arrow(fit_prediction(pred, dtype, n), dtype)
+    array = to_arrow(fit_prediction(pred, dtype, n), dtype)
     assert array.type == to_arrow_type(dtype)
     assert array.to_pylist() == [
         {"score": s, "label": lab}
@@ -115,12 +121,12 @@ def test_struct_results(score, label, data) -> None:
 def test_types_with_pandas_specific_conversions_keep_the_pandas_udf() -> None:
     from pyspark.sql.types import DateType, MapType, TimestampType
 
-    assert not _relayable(TimestampType())
-    assert not _relayable(DateType())
-    assert not _relayable(MapType(StringType(), DoubleType()))
-    assert not _relayable(ArrayType(TimestampType()))
-    assert _relayable(StructType([StructField("a", ArrayType(LongType()), True)]))
-    assert isinstance(_to_arrow(pd.Series([], dtype=np.float64), DoubleType()), pa.Array)
+    assert not relayable(TimestampType())
+    assert not relayable(DateType())
+    assert not relayable(MapType(StringType(), DoubleType()))
+    assert not relayable(ArrayType(TimestampType()))
+    assert relayable(StructType([StructField("a", ArrayType(LongType()), True)]))
+    assert isinstance(to_arrow(pd.Series([], dtype=np.float64), DoubleType()), pa.Array)
 
 
 # ------------------------------------------------- the relay fits the host's Arrow in Arrow
@@ -161,7 +167,7 @@ def _host_result(frame: pd.DataFrame) -> pa.Table:
 def _pandas_path(table: pa.Table, dtype, rows: int):
     """The relay before it fitted in Arrow: an array, or the error it raised."""
     try:
-        return _to_arrow(fit_prediction(table_to_frame(table), dtype, rows), dtype)
+        return to_arrow(fit_prediction(table_to_frame(table), dtype, rows), dtype)
     except Exception as exc:  # ResultTypeError, or Arrow's own for an object column
         return exc
 

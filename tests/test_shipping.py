@@ -13,9 +13,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from spark_pyfunc import shipping
+from spark_pyfunc import _shipping as shipping
+from spark_pyfunc._shipping import (
+    ShippedModel,
+    build_archive,
+    materialize,
+    safe_extract,
+    ship_model,
+)
 from spark_pyfunc.errors import ShippingError, UnsafePathError
-from spark_pyfunc.shipping import ShippedModel, build_archive, materialize, safe_extract, ship_model
 
 
 def make_model(root: Path, files: dict[str, str | bytes]) -> Path:

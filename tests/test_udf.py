@@ -31,10 +31,9 @@ from udf_models import (
     typed_values,
 )
 
+from spark_pyfunc import load_model, spark_udf
 from spark_pyfunc.errors import SchemaEnforcementError, SparkPyfuncError
-from spark_pyfunc.loading import load_model
 from spark_pyfunc.schema import ColSpec, DataType, ModelSignature, ParamSchema, ParamSpec, Schema
-from spark_pyfunc.udf import spark_udf
 
 BOTH_SCOPES = pytest.mark.parametrize("scope", ["process", "executor"])
 
@@ -199,7 +198,7 @@ def test_executor_scope_uses_one_host_for_all_workers(spark, probe_model, tmp_pa
     pids = set(out["pid"])
     loads = records(counter, "load")
     assert len(pids) == 1, pids
-    assert loads == [(e, p, "spark_pyfunc.host") for e, p, _ in loads]
+    assert loads == [(e, p, "spark_pyfunc._host") for e, p, _ in loads]
     assert [pid for _, pid, _ in loads] == list(pids)
 
 
@@ -531,7 +530,7 @@ def test_auto_scope_uses_the_host_from_the_threshold_on(spark, probe_model, spar
         assert len(_probe_frame(spark).select(predict("a", "b")).collect()) == 200
         where = {main for _, _, main in records(calls)}
         # The model ran in the host at and above the threshold, in Spark's workers below it.
-        assert (where == {"spark_pyfunc.host"}) == (scope == "executor"), (threshold, where)
+        assert (where == {"spark_pyfunc._host"}) == (scope == "executor"), (threshold, where)
 
 
 def test_idle_timeout_from_spark_conf_stops_the_host(spark, probe_model, spark_conf, tmp_path):

@@ -13,8 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spark_pyfunc.errors import ResultTypeError, SchemaEnforcementError
-from spark_pyfunc.wire import (
+from spark_pyfunc._wire import (
     PeerClosed,
     arrow_bytes_to_frame,
     frame_to_arrow_bytes,
@@ -22,6 +21,7 @@ from spark_pyfunc.wire import (
     recv_message,
     send_message,
 )
+from spark_pyfunc.errors import ResultTypeError, SchemaEnforcementError
 
 # ------------------------------------------------------------------ round trips (hypothesis)
 

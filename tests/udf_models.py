@@ -14,8 +14,8 @@ import cloudpickle
 import numpy as np
 import pandas as pd
 
+from spark_pyfunc import save_model
 from spark_pyfunc.python_model import PythonModel
-from spark_pyfunc.saving import save_model
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -23,7 +23,7 @@ FEATURES = [f"f{i}" for i in range(8)]
 
 
 def _main_module() -> str:
-    """``spark_pyfunc.host`` in the model host, ``pyspark.daemon`` in a Spark Python worker."""
+    """``spark_pyfunc._host`` in the model host, ``pyspark.daemon`` in a Spark Python worker."""
     spec = getattr(sys.modules["__main__"], "__spec__", None)
     return spec.name if spec is not None else "-"
 
@@ -59,6 +59,19 @@ class Linear(PythonModel):
 
     def logits(self, context, model_input, params=None):
         return -self.predict(context, model_input, params)
+
+
+#: The weights of the Linear model that save_linear saves.
+LINEAR_WEIGHTS = np.linspace(-1, 1, 8)
+
+
+def save_linear(root: Path, example_rows: int = 3, **kwargs) -> Path:
+    """Linear with LINEAR_WEIGHTS as its artifact, saved as ``root/model`` with an input
+    example of ``example_rows`` rows (its signature); ``kwargs`` go to save_model."""
+    np.save(root / "w.npy", LINEAR_WEIGHTS)
+    example = pd.DataFrame(np.ones((example_rows, 8)), columns=FEATURES)
+    artifacts = {"weights": str(root / "w.npy")}
+    return save(Linear(), root / "model", artifacts=artifacts, input_example=example, **kwargs)
 
 
 class SlowLinear(Linear):
@@ -230,6 +243,15 @@ def typed_values(kind: str, x: np.ndarray) -> object:
     if kind == "map":
         return [{f"k{v}": float(v), "z": None} for v in x]
     raise ValueError(kind)
+
+
+class FailsOnSomeRows(PythonModel):
+    """Doubles f0, but refuses batches holding an f0 above 2 (a few rows of the test data)."""
+
+    def predict(self, context, model_input, params=None):
+        if (model_input["f0"] > 2.0).any():
+            raise ValueError("f0 above 2.0: refusing to score this batch")
+        return pd.Series(model_input["f0"] * 2.0)
 
 
 def save(model, path: Path, **kwargs) -> Path:

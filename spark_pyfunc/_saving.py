@@ -30,9 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from spark_pyfunc._paths import local_path
-from spark_pyfunc.errors import ModelExistsError, ModelSaveError, SchemaError, SparkPyfuncError
-from spark_pyfunc.format import (
+from spark_pyfunc._format import (
     CUSTOM_PYFUNC_LOADER,
     PYFUNC_FLAVOR,
     REQUIREMENTS_FILE,
@@ -41,6 +39,9 @@ from spark_pyfunc.format import (
     read_model_config,
     write_mlmodel,
 )
+from spark_pyfunc._paths import local_path
+from spark_pyfunc._version import __version__
+from spark_pyfunc.errors import ModelExistsError, ModelSaveError, SchemaError, SparkPyfuncError
 from spark_pyfunc.python_model import PythonModelContext, bind_inference
 from spark_pyfunc.schema import ModelSignature, enforce_params, enforce_schema, infer_signature
 
@@ -67,15 +68,47 @@ def save_model(
     metadata: Mapping[str, Any] | None = None,
     pip_requirements: Iterable[str] | str | os.PathLike[str] | None = None,
 ) -> ModelMetadata:
-    """Save ``python_model`` (a PythonModel instance) as a pyfunc model in directory ``path``.
+    """Save ``python_model`` as an MLflow ``python_function`` model in directory ``path``.
 
-    ``artifacts`` maps names to local files or directories (or ``file:`` URIs), copied under
-    ``artifacts/``; ``code_paths`` are copied under ``code/``. Without a ``signature`` (ours or
-    anything with MLflow's ``to_dict()``), one is inferred from ``input_example`` by loading
-    the saved model and predicting on the example; ``input_example=(data, params)`` also
-    gives the params schema. ``pip_requirements`` (a list or a requirements file) replaces
-    the default ``spark-pyfunc`` and ``cloudpickle`` pins. ``path`` must not exist or be an
-    empty directory (ModelExistsError otherwise). Returns the saved model's metadata.
+    The directory is what ``mlflow.pyfunc.save_model`` writes: MLflow, ``load_model`` and
+    ``spark_udf`` all load it. A failure leaves no directory behind (or the empty one given).
+
+    Args:
+        path: a new directory, or an empty one (a path or a ``file:`` URI).
+        python_model: a :class:`~spark_pyfunc.python_model.PythonModel` instance (MLflow's
+            ``mlflow.pyfunc.PythonModel`` too), pickled with cloudpickle.
+        artifacts: name -> local file or directory (or ``file:`` URI), copied under
+            ``artifacts/``; the model finds them in ``context.artifacts[name]``.
+        code_paths: files or directories copied under ``code/`` and put on ``sys.path``
+            when the model is loaded.
+        signature: a :class:`~spark_pyfunc.schema.ModelSignature` (or MLflow's, or anything
+            with its ``to_dict()``). Without one, it is inferred from ``input_example``.
+        input_example: data (or ``(data, params)``) saved with the model; the signature is
+            inferred by loading the saved model and predicting on it.
+        model_config: a dict (or a YAML/JSON file) given to the model as
+            ``context.model_config``.
+        metadata: a dict stored in MLmodel's ``metadata`` field.
+        pip_requirements: a list or a requirements file, replacing the default pins of
+            ``spark-pyfunc`` and ``cloudpickle`` in ``requirements.txt``.
+
+    Returns:
+        The saved model's :class:`~spark_pyfunc.ModelMetadata`.
+
+    Raises:
+        ModelExistsError: ``path`` exists and is not an empty directory.
+        ModelSaveError: something cannot be saved (the model, an artifact, a code path, the
+            example, the config, the metadata, the requirements), named in the message.
+        SchemaError: ``signature`` is malformed.
+
+    Example:
+        >>> import pandas as pd
+        >>> from spark_pyfunc import PythonModel, save_model
+        >>> class Doubler(PythonModel):
+        ...     def predict(self, context, model_input, params=None):
+        ...         return model_input * 2
+        >>> saved = save_model("doubler", Doubler(), input_example=pd.DataFrame({"x": [1.0]}))
+        >>> saved.get_input_schema().input_names(), saved.get_output_schema().input_names()
+        (['x'], ['x'])
     """
     _check_python_model(python_model)
     artifact_sources = _artifact_sources(artifacts)
@@ -224,8 +257,6 @@ def _requirements(pip_requirements: Any) -> list[str] | None:
 
 
 def _default_requirements() -> list[str]:
-    from spark_pyfunc import __version__
-
     return [f"spark-pyfunc=={__version__}", f"cloudpickle=={cloudpickle.__version__}"]
 
 

@@ -38,16 +38,14 @@ import psutil
 import pyarrow as pa
 
 from spark_pyfunc import errors
-from spark_pyfunc.errors import HostError, PredictionError, SchemaEnforcementError
-from spark_pyfunc.host import (
-    DEFAULT_MODE,
-    MODES,
+from spark_pyfunc._config import DEFAULT_MODE, IDLE_TIMEOUT, MODES, START_TIMEOUT
+from spark_pyfunc._rendezvous import (
     exit_status_path,
     read_exit_status,
     read_pid_file,
     socket_path,
 )
-from spark_pyfunc.wire import (
+from spark_pyfunc._wire import (
     arrow_bytes_to_frame,
     arrow_bytes_to_table,
     batch_to_arrow_bytes,
@@ -57,8 +55,9 @@ from spark_pyfunc.wire import (
     send_message,
     tune_socket,
 )
+from spark_pyfunc.errors import HostError, PredictionError, SchemaEnforcementError
 
-logger = logging.getLogger("spark_pyfunc.client")
+logger = logging.getLogger("spark_pyfunc._client")
 
 #: Attempts per batch when the host is lost, mid-request or before it was ready (the first try
 #: included). One budget for both: it bounds the model loads one batch can cause, so a host the
@@ -90,8 +89,8 @@ class HostSpec:
     key: str
     state_dir: str
     model_config: dict | None = None
-    idle_timeout: float = 600.0
-    start_timeout: float = 600.0
+    idle_timeout: float = IDLE_TIMEOUT.default
+    start_timeout: float = START_TIMEOUT.default
     mode: str = DEFAULT_MODE
     watch_pid: int | None = None
     model_uri: str | None = None
@@ -146,17 +145,22 @@ def _remote_error(reply: dict, method: str, host_pid: int | None) -> Exception:
     if (
         isinstance(cls, type)
         and issubclass(cls, errors.SparkPyfuncError)
-        and cls.__init__ is errors.SparkPyfuncError.__init__
-        and cls is not PredictionError
+        and not _defines_init(cls)
     ):
-        exc: Exception = cls(message)
-    else:
-        exc = PredictionError(
-            f"the model's {method} raised {name}: {message}\n"
-            f"--- traceback in the model host (pid {host_pid}) ---\n{remote_tb}"
-        )
-    exc.remote_traceback = remote_tb  # type: ignore[attr-defined]
-    return exc
+        exc: errors.SparkPyfuncError = cls(message)
+        exc.remote_traceback = remote_tb
+        return exc
+    return PredictionError(
+        f"the model's {method} raised {name}: {message}\n"
+        f"--- traceback in the model host (pid {host_pid}) ---\n{remote_tb}",
+        remote_traceback=remote_tb,
+    )
+
+
+def _defines_init(cls: type) -> bool:
+    """Whether one of the package's error classes gives ``cls`` a constructor of its own
+    (fields beyond the message, which the host's reply does not carry)."""
+    return any("__init__" in vars(k) for k in cls.__mro__ if issubclass(k, errors.SparkPyfuncError))
 
 
 class _HostKilled(HostError):
@@ -328,7 +332,7 @@ class ModelHostClient:
             proc = psutil.Process(pid)
             cmdline = proc.cmdline()
             ours = (
-                "spark_pyfunc.host" in cmdline
+                "spark_pyfunc._host" in cmdline
                 and str(self.socket_path) in cmdline
                 and proc.uids().real == os.getuid()
             )
@@ -389,7 +393,7 @@ class ModelHostClient:
     def _command(self) -> list[str]:
         spec = self.spec
         cmd = [
-            sys.executable, "-m", "spark_pyfunc.host",
+            sys.executable, "-m", "spark_pyfunc._host",
             "--model-dir", str(spec.model_dir),
             "--socket", str(self.socket_path),
             "--log", str(self.log_path),

@@ -9,7 +9,6 @@ per-worker model copy (``scope="process"``) for predictions, and fits them to th
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -26,246 +25,31 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import (
-    ArrayType,
-    BinaryType,
-    BooleanType,
     DataType,
-    DateType,
-    DoubleType,
-    FloatType,
-    IntegerType,
-    LongType,
-    MapType,
-    StringType,
-    StructField,
-    StructType,
-    TimestampType,
 )
 
+from spark_pyfunc import _config
+from spark_pyfunc._client import HostSpec, ModelHostClient, host_key
 from spark_pyfunc._paths import local_path
-from spark_pyfunc.client import HostSpec, ModelHostClient, host_key
-from spark_pyfunc.errors import ResultTypeError, SparkPyfuncError
-from spark_pyfunc.host import MODES as HOST_MODES
-from spark_pyfunc.shipping import ShippedModel, materialize, ship_model
-from spark_pyfunc.wire import prediction_to_frame, table_to_frame
+from spark_pyfunc._result_types import (
+    arrow_type,
+    fit_arrow_result,
+    fit_prediction,
+    parse_result_type,
+    relayable,
+    result_type_from_signature,
+)
+from spark_pyfunc._shipping import ShippedModel, materialize, ship_model
+from spark_pyfunc._wire import prediction_to_frame
+from spark_pyfunc.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
-    from spark_pyfunc import schema as sch
-    from spark_pyfunc.loading import PyFuncModel
+    from spark_pyfunc._loading import PyFuncModel
 
 # The signature (schema.py) and the model (loading.py) are read on the driver, and by workers
 # with scope="process"; a worker relaying batches to the host never imports them.
 
 logger = logging.getLogger(__name__)
-
-SCOPES = ("auto", "executor", "process")
-
-#: Spark configuration keys read on the driver when a UDF is built.
-CONF_AUTO_THRESHOLD = "spark.pyfunc.scope.autoThresholdBytes"
-CONF_IDLE_TIMEOUT = "spark.pyfunc.host.idleTimeout"
-CONF_START_TIMEOUT = "spark.pyfunc.host.startTimeout"
-CONF_HOST_MODE = "spark.pyfunc.host.mode"
-CONF_HOST_LOG_DIR = "spark.pyfunc.host.logDir"
-CONF_HOST_PROCESSES = "spark.pyfunc.host.processes"
-
-#: Models at least this large (bytes on disk) get one host per executor under scope="auto".
-DEFAULT_AUTO_THRESHOLD = 64 * 1024 * 1024
-
-_SCALARS: dict[str, DataType] = {
-    "boolean": BooleanType(),
-    "integer": IntegerType(),
-    "long": LongType(),
-    "float": FloatType(),
-    "double": DoubleType(),
-    "string": StringType(),
-    "binary": BinaryType(),
-    "datetime": TimestampType(),
-}
-
-
-# --------------------------------------------------------------------------- result types
-
-
-def _spark_type_of(dtype: Any, what: str) -> DataType:
-    """Map one MLflow column type (scalar or nested) to a Spark type."""
-    from spark_pyfunc import schema as sch
-
-    if isinstance(dtype, sch.DataType):
-        return _SCALARS[dtype.value]
-    if isinstance(dtype, sch.Array):
-        return ArrayType(_spark_type_of(dtype.item, what))
-    if isinstance(dtype, sch.Object):
-        return StructType(
-            [
-                StructField(p.name, _spark_type_of(p.dtype, f"{what}.{p.name}"), True)
-                for p in dtype.properties
-            ]
-        )
-    if isinstance(dtype, sch.Map):
-        return MapType(StringType(), _spark_type_of(dtype.values, what))
-    raise SparkPyfuncError(
-        f"the output schema gives {what} the type {dtype!r}, which has no Spark equivalent; "
-        "pass result_type= to spark_udf"
-    )
-
-
-def _spark_type_of_tensor(spec: sch.TensorSpec, what: str) -> DataType:
-    kind = np.dtype(spec.dtype)
-    if kind == np.bool_:
-        element: DataType = BooleanType()
-    elif kind.kind in "iu":
-        element = LongType() if kind.itemsize > 4 else IntegerType()
-    elif kind.kind == "f":
-        element = DoubleType() if kind.itemsize > 4 else FloatType()
-    elif kind.kind in "US":
-        element = StringType() if kind.kind == "U" else BinaryType()
-    elif kind.kind == "O":
-        element = StringType()
-    else:
-        raise SparkPyfuncError(f"tensor output {what} has dtype {kind}; pass result_type=")
-    for _ in range(max(len(spec.shape) - 1, 0)):
-        element = ArrayType(element)
-    return element
-
-
-def result_type_from_signature(outputs: sch.Schema | None) -> DataType:
-    """Spark result type from an output schema: one output -> its type, several -> a struct.
-
-    A model without an output schema gets ``double``, as with ``mlflow.pyfunc.spark_udf``.
-    """
-    if outputs is None or len(outputs) == 0:
-        return DoubleType()
-    specs = list(outputs.inputs)
-    names = [str(n) for n in outputs.input_names()]
-    if outputs.is_tensor_spec():
-        types = [
-            _spark_type_of_tensor(s, f"output {n!r}") for s, n in zip(specs, names, strict=True)
-        ]
-    else:
-        types = [_spark_type_of(s.type, f"output {n!r}") for s, n in zip(specs, names, strict=True)]
-    if len(types) == 1:
-        return types[0]
-    return StructType([StructField(n, t, True) for n, t in zip(names, types, strict=True)])
-
-
-def parse_result_type(result_type: str | DataType) -> DataType:
-    """A DataType, or a DDL string: ``"double"``, ``"array<float>"``, ``"a int, b string"``."""
-    if isinstance(result_type, DataType):
-        return result_type
-    if not isinstance(result_type, str):
-        raise SparkPyfuncError(
-            f"result_type must be a pyspark DataType or a DDL string, not {type(result_type)}"
-        )
-    from pyspark.sql.types import _parse_datatype_string
-
-    try:
-        return _parse_datatype_string(result_type)
-    except Exception as exc:  # pyspark raises its own ParseException types
-        raise SparkPyfuncError(
-            f"result_type {result_type!r} is not a valid Spark type: {exc}"
-        ) from exc
-
-
-# ------------------------------------------------------------------ fitting predictions
-
-
-@functools.lru_cache(maxsize=64)
-def _arrow_type(dtype: DataType) -> pa.DataType:
-    """Spark's Arrow type for ``dtype``; cached, as it is asked for on every batch."""
-    from pyspark.sql.pandas.types import to_arrow_type
-
-    return to_arrow_type(dtype)
-
-
-_NULLABLE_INTS = {
-    pa.int8(): pd.Int8Dtype(),
-    pa.int16(): pd.Int16Dtype(),
-    pa.int32(): pd.Int32Dtype(),
-    pa.int64(): pd.Int64Dtype(),
-}
-
-
-def _fit_column(values: pd.Series, dtype: DataType, output: str) -> pd.Series:
-    """Convert one predicted column to what Spark expects for ``dtype``, refusing lossy casts.
-
-    Common exact matches return at once (the hot path); everything else goes through Arrow's
-    safe casts, which refuse truncation (1.5 -> int) and overflow.
-    """
-    kind = values.dtype
-    numpy = isinstance(kind, np.dtype)  # nullable pandas dtypes (Int64, ...) go through Arrow
-    if isinstance(dtype, DoubleType) and numpy and kind.kind in "fiu":
-        return values.astype(np.float64, copy=False)
-    if isinstance(dtype, FloatType) and numpy and kind.kind == "f":
-        return values.astype(np.float32, copy=False)
-    if isinstance(dtype, BooleanType) and kind == np.bool_:
-        return values
-    if isinstance(dtype, (IntegerType, LongType)) and numpy and kind.kind in "iu":
-        wanted = np.int64 if isinstance(dtype, LongType) else np.int32
-        if np.can_cast(kind, wanted):
-            return values.astype(wanted, copy=False)
-    if isinstance(dtype, StringType):
-        if kind == np.dtype(object) or pd.api.types.is_string_dtype(kind):
-            return values
-        return values.map(lambda v: None if pd.isna(v) else str(v))
-    if isinstance(dtype, TimestampType) and pd.api.types.is_datetime64_any_dtype(kind):
-        return values
-    if isinstance(dtype, DateType) and pd.api.types.is_datetime64_any_dtype(kind):
-        return values.dt.date
-    target = _arrow_type(dtype)
-    nested = isinstance(dtype, (ArrayType, MapType, StructType))
-    try:
-        if nested:
-            pa.array(_plain(values), type=target, from_pandas=True)  # validates every element
-        else:
-            array = pa.array(values, from_pandas=True).cast(target, safe=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-        raise ResultTypeError(
-            f"output {output!r}: values of type {kind} do not fit the result type "
-            f"{dtype.simpleString()}: {exc}"
-        ) from exc
-    if nested:
-        return values
-    return pd.Series(array.to_pandas(types_mapper=_NULLABLE_INTS.get), index=values.index)
-
-
-def _plain(values: pd.Series) -> list:
-    """Python values for nested Arrow validation (numpy arrays become lists)."""
-    return [v.tolist() if isinstance(v, np.ndarray) else v for v in values]
-
-
-def fit_prediction(pred: pd.DataFrame, dtype: DataType, rows: int) -> pd.Series | pd.DataFrame:
-    """Shape a normalised prediction frame into the UDF's result type for ``rows`` input rows."""
-    if len(pred) != rows:
-        raise ResultTypeError(
-            f"the model returned {len(pred)} rows for a batch of {rows} rows; "
-            "predict must return one prediction per input row"
-        )
-    pred = pred.reset_index(drop=True)
-    if isinstance(dtype, StructType):
-        names = [f.name for f in dtype.fields]
-        columns = [str(c) for c in pred.columns]
-        if all(n in columns for n in names):
-            picked = [pred[pred.columns[columns.index(n)]] for n in names]
-        elif len(columns) == len(names):
-            picked = [pred[c] for c in pred.columns]
-        else:
-            raise ResultTypeError(
-                f"the result type {dtype.simpleString()} has fields {names} but the model "
-                f"returned columns {columns}"
-            )
-        return pd.DataFrame(
-            {
-                f.name: _fit_column(s, f.dataType, f.name)
-                for f, s in zip(dtype.fields, picked, strict=True)
-            }
-        )
-    if len(pred.columns) == 0:
-        raise ResultTypeError("the model returned no output columns")
-    if isinstance(dtype, ArrayType) and len(pred.columns) > 1:
-        # Several output columns requested as one array column: one array per row (as MLflow).
-        series = pd.Series(list(pred.to_numpy()))
-        return _fit_column(series, dtype, "array of all outputs")
-    return _fit_column(pred[pred.columns[0]], dtype, str(pred.columns[0]))
 
 
 # ------------------------------------------------------------------- worker-side model
@@ -306,7 +90,7 @@ class _InProcess:
         key = (plan.shipped.sha256, plan.config_key)
         model = _PROCESS_MODELS.get(key)
         if model is None:
-            from spark_pyfunc.loading import load_model
+            from spark_pyfunc._loading import load_model
 
             model = load_model(materialize(plan.shipped), model_config=plan.model_config)
             _PROCESS_MODELS[key] = model
@@ -443,22 +227,6 @@ def _arrow_udf_factory() -> Any:
     return arrow_udf
 
 
-def _relayable(dtype: DataType) -> bool:
-    """Result types whose Arrow form Spark builds the same way from pandas and from Arrow.
-
-    Dates, timestamps and maps have pandas-specific conversions in Spark: UDFs returning
-    them keep the pandas path.
-    """
-    if isinstance(dtype, ArrayType):
-        return _relayable(dtype.elementType)
-    if isinstance(dtype, StructType):
-        return all(_relayable(f.dataType) for f in dtype.fields)
-    return isinstance(
-        dtype,
-        (BooleanType, IntegerType, LongType, FloatType, DoubleType, StringType, BinaryType),
-    )
-
-
 def _local_time(values: pa.Array, timezone: str | None) -> pa.Array:
     """Timestamps as a PySpark 4 pandas UDF sees them: wall-clock time in the session time
     zone, in nanoseconds (the host converts Arrow to pandas keeping the unit it gets)."""
@@ -487,78 +255,6 @@ def _bind_arrow(batch: Any, names: tuple[str, ...] | None, timezone: str | None)
     )
 
 
-def _to_arrow(fitted: pd.Series | pd.DataFrame, dtype: DataType) -> pa.Array:
-    """A fitted prediction as the Arrow array Spark expects for ``dtype``."""
-    target = _arrow_type(dtype)
-    if isinstance(fitted, pd.DataFrame):
-        arrays = [
-            pa.array(fitted[f.name], type=target.field(i).type, from_pandas=True)
-            for i, f in enumerate(dtype.fields)  # type: ignore[attr-defined]
-        ]
-        return pa.StructArray.from_arrays(arrays, fields=list(target))
-    return pa.array(fitted, type=target, from_pandas=True)
-
-
-def _fit_arrow_column(values: pa.Array, dtype: DataType) -> pa.Array | None:
-    """:func:`_fit_column` followed by :func:`_to_arrow`, in Arrow, for the common exact
-    cases; None where the result could differ in any way (the pandas path then decides,
-    with its error messages). NaN becomes null, as Arrow's pandas conversion makes it."""
-    source = values.type
-    if isinstance(dtype, (DoubleType, FloatType)):
-        target = pa.float64() if isinstance(dtype, DoubleType) else pa.float32()
-        floating = source in (pa.float32(), pa.float64())
-        if floating or (isinstance(dtype, DoubleType) and pa.types.is_integer(source)):
-            fitted = values.cast(target, safe=False)  # numpy's astype: same rounding
-            if floating:
-                nan = pc.is_nan(fitted)
-                if pc.any(nan).as_py():
-                    fitted = pc.if_else(nan, pa.scalar(None, target), fitted)
-            return fitted
-        return None
-    if isinstance(dtype, (IntegerType, LongType)):
-        wanted = np.int64 if isinstance(dtype, LongType) else np.int32
-        if (
-            pa.types.is_integer(source)
-            and values.null_count == 0  # pandas holds those as floats
-            and np.can_cast(source.to_pandas_dtype(), wanted)
-        ):
-            return values.cast(_arrow_type(dtype))
-        return None
-    if isinstance(dtype, BooleanType):
-        return values if pa.types.is_boolean(source) and values.null_count == 0 else None
-    if isinstance(dtype, StringType):
-        if pa.types.is_string(source) or pa.types.is_large_string(source):
-            return values.cast(pa.string())
-        return None
-    return None
-
-
-def _fit_arrow(table: pa.Table, dtype: DataType, rows: int) -> pa.Array | None:
-    """The host's Arrow result as the Arrow array Spark expects for ``dtype``, without
-    pandas, where every column allows it; None sends it through :func:`fit_prediction`."""
-    if table.num_rows != rows or table.num_columns == 0:
-        return None
-    columns = [c.combine_chunks() for c in table.columns]
-    if isinstance(dtype, StructType):
-        names = [f.name for f in dtype.fields]
-        given = table.column_names
-        if all(n in given for n in names):
-            picked = [columns[given.index(n)] for n in names]
-        elif len(given) == len(names):
-            picked = columns
-        else:
-            return None
-        arrays = [
-            _fit_arrow_column(c, f.dataType) for c, f in zip(picked, dtype.fields, strict=True)
-        ]
-        if any(a is None for a in arrays):
-            return None
-        return pa.StructArray.from_arrays(arrays, fields=list(_arrow_type(dtype)))
-    if isinstance(dtype, ArrayType):
-        return None
-    return _fit_arrow_column(columns[0], dtype)
-
-
 def predict_arrow(
     client: ModelHostClient,
     chunk: pa.RecordBatch,
@@ -572,15 +268,6 @@ def predict_arrow(
     return fit_arrow_result(table, result_type, chunk.num_rows)
 
 
-def fit_arrow_result(table: pa.Table, dtype: DataType, rows: int) -> pa.Array:
-    """The host's result table as Spark's Arrow array for ``dtype``: the same array and the
-    same errors as fitting it in pandas (:func:`fit_prediction`), in Arrow where it can."""
-    fitted = _fit_arrow(table, dtype, rows)
-    if fitted is not None:
-        return fitted
-    return _to_arrow(fit_prediction(table_to_frame(table), dtype, rows), dtype)
-
-
 def _score_arrow_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pa.Array]:
     client: ModelHostClient | None = None
     try:
@@ -588,7 +275,7 @@ def _score_arrow_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pa.Arr
             record = _bind_arrow(batch, plan.input_names, plan.timezone)
             rows = record.num_rows
             if rows == 0:
-                yield pa.array([], type=_arrow_type(plan.result_type))
+                yield pa.array([], type=arrow_type(plan.result_type))
                 continue
             if client is None:  # lazily: empty partitions never contact the host
                 client = _host_client(plan)
@@ -636,21 +323,21 @@ class SparkPyfuncUDF:
         names = self._signature_names
         if not cols:
             if not names:
-                raise SparkPyfuncError(
+                raise InvalidArgumentError(
                     "this model's signature does not name its inputs: pass the columns explicitly"
                 )
             cols = tuple(F.col(f"`{n}`") for n in names)
         elif names is None and all(isinstance(c, str) for c in cols):
             names = tuple(str(c) for c in cols)  # no signature: columns keep their own names
         if names is not None and len(cols) > len(names) and len(cols) > 1:
-            raise SparkPyfuncError(
+            raise InvalidArgumentError(
                 f"the model takes {len(names)} inputs {list(names)} but {len(cols)} columns "
                 "were given"
             )
         plan = _Plan(**{**self._plan.__dict__, "input_names": names})
         columns = [F.col(c) if isinstance(c, str) else c for c in cols]
         arrow_udf = _arrow_udf_factory()
-        if plan.scope == "executor" and arrow_udf is not None and _relayable(plan.result_type):
+        if plan.scope == "executor" and arrow_udf is not None and relayable(plan.result_type):
 
             def relay(batches: Iterator[tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
                 return _score_arrow_batches(plan, batches)
@@ -673,6 +360,11 @@ def _conf(spark: Any, key: str, default: str) -> str:
     return default if value is None else str(value)
 
 
+def _setting(spark: Any, setting: _config.Setting) -> Any:
+    """A ``spark.pyfunc.*`` setting of the session, parsed (InvalidArgumentError names it)."""
+    return setting.read(_conf(spark, setting.key, "") or None)
+
+
 def spark_udf(
     spark: Any,
     model_uri: str | os.PathLike,
@@ -687,50 +379,77 @@ def spark_udf(
 ) -> SparkPyfuncUDF:
     """Build a Spark UDF that scores an MLflow-format pyfunc model, one copy per executor.
 
-    The first arguments are those of ``mlflow.pyfunc.spark_udf``. ``model_uri`` is a local
-    directory (or a ``file:`` URI) readable on the driver; the model is shipped to executors
-    through Spark's own file distribution. ``scope`` picks where the model lives:
-    ``"executor"`` (one host process per executor, shared by its Python workers),
-    ``"process"`` (one copy per Python worker, like MLflow) or ``"auto"`` (the host for models
-    of at least ``spark.pyfunc.scope.autoThresholdBytes``, default 64 MiB).
+    A drop-in for ``mlflow.pyfunc.spark_udf`` (same first arguments), without MLflow: the
+    model directory is shipped to the executors through Spark's own file distribution and,
+    with ``scope="executor"``, loaded once per executor in a model host process that the
+    executor's Python workers share (``ps aux | grep spark_pyfunc`` shows it).
+
+    Args:
+        spark: the SparkSession (classic or Spark Connect).
+        model_uri: the model directory on the driver, a path or a ``file:`` URI.
+        result_type: the Spark type of the predictions, a ``DataType`` or a DDL string
+            (``"double"``, ``"array<float>"``, ``"label string, score double"``); default:
+            from the signature's outputs (one output: its type; several: a struct; none:
+            ``double``, as MLflow).
+        env_manager: ``None`` or ``"local"`` (the executors' own Python environment).
+        params: inference parameters, checked on the driver against the params schema.
+        model_config: given to the model as ``context.model_config`` on the executors.
+        method: the python model's method to call (``"predict_proba"``, ...).
+        scope: ``"executor"`` (one host per executor), ``"process"`` (one copy per Python
+            worker, like MLflow) or ``"auto"`` (the host for models of at least
+            ``spark.pyfunc.scope.autoThresholdBytes``, default 64 MiB, on disk).
+        batch_size: at most this many rows per call of the model (default: Spark's Arrow
+            batch, ``spark.sql.execution.arrow.maxRecordsPerBatch``).
+
+    Returns:
+        A :class:`SparkPyfuncUDF`: call it with columns (positional, bound to the signature's
+        input names), with none (the columns named in the signature) or with one struct.
+
+    Raises:
+        InvalidArgumentError: an argument or a ``spark.pyfunc.*`` setting is invalid, or
+            ``model_uri`` is a URI other than ``file:``; the message names it.
+        ModelFormatError: the directory is not a pyfunc model.
+        SchemaEnforcementError: ``params`` do not match the params schema.
+        ShippingError: the model could not be packed or registered with Spark.
+
+    Example:
+        >>> from pyspark.sql import functions as F
+        >>> predict = spark_udf(spark, "models/scorer", scope="executor")  # doctest: +SKIP
+        >>> df.withColumn("prediction", predict("x1", "x2"))  # doctest: +SKIP
+        >>> df.withColumn("prediction", predict(F.struct("x1", "x2")))  # doctest: +SKIP
     """
     if env_manager not in (None, "local"):
-        raise SparkPyfuncError(
+        raise InvalidArgumentError(
             f"env_manager={env_manager!r} is not supported: spark_pyfunc scores in the "
             "executors' own Python environment (env_manager='local')"
         )
-    if scope not in SCOPES:
-        raise SparkPyfuncError(f"scope must be one of {SCOPES}, not {scope!r}")
+    if scope not in _config.SCOPES:
+        raise InvalidArgumentError(f"scope must be one of {_config.SCOPES}, not {scope!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
-        raise SparkPyfuncError(f"batch_size must be a positive integer, not {batch_size!r}")
+        raise InvalidArgumentError(f"batch_size must be a positive integer, not {batch_size!r}")
     if not isinstance(method, str) or not method.isidentifier():
-        raise SparkPyfuncError(f"method must be the name of a model method, not {method!r}")
+        raise InvalidArgumentError(f"method must be the name of a model method, not {method!r}")
     from spark_pyfunc import schema as sch
-    from spark_pyfunc.format import read_metadata
+    from spark_pyfunc._format import read_metadata
 
     path = local_path(model_uri).resolve()
     metadata = read_metadata(path)
-    signature = metadata.signature
-    checked_params = sch.enforce_params(params, signature.params if signature is not None else None)
+    checked_params = sch.enforce_params(params, metadata.get_params_schema())
     try:
         config_key = json.dumps(model_config, sort_keys=True) if model_config else ""
     except TypeError as exc:
-        raise SparkPyfuncError(f"model_config must be JSON-serialisable: {exc}") from exc
+        raise InvalidArgumentError(f"model_config must be JSON-serialisable: {exc}") from exc
     dtype = (
         parse_result_type(result_type)
         if result_type is not None
-        else result_type_from_signature(signature.outputs if signature is not None else None)
+        else result_type_from_signature(metadata.get_output_schema())
     )
-    host_mode = _conf(spark, CONF_HOST_MODE, "") or None
-    if host_mode is not None and host_mode not in HOST_MODES:
-        raise SparkPyfuncError(
-            f"{CONF_HOST_MODE} must be one of {list(HOST_MODES)}, not {host_mode!r}"
-        )
+    host_mode = _setting(spark, _config.HOST_MODE)
     shipped = ship_model(spark, path)
     if scope == "auto":
-        threshold = int(_conf(spark, CONF_AUTO_THRESHOLD, str(DEFAULT_AUTO_THRESHOLD)))
+        threshold = _setting(spark, _config.AUTO_THRESHOLD)
         scope = "executor" if shipped.model_size >= threshold else "process"
-    inputs = signature.inputs if signature is not None else None
+    inputs = metadata.get_input_schema()
     names = (
         tuple(str(n) for n in inputs.input_names())
         if inputs is not None and inputs.has_input_names()
@@ -745,14 +464,14 @@ def spark_udf(
         result_type=dtype,
         input_names=names,
         batch_size=batch_size,
-        idle_timeout=float(_conf(spark, CONF_IDLE_TIMEOUT, "600")),
-        start_timeout=float(_conf(spark, CONF_START_TIMEOUT, "600")),
+        idle_timeout=_setting(spark, _config.IDLE_TIMEOUT),
+        start_timeout=_setting(spark, _config.START_TIMEOUT),
         host_mode=host_mode,
         config_key=config_key,
         timezone=_conf(spark, "spark.sql.session.timeZone", "") or None,
         model_uri=os.fspath(model_uri),
-        host_log_dir=_conf(spark, CONF_HOST_LOG_DIR, "") or None,
-        host_processes=_positive_int_conf(spark, CONF_HOST_PROCESSES),
+        host_log_dir=_setting(spark, _config.HOST_LOG_DIR),
+        host_processes=_setting(spark, _config.HOST_PROCESSES),
         executor_cores=_executor_cores(spark),
     )
     logger.info(
@@ -764,20 +483,6 @@ def spark_udf(
         dtype.simpleString(),
     )
     return SparkPyfuncUDF(plan, names)
-
-
-def _positive_int_conf(spark: Any, key: str) -> int | None:
-    """An optional positive integer setting; SparkPyfuncError names the key and the value."""
-    text = _conf(spark, key, "").strip()
-    if not text:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise SparkPyfuncError(f"{key} must be a positive integer, not {text!r}")
-    return value
 
 
 def _executor_cores(spark: Any) -> int | None:

@@ -4,7 +4,7 @@ Spark runs a Python worker per running task, so a model loaded inside the worker
 copy per core. The host loads it once, lazily (the first worker that needs it starts it, see
 client.py), and answers batches over a Unix socket private to the user::
 
-    python -m spark_pyfunc.host --model-dir D --socket S --log L --pid-file P \\
+    python -m spark_pyfunc._host --model-dir D --socket S --log L --pid-file P \\
         --model-config JSON --watch-pid N --idle-timeout SECONDS \\
         --mode auto|prefork|thread|fork --processes P
 
@@ -39,27 +39,28 @@ import json
 import logging
 import mmap
 import os
-import re
 import select
 import signal
 import socket
-import stat
 import struct
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import psutil
 
-from spark_pyfunc.errors import HostError
-from spark_pyfunc.wire import (
+from spark_pyfunc._config import DEFAULT_MODE, IDLE_TIMEOUT, MODES
+from spark_pyfunc._rendezvous import (
+    remove_pid_file,
+    write_exit_status,
+    write_pid_file,
+)
+from spark_pyfunc._wire import (
     PeerClosed,
     arrow_bytes_to_frame,
     frame_to_arrow_bytes,
@@ -68,16 +69,10 @@ from spark_pyfunc.wire import (
     send_message,
     tune_socket,
 )
+from spark_pyfunc.errors import HostError
 
-MODES = ("auto", "prefork", "thread", "fork")
-#: The serving mode used when none is asked for.
-DEFAULT_MODE = "auto"
+logger = logging.getLogger("spark_pyfunc._host")
 
-logger = logging.getLogger("spark_pyfunc.host")
-
-# sun_path holds 108 bytes on Linux, including the terminating NUL.
-_MAX_SOCKET_PATH = 107
-_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # How often the accept loop wakes to check the idle timer, the watched pid and children.
 _TICK = 0.25
 # Every worker of a wide executor may connect at once; the kernel caps this at somaxconn.
@@ -94,57 +89,6 @@ class Invokable(Protocol):
     """What the server needs of a model: loading.PyFuncModel, or a fake in tests."""
 
     def invoke(self, method: str, data: Any, params: dict | None = None) -> Any: ...
-
-
-# ------------------------------------------------------------------------ socket location
-
-
-def _socket_dir_path(base: str | os.PathLike[str] | None) -> Path:
-    return Path(base if base is not None else tempfile.gettempdir()) / f"spark_pyfunc-{os.getuid()}"
-
-
-def socket_dir(base: str | os.PathLike[str] | None = None) -> Path:
-    """The user's private socket directory ``<tmp>/spark_pyfunc-<uid>``, created 0700.
-
-    Refuses (HostError) a directory that another user could have planted or can read: a
-    symlink, a non-directory, another owner or a mode other than 0700.
-    """
-    uid = os.getuid()
-    path = _socket_dir_path(base)
-    try:
-        os.mkdir(path, 0o700)
-        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise HostError(f"cannot create the model host socket directory {path}: {exc}") from exc
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise HostError(f"model host socket directory {path} is not a directory (or is a symlink)")
-    if st.st_uid != uid:
-        raise HostError(
-            f"model host socket directory {path} is owned by uid {st.st_uid}, not by uid {uid}"
-        )
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        raise HostError(
-            f"model host socket directory {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
-            "it must be 0700"
-        )
-    return path
-
-
-def socket_path(key: str, base: str | os.PathLike[str] | None = None) -> Path:
-    """The socket of the host for ``key``, checked against the Unix socket path limit."""
-    if not _KEY_RE.fullmatch(key):
-        raise HostError(f"model host key {key!r} must be 1-64 letters, digits, '_' or '-'")
-    path = _socket_dir_path(base) / f"{key}.sock"
-    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
-        raise HostError(
-            f"model host socket path {path} is longer than the {_MAX_SOCKET_PATH} bytes a Unix "
-            "socket path can have; point TMPDIR to a shorter directory"
-        )
-    socket_dir(base)
-    return path
 
 
 # ---------------------------------------------------------------------------- the server
@@ -564,68 +508,12 @@ def default_processes() -> int:
         return os.cpu_count() or 1
 
 
-# ------------------------------------------------------------------------------ pid file
-
-
-def write_pid_file(path: str, pid: int) -> None:
-    """Write atomically, so a reader never sees a half-written pid."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{pid}\n")
-    os.replace(tmp, path)
-
-
-def read_pid_file(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def exit_status_path(pid_file: str) -> str:
-    """The exit status file beside a pid file (``<key>.pid`` -> ``<key>.exit``)."""
-    return os.path.splitext(pid_file)[0] + ".exit"
-
-
-def write_exit_status(pid_file: str | None, status: dict) -> None:
-    """Record how this host ended, for the worker that started it.
-
-    The host is detached, so no process can waitpid it: this file is how its starter tells a
-    model that failed to load (fail fast) from a host killed from outside (start it again). A
-    host killed by SIGKILL writes nothing, which says as much.
-    """
-    if pid_file is not None:
-        with contextlib.suppress(OSError):
-            tmp = f"{exit_status_path(pid_file)}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                json.dump({"pid": os.getpid(), **status}, f)
-            os.replace(tmp, exit_status_path(pid_file))
-
-
-def read_exit_status(pid_file: str, pid: int) -> dict | None:
-    """The exit status host ``pid`` recorded, or None if it recorded none."""
-    try:
-        with open(exit_status_path(pid_file)) as f:
-            status = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return status if isinstance(status, dict) and status.get("pid") == pid else None
-
-
-def remove_pid_file(path: str | None, pid: int) -> None:
-    """Remove the pid file only if it still names ``pid`` (a newer host may own it now)."""
-    if path is not None and read_pid_file(path) == pid:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-
-
 # ------------------------------------------------------------------------------ the main
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m spark_pyfunc.host", description="Serve one model to a Spark executor."
+        prog="python -m spark_pyfunc._host", description="Serve one model to a Spark executor."
     )
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--socket", required=True)
@@ -633,7 +521,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pid-file")
     parser.add_argument("--model-config", default="null", help="JSON object or null")
     parser.add_argument("--watch-pid", type=int, help="exit soon after this process is gone")
-    parser.add_argument("--idle-timeout", type=float, default=600.0)
+    parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT.default)
     parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
     parser.add_argument(
         "--processes",
@@ -714,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     with _pid_file(args.pid_file):
         try:
             # Imported here, not at the top: the client imports this module too.
-            from spark_pyfunc.loading import load_model
+            from spark_pyfunc._loading import load_model
 
             threads_before = _thread_count()  # numpy's BLAS pool and the like: the host's own
             started = time.perf_counter()

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from spark_pyfunc._saving import save_model
 from spark_pyfunc.python_model import PythonModel
-from spark_pyfunc.saving import save_model
 from spark_pyfunc.schema import ColSpec, DataType, ModelSignature, ParamSchema, ParamSpec, Schema
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def run_demo(
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    from spark_pyfunc.udf import spark_udf
+    from spark_pyfunc._udf import spark_udf
 
     with tempfile.TemporaryDirectory(prefix="spark-pyfunc-demo-") as scratch:
         model_dir = build_model(model_path or Path(scratch, "model"))

@@ -31,8 +31,9 @@ from typing import Any
 
 import cloudpickle
 
+from spark_pyfunc._format import ModelMetadata, read_metadata, read_model_config
+from spark_pyfunc._paths import local_path
 from spark_pyfunc.errors import MissingDependencyError, ModelFormatError
-from spark_pyfunc.format import ModelMetadata, read_metadata, read_model_config
 from spark_pyfunc.python_model import PythonModel, PythonModelContext, bind_inference
 from spark_pyfunc.schema import enforce_params, enforce_schema
 
@@ -77,21 +78,72 @@ class PyFuncModel:
         )
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        """Score ``data`` with the model's ``predict``, as ``mlflow.pyfunc.PyFuncModel`` does.
+
+        Args:
+            data: what the signature's inputs describe: a pandas DataFrame (a dict, a list
+                of dicts, a Series or a numpy array are converted as MLflow converts them).
+            params: inference parameters, checked against the signature's params schema and
+                completed with its defaults.
+
+        Returns:
+            Whatever the model's ``predict`` returns (a DataFrame, Series, array, list...).
+
+        Raises:
+            SchemaEnforcementError: ``data`` or ``params`` do not match the signature; the
+                message names the column or param and the types.
+
+        Example:
+            >>> import pandas as pd
+            >>> from spark_pyfunc import PythonModel, load_model, save_model
+            >>> class Doubler(PythonModel):
+            ...     def predict(self, context, model_input, params=None):
+            ...         return model_input * 2
+            >>> _ = save_model("doubling", Doubler(), input_example=pd.DataFrame({"x": [1.0]}))
+            >>> load_model("doubling").predict(pd.DataFrame({"x": [1.5, 2]}))["x"].tolist()
+            [3.0, 4.0]
+        """
         return self.invoke("predict", data, params)
 
     def invoke(self, method: str, data: Any, params: dict[str, Any] | None = None) -> Any:
         """Call the model's inference method ``method`` (``predict``, ``predict_proba``, ...)
-        with predict's calling convention and the same schema and params enforcement."""
+        with predict's calling convention and the same schema and params enforcement.
+
+        Args:
+            method: the name of a method of the python model that takes
+                ``(context, model_input, params=None)`` as ``predict`` does.
+            data: as for :meth:`predict`.
+            params: as for :meth:`predict`.
+
+        Returns:
+            What the method returns.
+
+        Raises:
+            ModelFormatError: the model has no such method (or is not a python model).
+            SchemaEnforcementError: ``data`` or ``params`` do not match the signature.
+
+        Example:
+            >>> import pandas as pd
+            >>> from spark_pyfunc import PythonModel, load_model, save_model
+            >>> class Scorer(PythonModel):
+            ...     def predict(self, context, model_input, params=None):
+            ...         return model_input["x"] > 0
+            ...     def predict_proba(self, context, model_input, params=None):
+            ...         return model_input["x"].clip(0, 1)
+            >>> _ = save_model("scorer", Scorer(), input_example=pd.DataFrame({"x": [0.5]}))
+            >>> model = load_model("scorer")
+            >>> model.invoke("predict_proba", pd.DataFrame({"x": [-1.0, 0.25]})).tolist()
+            [0.0, 0.25]
+        """
         call = self._calls.get(method)
         if call is None:
             call = self._calls[method] = self._bind(method)
-        signature = self._metadata.signature
-        inputs = signature.inputs if signature is not None else None
+        inputs = self._metadata.get_input_schema()
         # MLflow leaves checking input to the model's own predict when the signature came
         # from its type hints.
         if inputs is not None and not self._metadata.raw.get("is_signature_from_type_hint"):
             data = enforce_schema(data, inputs)
-        params = enforce_params(params, signature.params if signature is not None else None)
+        params = enforce_params(params, self._metadata.get_params_schema())
         return call(data, params)
 
     def unwrap_python_model(self) -> Any:
@@ -133,14 +185,42 @@ def _is_public_name(name: Any) -> bool:
 def load_model(
     path: str | os.PathLike[str], model_config: Mapping[str, Any] | str | os.PathLike | None = None
 ) -> PyFuncModel:
-    """Load the pyfunc model in directory ``path``.
+    """Load the pyfunc model in directory ``path``, without MLflow.
 
-    ``model_config`` (a dict, or a YAML/JSON file) is merged over the configuration saved with
-    the model and reaches the model as ``context.model_config``. Unlike MLflow, which keeps
-    only the keys the saved configuration already has, every key given is passed on.
+    Loads what ``mlflow.pyfunc.save_model`` (or :func:`save_model`) wrote: custom python
+    models, models with a ``loader_module`` (``mlflow.sklearn`` and the like, when that
+    module is importable) and models from code.
+
+    Args:
+        path: the model directory (a path or a ``file:`` URI).
+        model_config: a dict (or a YAML/JSON file) merged over the configuration saved with
+            the model; the model gets it as ``context.model_config``. Unlike MLflow, which
+            keeps only the keys the saved configuration already has, every key is passed on.
+
+    Returns:
+        A :class:`PyFuncModel`: ``predict``, ``invoke``, ``metadata``,
+        ``unwrap_python_model()``.
+
+    Raises:
+        ModelFormatError: the directory, its MLmodel or its pickle is missing or malformed.
+        UnsafePathError: a path in MLmodel leaves the model directory.
+        MissingDependencyError: a module the model needs is not importable here; its
+            ``install`` names the pip requirement.
+        InvalidArgumentError: ``path`` is a URI other than ``file:`` (download it first).
+
+    Example:
+        >>> import pandas as pd
+        >>> from spark_pyfunc import PythonModel, load_model, save_model
+        >>> class Offset(PythonModel):
+        ...     def predict(self, context, model_input, params=None):
+        ...         return model_input + context.model_config["offset"]
+        >>> _ = save_model("offset", Offset(), model_config={"offset": 1})
+        >>> load_model("offset", model_config={"offset": 10}).predict(pd.DataFrame({"x": [1]}))
+           x
+        0  11
     """
     started = time.perf_counter()
-    metadata = read_metadata(path)
+    metadata = read_metadata(local_path(path))
     _add_code_to_sys_path(metadata.code_path())
     config = {**metadata.model_config, **read_model_config(model_config)}
     if metadata.is_custom_pyfunc:

@@ -1,0 +1,95 @@
+"""Every ``spark.pyfunc.*`` setting and choice list, with its default and parser, in one place.
+
+``spark_udf`` reads these on the driver, the CLI offers the same choices, and the host's
+command line accepts the same modes: one definition each, so a new mode or a changed default
+cannot reach one of them and not the others. A leaf module: it imports only the errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from spark_pyfunc.errors import InvalidArgumentError
+
+__all__ = [
+    "AUTO_THRESHOLD",
+    "DEFAULT_MODE",
+    "DEFAULT_SCOPE",
+    "HOST_LOG_DIR",
+    "HOST_MODE",
+    "HOST_PROCESSES",
+    "IDLE_TIMEOUT",
+    "MODES",
+    "PROG",
+    "SCOPES",
+    "SETTINGS",
+    "START_TIMEOUT",
+    "Setting",
+]
+
+#: The console script's name: its messages, Spark job groups and the embedded app's name.
+PROG = "spark-pyfunc"
+
+#: Where ``spark_udf`` keeps the model: ``auto`` picks by the model's size on disk.
+SCOPES = ("auto", "executor", "process")
+DEFAULT_SCOPE = "auto"
+
+#: How a model host serves its connections (see _host.py); ``auto`` picks after loading.
+MODES = ("auto", "prefork", "thread", "fork")
+DEFAULT_MODE = "auto"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _mode(text: str) -> str:
+    if text not in MODES:
+        raise ValueError(text)
+    return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One Spark configuration key: its default (None: unset) and how its text is read."""
+
+    key: str
+    default: Any
+    parse: Callable[[str], Any]
+    expected: str
+
+    def read(self, text: str | None) -> Any:
+        """The value of ``text`` (the key's raw value, or None if unset or empty).
+
+        Raises:
+            InvalidArgumentError: naming the key, what it must be and the value given.
+        """
+        if text is None or not str(text).strip():
+            return self.default
+        try:
+            return self.parse(str(text).strip())
+        except ValueError:
+            raise InvalidArgumentError(
+                f"{self.key} must be {self.expected}, not {text!r}"
+            ) from None
+
+
+AUTO_THRESHOLD = Setting(
+    "spark.pyfunc.scope.autoThresholdBytes", 64 * 1024 * 1024, int, "an integer (bytes)"
+)
+IDLE_TIMEOUT = Setting("spark.pyfunc.host.idleTimeout", 600.0, float, "a number of seconds")
+START_TIMEOUT = Setting("spark.pyfunc.host.startTimeout", 600.0, float, "a number of seconds")
+HOST_MODE = Setting("spark.pyfunc.host.mode", None, _mode, f"one of {list(MODES)}")
+HOST_LOG_DIR = Setting("spark.pyfunc.host.logDir", None, str, "a directory")
+HOST_PROCESSES = Setting("spark.pyfunc.host.processes", None, _positive_int, "a positive integer")
+
+#: Every setting, by key.
+SETTINGS: dict[str, Setting] = {
+    s.key: s
+    for s in (AUTO_THRESHOLD, IDLE_TIMEOUT, START_TIMEOUT, HOST_MODE, HOST_LOG_DIR, HOST_PROCESSES)
+}

@@ -1,0 +1,845 @@
+"""Batch scoring of files with a model: the library behind ``spark-pyfunc score``.
+
+``prepare_score`` checks everything that can go wrong without Spark (the model directory, the
+input, the output, the options) so a typo costs milliseconds; ``score`` runs the job in a
+given session through ``spark_udf`` and writes OUTPUT atomically (a hidden sibling renamed
+into place). ``scripts/score_job.py`` runs the same code under ``spark-submit``.
+
+Argument errors are :class:`~spark_pyfunc.errors.InvalidArgumentError` naming the keyword
+(``mode``, ``columns``, ``params``...) and the paths ``model``, ``input``, ``output``; the
+CLI rewords them with its flags. pyspark is imported inside the functions that use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spark_pyfunc._config import HOST_LOG_DIR, PROG, SCOPES
+from spark_pyfunc._format import read_metadata
+from spark_pyfunc._paths import is_remote, local_path
+from spark_pyfunc.errors import (
+    InvalidArgumentError,
+    MissingDependencyError,
+    SchemaEnforcementError,
+    SparkPyfuncError,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from spark_pyfunc._format import ModelMetadata
+
+__all__ = [
+    "BAD_RECORDS",
+    "CORRUPT_RECORD",
+    "FORMATS",
+    "MODES",
+    "ScoreJob",
+    "ScoreSummary",
+    "prepare_score",
+    "score",
+    "staged_output",
+]
+
+FORMATS = ("parquet", "csv", "json")
+MODES = ("error", "overwrite", "append")
+BAD_RECORDS = ("fail", "skip", "keep")
+#: Where Spark's csv/json readers put the text of a row they cannot parse.
+CORRUPT_RECORD = "_corrupt_record"
+#: Spark conf naming a directory for the model hosts' logs that outlives the job.
+#: Tasks per core the input is split into when progress is shown, so that the bar moves.
+_TASKS_PER_CORE = 4
+_EXTENSIONS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".ndjson": "json",
+}
+# Compression suffixes Spark reads transparently: "x.csv.gz" is a csv file.
+_COMPRESSIONS = {".gz", ".bz2", ".zst", ".lz4", ".snappy", ".deflate", ".xz"}
+_SUCCESS_FILES = ("_SUCCESS", "._SUCCESS.crc")
+logger = logging.getLogger(__name__)
+
+
+def _bad_argument(keyword: str, message: str) -> InvalidArgumentError:
+    """An error in the keyword argument ``keyword``; the message names it as ``keyword=``,
+    which the CLI rewords into its flag (``output_column=`` -> ``--output-column``)."""
+    error = InvalidArgumentError(message)
+    error.argument = keyword
+    return error
+
+
+def _local_input(path: str) -> Path | None:
+    """The local file behind INPUT, or None for a remote URI that Spark reads as it is."""
+    return None if is_remote(path) else local_path(path)
+
+
+def _local_output(path: str) -> Path:
+    """OUTPUT as a local path: the atomic commit renames directories, which needs a local
+    filesystem (Hadoop's object stores have no atomic directory rename)."""
+    if is_remote(path):
+        raise InvalidArgumentError(
+            f"OUTPUT {path!r} is not a local path or file: URI; spark-pyfunc score writes "
+            "OUTPUT to a temporary sibling and renames it into place, which needs a local "
+            "filesystem: write locally and copy it, or use spark_udf in your own Spark job"
+        )
+    return local_path(path).resolve()
+
+
+def _format_of_name(path: str) -> str | None:
+    suffixes = [s.lower() for s in Path(path.rstrip("/")).suffixes]
+    while suffixes and suffixes[-1] in _COMPRESSIONS:
+        suffixes.pop()
+    return _EXTENSIONS.get(suffixes[-1]) if suffixes else None
+
+
+def _format_of_dir(path: Path) -> str | None:
+    """The one format of the data files in a directory Spark wrote (part-*.parquet, ...)."""
+    found = {
+        _format_of_name(child.name)
+        for child in path.iterdir()
+        if child.is_file() and not child.name.startswith(("_", "."))
+    }
+    found.discard(None)
+    return found.pop() if len(found) == 1 else None
+
+
+def _resolve_format(path: str, given: str | None, local: Path | None, role: str) -> str:
+    if given is not None:
+        return given
+    fmt = _format_of_name(path)
+    if fmt is None and local is not None and local.is_dir():
+        fmt = _format_of_dir(local)
+    if fmt is None:
+        keyword = "input_format" if role == "INPUT" else "output_format"
+        raise _bad_argument(
+            keyword,
+            f"cannot tell the format of {role} {path!r} from its name; name it *.parquet, "
+            f"*.csv or *.json, or pass {keyword}= {'|'.join(FORMATS)}",
+        )
+    return fmt
+
+
+def _check_input(path: str) -> Path | None:
+    local = _local_input(path)
+    if local is None:
+        return None
+    if any(c in str(local) for c in "*?[") and "{" not in str(local):  # Spark's globs
+        if not glob.glob(str(local)):
+            raise InvalidArgumentError(f"INPUT {path!r} matches no file")
+        return local
+    if not local.exists():
+        raise InvalidArgumentError(f"INPUT {path!r} does not exist")
+    wanted = os.R_OK | (os.X_OK if local.is_dir() else 0)
+    if not os.access(local, wanted):
+        raise InvalidArgumentError(f"INPUT {path!r} is not readable (permission denied)")
+    return local
+
+
+def _check_params(params: dict[str, Any], metadata: ModelMetadata) -> dict[str, Any] | None:
+    """Refuse unknown names (spark_udf would only warn) and values the params schema refuses."""
+    if not params:
+        return None
+    from spark_pyfunc.schema import enforce_params
+
+    schema = metadata.get_params_schema()
+    if schema is None:
+        raise _bad_argument(
+            "params",
+            f"the model takes no params (its signature has no params schema), but params= "
+            f"{', '.join(params)} was given",
+        )
+    known = [p.name for p in schema.params]
+    unknown = [n for n in params if n not in known]
+    if unknown:
+        raise _bad_argument(
+            "params",
+            f"the model has no param {', '.join(map(repr, unknown))}; "
+            f"its params are: {', '.join(known)}",
+        )
+    try:
+        return enforce_params(params, schema)
+    except SchemaEnforcementError as exc:
+        raise _bad_argument("params", f"params=: {exc}") from exc
+
+
+def _input_names(metadata: ModelMetadata) -> tuple[list[str], set[str]] | None:
+    """The signature's input names and the required ones, or None when inputs are unnamed."""
+    inputs = metadata.get_input_schema()
+    if inputs is None or not inputs.has_input_names():
+        return None
+    return [str(n) for n in inputs.input_names()], {str(n) for n in inputs.required_input_names()}
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """A score request checked on the driver before Spark starts."""
+
+    model: Path
+    metadata: ModelMetadata
+    input: str
+    output: str
+    input_format: str
+    output_format: str
+    columns: tuple[str, ...] | None
+    output_column: str
+    result_type: str | None
+    mode: str
+    params: dict[str, Any] | None
+    scope: str
+    bad_records: str = "fail"
+    progress: bool = False
+    host_log_dir: str | None = None
+
+
+def _check_loader(metadata: ModelMetadata, model: str) -> None:
+    """Fail before Spark starts if the model's loader module cannot be imported here.
+
+    Custom pyfunc models are loaded by spark_pyfunc itself; other flavors (``mlflow.sklearn``,
+    a loader in the model's code directory) import their loader module, which would otherwise
+    fail on the executors, naming their temporary copy of the model.
+    """
+    if metadata.is_custom_pyfunc:
+        return
+    loader = metadata.loader_module
+    code = metadata.code_path()
+    top = loader.split(".")[0]
+    if code is not None and ((code / f"{top}.py").is_file() or (code / top).is_dir()):
+        return  # the model brings its loader along
+    try:
+        found = importlib.util.find_spec(loader) is not None
+    except ImportError as exc:  # a missing parent package: mlflow.sklearn without mlflow
+        missing = getattr(exc, "name", None) or top
+        found = False
+    else:
+        missing = loader
+    if found:
+        return
+    install = "mlflow" if top == "mlflow" else missing.split(".")[0]
+    raise MissingDependencyError(
+        f"MODEL {model!r} is loaded by its loader_module {loader}, which needs the module "
+        f"{missing!r}, not installed here: pip install {install} (on the driver and the "
+        "executors)",
+        module=missing,
+        install=install,
+    )
+
+
+def prepare_score(
+    model: str | os.PathLike,
+    input: str,
+    output: str,
+    *,
+    columns: Sequence[str] | None = None,
+    result_type: str | None = None,
+    output_column: str = "prediction",
+    input_format: str | None = None,
+    output_format: str | None = None,
+    mode: str = "error",
+    params: dict[str, Any] | None = None,
+    scope: str = "auto",
+    bad_records: str = "fail",
+    progress: bool = False,
+    host_log_dir: str | None = None,
+) -> ScoreJob:
+    """Check everything that does not need Spark: model, input, output, formats, options."""
+    for value, allowed, what in (
+        (mode, MODES, "mode"),
+        (scope, SCOPES, "scope"),
+        (bad_records, BAD_RECORDS, "bad_records"),
+        (input_format, (*FORMATS, None), "input_format"),
+        (output_format, (*FORMATS, None), "output_format"),
+    ):
+        if value not in allowed:
+            raise _bad_argument(
+                what, f"{what}= must be one of {', '.join(filter(None, allowed))}: {value!r}"
+            )
+    if not output_column:
+        raise _bad_argument("output_column", "output_column= must not be empty")
+    model_text = os.fspath(model)
+    if is_remote(model_text):
+        raise InvalidArgumentError(
+            f"MODEL {model_text!r} is not a local directory; download it first (for example "
+            "with `mlflow artifacts download`) and pass the local path"
+        )
+    model_path = local_path(model_text)
+    metadata = read_metadata(model_path)
+    _check_loader(metadata, model_text)
+    local_in = _check_input(input)
+    local_out = _local_output(output)
+    in_format = _resolve_format(input, input_format, local_in, "INPUT")
+    out_format = _resolve_format(output, output_format, local_out, "OUTPUT")
+    if local_in is not None and local_in.resolve() == local_out:
+        raise _bad_argument(
+            "output", f"INPUT and OUTPUT are the same path {input!r}; write somewhere else"
+        )
+    if mode == "error" and (local_out.exists() or local_out.is_symlink()):
+        raise InvalidArgumentError(
+            f"OUTPUT {output!r} already exists; pass mode='overwrite' to replace it "
+            "or mode='append' to add to it"
+        )
+    if mode == "append" and local_out.exists() and not local_out.is_dir():
+        raise InvalidArgumentError(
+            f"OUTPUT {output!r} is a file; mode='append' adds to a directory"
+        )
+    if columns is not None:
+        columns = tuple(columns)
+        named = _input_names(metadata)
+        if named is not None:
+            names, required = named
+            if len(columns) > len(names):
+                raise _bad_argument(
+                    "columns",
+                    f"columns= gives {len(columns)} columns but the model takes "
+                    f"{len(names)} inputs: {', '.join(names)}",
+                )
+            unbound = [n for n in names[len(columns) :] if n in required]
+            if unbound:
+                raise _bad_argument(
+                    "columns",
+                    f"columns= binds {len(columns)} columns to the inputs "
+                    f"{', '.join(names[: len(columns)])} in order; the required inputs "
+                    f"{', '.join(unbound)} are left without a column",
+                )
+    return ScoreJob(
+        model=model_path,
+        metadata=metadata,
+        input=str(local_in.resolve()) if local_in is not None else input,
+        output=str(local_out),
+        input_format=in_format,
+        output_format=out_format,
+        columns=columns,
+        output_column=output_column,
+        result_type=result_type,
+        mode=mode,
+        params=_check_params(params or {}, metadata),
+        scope=scope,
+        bad_records=bad_records,
+        progress=progress,
+        host_log_dir=host_log_dir,
+    )
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """What a scoring run did: printed by the CLI, returned to callers of ``score``."""
+
+    rows: int
+    seconds: float
+    output: str
+    output_format: str
+    scope: str
+    skipped: int | None = None
+    host_log_dir: str | None = None
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+    def lines(self) -> list[str]:
+        lines = [
+            f"rows      {self.rows:,}",
+            f"seconds   {self.seconds:,.2f}",
+            f"rows/s    {self.rows_per_second:,.0f}",
+            f"scope     {self.scope}",
+            f"output    {self.output} ({self.output_format})",
+        ]
+        if self.skipped is not None:
+            lines.append(f"skipped   {self.skipped:,} malformed rows")
+        if self.host_log_dir is not None:
+            lines.append(f"host logs {self.host_log_dir}")
+        return lines
+
+
+def _bound_columns(job: ScoreJob, available: list[str]) -> list[tuple[str, str]]:
+    """Pairs (input column, model input name) in the model's order."""
+    named = _input_names(job.metadata)
+    if job.columns is not None:
+        missing = [c for c in job.columns if c not in available]
+        if missing:
+            raise _bad_argument(
+                "columns",
+                f"columns= names {', '.join(missing)}, not in INPUT {job.input!r} "
+                f"(its columns: {', '.join(available)})",
+            )
+        names = named[0] if named is not None else list(job.columns)
+        return list(zip(job.columns, names, strict=False))
+    if named is None:
+        logger.info("the model's signature names no inputs: passing every INPUT column")
+        return [(c, c) for c in available]
+    names, required = named
+    absent = [n for n in names if n in required and n not in available]
+    if absent:
+        raise InvalidArgumentError(
+            f"INPUT {job.input!r} has no column {', '.join(absent)}, required by the model's "
+            f"signature (its columns: {', '.join(available)}); pass columns= to bind INPUT "
+            "columns to the model's inputs in order"
+        )
+    return [(n, n) for n in names if n in available]
+
+
+def _read(spark: SparkSession, job: ScoreJob) -> DataFrame:
+    """INPUT as a DataFrame; csv and json get a ``_corrupt_record`` column for bad rows.
+
+    Spark's permissive readers turn a row they cannot parse into nulls; the raw text is kept
+    only when the schema has the corrupt-record column, so the inferred schema gets one.
+    """
+    from pyspark.sql.types import StringType
+
+    reader = spark.read.format(job.input_format)
+    if job.input_format == "parquet":
+        return reader.load(job.input)
+    reader = reader.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT_RECORD)
+    if job.input_format == "csv":
+        reader = reader.option("header", True)
+        schema = reader.option("inferSchema", True).load(job.input).schema
+        reader = reader.option("inferSchema", False)
+    else:
+        schema = reader.load(job.input).schema
+    if CORRUPT_RECORD not in schema.fieldNames():
+        schema = schema.add(CORRUPT_RECORD, StringType(), True)
+    return reader.schema(schema).load(job.input)
+
+
+def _malformed(frame: DataFrame, job: ScoreJob) -> tuple[int, int, str | None]:
+    """(rows, malformed rows, the first malformed row's text) of INPUT, in one pass.
+
+    "First" is by file name, then by position: the partitions of one file keep its order.
+    """
+    from pyspark.sql import functions as F
+
+    data = [c for c in frame.columns if c != CORRUPT_RECORD]
+    if not data:
+        raise SparkPyfuncError(f"INPUT {job.input!r} has no well-formed {job.input_format} row")
+    bad = F.col(CORRUPT_RECORD)
+    placed = frame.select(
+        # Spark refuses a scan that reads only the corrupt-record column, so the data columns
+        # are read too: a hash of them cannot be optimised away as a struct's count would be.
+        F.hash(*[F.col(f"`{c}`") for c in data]).alias("data"),
+        bad,
+        F.struct(F.input_file_name(), F.monotonically_increasing_id()).alias("place"),
+    )
+    row = placed.select(
+        F.count(F.lit(1)).alias("rows"),
+        F.max("data").alias("data"),
+        F.count(bad).alias("bad"),
+        F.min_by(bad, F.when(bad.isNotNull(), F.col("place"))).alias("first"),
+    ).first()
+    return int(row["rows"]), int(row["bad"]), row["first"]
+
+
+def _refuse_malformed(job: ScoreJob, rows: int, bad: int, first: str | None) -> None:
+    shown = (first or "").rstrip("\r\n")
+    shown = shown if len(shown) <= 200 else shown[:200] + "..."
+    raise InvalidArgumentError(
+        f"INPUT {job.input!r} has {bad:,} malformed {job.input_format} row"
+        f"{'s' if bad != 1 else ''} (of {rows:,}); the first: {shown!r}. Fix them, or pass "
+        "bad_records='skip' to score only the well-formed rows, or bad_records='keep' to "
+        f"score every row and keep the raw text in a {CORRUPT_RECORD} column"
+    )
+
+
+def _result_type(text: str | None) -> Any:
+    """``result_type`` parsed, keeping Spark's reason (``[PARSE_SYNTAX_ERROR] ...``) on one line."""
+    if text is None:
+        return None
+    from spark_pyfunc._result_types import parse_result_type
+
+    try:
+        return parse_result_type(text)
+    except SparkPyfuncError as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        reason = re.sub(r"\s*SQLSTATE: \w+\.?", "", lines[0]) if lines else type(cause).__name__
+        raise _bad_argument(
+            "result_type", f"result_type= {text!r} is not a valid Spark type: {reason}"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _host_log_conf(spark: SparkSession, directory: str | None) -> Iterator[None]:
+    """Set ``spark.pyfunc.host.logDir`` for this job, and put back what the session had."""
+    if directory is None:
+        yield
+        return
+    previous = spark.conf.get(HOST_LOG_DIR.key, None)
+    spark.conf.set(HOST_LOG_DIR.key, directory)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(HOST_LOG_DIR.key)
+        else:
+            spark.conf.set(HOST_LOG_DIR.key, previous)
+
+
+@contextlib.contextmanager
+def _job_group(spark: SparkSession) -> Iterator[str]:
+    """Run the block's Spark jobs in a group of their own; on any failure (Ctrl-C included)
+    cancel them and wait until their tasks stopped, so that no task writes after cleanup."""
+    sc = spark.sparkContext
+    group = f"spark-pyfunc-score-{uuid.uuid4().hex}"
+    sc.setJobGroup(group, f"{PROG} score", interruptOnCancel=True)
+    try:
+        yield group
+    except BaseException:
+        with contextlib.suppress(Exception):
+            _cancel_and_wait(sc, group)
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            for key in (
+                "spark.jobGroup.id",
+                "spark.job.description",
+                "spark.job.interruptOnCancel",
+            ):
+                sc.setLocalProperty(key, None)  # type: ignore[arg-type]  # None removes it
+
+
+def _cancel_and_wait(sc: Any, group: str, timeout: float = 120.0) -> None:
+    sc.cancelJobGroup(group)
+    tracker = sc.statusTracker()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        active = 0
+        for job_id in tracker.getJobIdsForGroup(group):
+            info = tracker.getJobInfo(job_id)
+            for stage_id in info.stageIds if info is not None else ():
+                stage = tracker.getStageInfo(stage_id)
+                active += stage.numActiveTasks if stage is not None else 0
+        if not active:
+            return
+        time.sleep(0.2)
+    logger.warning("tasks of the cancelled job were still running after %.0f s", timeout)
+
+
+def _sibling(output: Path, role: str) -> Path:
+    """A hidden, unique name next to OUTPUT: same filesystem, so renames are atomic."""
+    return output.parent / f".{output.name}.spark-pyfunc-{role}-{uuid.uuid4().hex[:12]}"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _make_parents(directory: Path) -> list[Path]:
+    """Create ``directory`` and its missing parents; return those created, outermost first."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    missing.reverse()
+    for path in missing:
+        path.mkdir()
+    return missing
+
+
+def _append_parts(stage: Path, output: Path) -> None:
+    """Move the staged files into OUTPUT; on any failure move back those already moved.
+
+    Spark's part file names carry the job's UUID, so they never replace existing files; only
+    the ``_SUCCESS`` marker is replaced.
+    """
+    entries = sorted(p for p in stage.iterdir() if p.name not in _SUCCESS_FILES)
+    moved: list[Path] = []
+    try:
+        for entry in entries:
+            target = output / entry.name
+            if target.exists() or target.is_symlink():
+                raise SparkPyfuncError(
+                    f"OUTPUT {str(output)!r} already has {entry.name}; nothing was appended"
+                )
+            os.rename(entry, target)
+            moved.append(target)
+    except BaseException:
+        for target in reversed(moved):
+            os.rename(target, stage / target.name)
+        raise
+    for name in _SUCCESS_FILES:
+        if (stage / name).exists():
+            os.replace(stage / name, output / name)
+
+
+def _commit(stage: Path, output: Path, mode: str) -> None:
+    """Put the staged output in place: as a whole, or its files for an append."""
+    exists = output.exists() or output.is_symlink()
+    if exists and mode == "append":
+        _append_parts(stage, output)
+        _remove(stage)
+    elif exists and mode == "overwrite":
+        old = _sibling(output, "old")
+        os.rename(output, old)
+        try:
+            os.rename(stage, output)
+        except BaseException:
+            os.rename(old, output)
+            raise
+        try:
+            _remove(old)
+        except OSError as exc:
+            logger.warning("could not remove the previous OUTPUT, moved to %s: %s", old, exc)
+    elif exists:
+        raise SparkPyfuncError(
+            f"OUTPUT {str(output)!r} appeared while scoring; nothing was written to it"
+        )
+    else:
+        os.rename(stage, output)
+
+
+@contextlib.contextmanager
+def staged_output(output: str | os.PathLike, mode: str) -> Iterator[Path]:
+    """A fresh path to write OUTPUT to, committed into place only if the block succeeds.
+
+    Args:
+        output: the local OUTPUT path.
+        mode: ``error`` (OUTPUT must not exist), ``overwrite`` (the previous OUTPUT is renamed
+            aside, replaced, then deleted; put back if the replacement fails) or ``append``
+            (the new part files are moved into OUTPUT, or all moved back).
+
+    Returns:
+        A context manager yielding a hidden, not yet existing sibling of OUTPUT.
+
+    Raises:
+        SparkPyfuncError: if the commit cannot be done; whatever the block raises. Either way
+            the sibling and any parent directory made for it are removed.
+
+    Example:
+        >>> with staged_output("out.parquet", "overwrite") as stage:  # doctest: +SKIP
+        ...     frame.write.parquet(str(stage))
+    """
+    output = Path(output)
+    created = _make_parents(output.parent)
+    stage = _sibling(output, "new")
+    try:
+        yield stage
+        _commit(stage, output, mode)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _remove(stage)
+        for directory in reversed(created):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+
+
+class _Progress:
+    """Rows scored / total and the rate on stderr, from Spark's status tracker.
+
+    Spark reports tasks, not rows: the input is split into equal partitions (see
+    ``_split``), so the rows scored are the total times the share of the write stage's tasks
+    done. tqdm draws the bar when it is installed (the ``progress`` extra); without it a plain
+    line is printed every ``interval`` seconds.
+    """
+
+    def __init__(
+        self, spark: SparkSession, group: str, total: int, tasks: int, interval: float = 10.0
+    ) -> None:
+        self._tracker = spark.sparkContext.statusTracker()
+        self._group, self._total, self._tasks, self._interval = group, total, tasks, interval
+        self._known = set(self._tracker.getJobIdsForGroup(group))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spark-pyfunc-progress", daemon=True)
+        self._started = time.monotonic()
+        self._shown = 0
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            self._bar = None
+        else:
+            self._bar = tqdm(
+                total=total,
+                unit="rows",
+                unit_scale=total >= 10_000,
+                file=sys.stderr,
+                desc="scoring",
+            )
+
+    def __enter__(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._bar is not None:
+            self._bar.close()
+
+    def finish(self, rows: int) -> None:
+        """Show the final count (the exact one, from the job's own observation)."""
+        self._stop.set()
+        self._thread.join()
+        self._show(rows, final=True)
+
+    def _scored(self) -> int:
+        """Rows done: the total times the share of completed tasks in the scoring stage."""
+        jobs = [j for j in self._tracker.getJobIdsForGroup(self._group) if j not in self._known]
+        best = 0.0
+        for job_id in jobs:
+            info = self._tracker.getJobInfo(job_id)
+            for stage_id in info.stageIds if info is not None else ():
+                stage = self._tracker.getStageInfo(stage_id)
+                if stage is not None and stage.numTasks == self._tasks:
+                    best = max(best, stage.numCompletedTasks / stage.numTasks)
+        return round(self._total * best)
+
+    def _run(self) -> None:
+        last_line = self._started
+        while not self._stop.wait(0.5):
+            try:
+                rows = self._scored()
+            except Exception:  # the context is going away: the job's outcome says the rest
+                return
+            if self._bar is not None:
+                self._show(rows)
+            elif time.monotonic() - last_line >= self._interval:
+                last_line = time.monotonic()
+                self._show(rows)
+
+    def _show(self, rows: int, final: bool = False) -> None:
+        if self._bar is not None:
+            if final:
+                self._bar.total = max(self._bar.total, rows)
+            self._bar.update(max(rows - self._shown, 0))
+            self._shown = max(rows, self._shown)
+            return
+        seconds = time.monotonic() - self._started
+        rate = rows / seconds if seconds > 0 else 0.0
+        percent = 100.0 * rows / self._total if self._total else 100.0
+        print(
+            f"{PROG}: scored {rows:,} / {self._total:,} rows ({percent:.0f}%), {rate:,.0f} rows/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _split(frame: DataFrame, spark: SparkSession) -> DataFrame:
+    """Enough equal partitions for the progress to move (2 files would be 2 tasks)."""
+    wanted = _TASKS_PER_CORE * spark.sparkContext.defaultParallelism
+    return frame.repartition(wanted) if frame.rdd.getNumPartitions() < wanted else frame
+
+
+def score(
+    spark: SparkSession,
+    model: str | os.PathLike,
+    input: str,
+    output: str,
+    **options: Any,
+) -> ScoreSummary:
+    """Score INPUT with MODEL through ``spark_udf`` and write INPUT's columns plus predictions.
+
+    OUTPUT is written to a hidden sibling and renamed into place only when the whole job
+    succeeded (see :func:`staged_output`): a failure leaves OUTPUT as it was.
+
+    Args:
+        spark: the session to score in.
+        model: the model directory (or ``file:`` URI).
+        input: the file, directory or glob to score (local, ``file:``, or any URI Spark reads).
+        output: the local OUTPUT path (or ``file:`` URI).
+        options: those of :func:`prepare_score`.
+
+    Returns:
+        A :class:`ScoreSummary`.
+
+    Raises:
+        SparkPyfuncError: with one telling line for every failure the CLI knows of.
+
+    Example:
+        >>> score(spark, "models/scorer", "in.csv", "out.parquet").rows  # doctest: +SKIP
+        20000
+
+    A struct prediction written as csv becomes one ``<output_column>_<field>`` column per
+    field, since csv has no nested columns.
+    """
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
+
+    from spark_pyfunc._udf import spark_udf
+
+    job = prepare_score(model, input, output, **options)
+    dtype = _result_type(job.result_type)
+    frame = _read(spark, job)
+    corrupt = CORRUPT_RECORD in frame.columns and job.input_format != "parquet"
+    if job.output_column in frame.columns:
+        raise _bad_argument(
+            "output_column",
+            f"INPUT already has a column {job.output_column!r}; name the predictions "
+            "with output_column=",
+        )
+    data_columns = [c for c in frame.columns if not (corrupt and c == CORRUPT_RECORD)]
+    pairs = _bound_columns(job, data_columns)
+    started = time.perf_counter()
+    with (
+        _host_log_conf(spark, job.host_log_dir),
+        staged_output(job.output, job.mode) as stage,
+        _job_group(spark) as group,
+    ):
+        total = None
+        bad_rows = None
+        if corrupt and job.bad_records == "fail":
+            total, bad, first = _malformed(frame, job)
+            if bad:
+                _refuse_malformed(job, total, bad, first)
+        if corrupt and job.bad_records == "skip":
+            bad_rows = Observation("spark_pyfunc_malformed")
+            frame = frame.observe(bad_rows, F.count(F.col(CORRUPT_RECORD)).alias("bad"))
+            frame = frame.where(F.col(CORRUPT_RECORD).isNull())
+        kept = [*data_columns, CORRUPT_RECORD] if corrupt and job.bad_records == "keep" else []
+        frame = frame.select(*[F.col(f"`{c}`") for c in kept or data_columns])
+        if job.progress:
+            if total is None:
+                total = frame.count()
+            frame = _split(frame, spark)
+        udf = spark_udf(spark, job.model, result_type=dtype, params=job.params, scope=job.scope)
+        inputs = F.struct(*[F.col(f"`{column}`").alias(name) for column, name in pairs])
+        scored = frame.withColumn(job.output_column, udf(inputs))
+        if job.output_format == "csv" and isinstance(udf.result_type, StructType):
+            column = F.col(f"`{job.output_column}`")
+            scored = scored.select(
+                *[F.col(f"`{c}`") for c in frame.columns],
+                *[
+                    column[f.name].alias(f"{job.output_column}_{f.name}")
+                    for f in udf.result_type.fields
+                ],
+            )
+        observation = Observation("spark_pyfunc_score")
+        writer = scored.observe(observation, F.count(F.lit(1)).alias("rows")).write
+        writer = writer.format(job.output_format).mode("error")
+        if job.output_format == "csv":
+            writer = writer.option("header", True)
+        if job.progress and total is not None:
+            tasks = frame.rdd.getNumPartitions()
+            with _Progress(spark, group, total, tasks) as progress:
+                writer.save(str(stage))
+                rows = int(observation.get["rows"])
+                progress.finish(rows)
+        else:
+            writer.save(str(stage))
+            rows = int(observation.get["rows"])
+    seconds = time.perf_counter() - started
+    skipped = int(bad_rows.get["bad"]) if bad_rows is not None else None
+    if skipped:
+        logger.warning("skipped %d malformed rows of INPUT %s", skipped, job.input)
+    logger.info("scored %d rows in %.2f s with scope=%s", rows, seconds, udf.scope)
+    return ScoreSummary(
+        rows, seconds, job.output, job.output_format, udf.scope, skipped, job.host_log_dir
+    )
