@@ -18,8 +18,10 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -350,10 +352,29 @@ def _run_score_command(
     options["host_log_dir"] = _host_log_dir(args)
     if options["host_log_dir"] is not None:
         logger.info("model host logs go to %s", options["host_log_dir"])
-    with session() as spark, _in_flags():
+    with session() as spark, _in_flags(), _plain_ctrl_c():
         summary = score(spark, args.model, args.input, args.output, **options)
     print("\n".join(summary.lines()))
     return 0
+
+
+@contextlib.contextmanager
+def _plain_ctrl_c() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt and does nothing else while the job runs.
+
+    PySpark's own SIGINT handler cancels every job from inside the handler, over py4j: on
+    PySpark 3.5 that call re-enters the main thread's py4j connection in the middle of the
+    running call and ends as a Py4JNetworkError instead of an interrupt. ``score`` cancels
+    its own job group when interrupted, outside the handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _info_command(args: argparse.Namespace) -> int:
