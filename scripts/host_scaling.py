@@ -250,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if args.omp_threads:
-        # Without it each prefork child's OpenBLAS runs a pool of one thread per CPU, and P
-        # children oversubscribe the cores (measured: linear K=2/K=1 1.10x instead of 2.16x).
+        # What the host sees under Spark; without it each prefork child's OpenBLAS sizes its
+        # pool to every CPU (on a quiet 2-core machine that made no clear difference here).
         os.environ["OMP_NUM_THREADS"] = args.omp_threads
     print(
         f"{psutil.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
