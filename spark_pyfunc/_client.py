@@ -82,7 +82,9 @@ class HostSpec:
     pyspark daemon or the executor). ``model_uri`` is the path the user passed, named in errors
     instead of ``model_dir``, the executor's temporary copy. ``processes`` is how many serving
     processes a prefork host runs (the executor's task slots; None: the CPUs the host may run
-    on).
+    on). ``env`` holds environment variables set for the host on top of the worker's own
+    (``extra_env``, ``CUDA_VISIBLE_DEVICES``); ``python`` is the interpreter that runs it (a
+    restored model environment's; None: the worker's own).
     """
 
     model_dir: str
@@ -96,6 +98,8 @@ class HostSpec:
     model_uri: str | None = None
     log_dir: str | None = None
     processes: int | None = None
+    env: dict[str, str] | None = None
+    python: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -110,9 +114,18 @@ class HostSpec:
             )
 
 
-def host_key(executor_dir: str, model_sha256: str, model_config: dict | None) -> str:
-    """A short name for the host of one (executor, model content, model_config)."""
-    ident = json.dumps([executor_dir, model_sha256, model_config], sort_keys=True, default=str)
+def host_key(
+    executor_dir: str, model_sha256: str, model_config: dict | None, **variant: Any
+) -> str:
+    """A short name for the host of one (executor, model content, model_config, variant).
+
+    ``variant`` is everything else that makes two hosts of one model differ (its mode and
+    processes, its environment variables and interpreter): UDFs that ask for different ones
+    get different hosts instead of whichever started first.
+    """
+    ident = json.dumps(
+        [executor_dir, model_sha256, model_config, variant], sort_keys=True, default=str
+    )
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -393,7 +406,7 @@ class ModelHostClient:
     def _command(self) -> list[str]:
         spec = self.spec
         cmd = [
-            sys.executable, "-m", "spark_pyfunc._host",
+            spec.python or sys.executable, "-m", "spark_pyfunc._host",
             "--model-dir", str(spec.model_dir),
             "--socket", str(self.socket_path),
             "--log", str(self.log_path),
@@ -451,7 +464,7 @@ class ModelHostClient:
         # The host imports what this worker can import: the model's classes may come from
         # paths added at run time (SparkFiles, addPyFile) rather than from PYTHONPATH.
         path = os.pathsep.join(os.path.abspath(p) for p in sys.path if p)
-        env = dict(os.environ, PYTHONPATH=path)
+        env = dict(os.environ, **(self.spec.env or {}), PYTHONPATH=path)
         logger.info(
             "starting the model host for %s from %s (log %s)",
             self.model_name,

@@ -137,7 +137,7 @@ def _host_client(plan: _Plan) -> ModelHostClient:
         kwargs["processes"] = processes
     spec = HostSpec(
         model_dir=str(model_dir),
-        key=host_key(executor_dir, plan.shipped.sha256, plan.model_config),
+        key=host_key(executor_dir, plan.shipped.sha256, plan.model_config, **kwargs),
         state_dir=executor_dir,
         model_config=plan.model_config,
         idle_timeout=plan.idle_timeout,

@@ -698,8 +698,10 @@ def test_host_key_depends_on_executor_model_and_config() -> None:
         host_key("/x/exec1", "cd" * 32, {"a": 1}),
         host_key("/x/exec1", "ab" * 32, {"a": 2}),
         host_key("/x/exec1", "ab" * 32, None),
+        host_key("/x/exec1", "ab" * 32, {"a": 1}, mode="thread"),
+        host_key("/x/exec1", "ab" * 32, {"a": 1}, processes=4),
     }
-    assert key not in others and len(others) == 4
+    assert key not in others and len(others) == 6
 
 
 def test_bad_mode_is_refused() -> None:
