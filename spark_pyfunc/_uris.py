@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -112,6 +113,8 @@ class _Cache:
 
 
 _cache = _Cache()
+#: Distinct keys for downloads that must not be reused.
+_unkeyed = itertools.count()
 
 
 def cache_root() -> Path:
@@ -195,7 +198,9 @@ def _through_mlflow(mlflow: Any, uri: str, scheme: str) -> Path:
     key = uri
     if scheme == "models":
         reference = _parse_models_uri(uri)
-        if reference is not None and reference.moves:
+        if reference is None:  # a registry of its own: its version is not resolved here,
+            key = f"{uri}#{next(_unkeyed)}"  # so it is downloaded again on every call
+        elif reference.moves:
             version = _resolve_version(mlflow, uri, reference)
             key = f"models:/{reference.name}/{version}"
 

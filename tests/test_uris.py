@@ -131,6 +131,26 @@ def test_local_forms_resolve_to_the_directory_without_a_copy(tmp_path, monkeypat
     assert _uris._cache._root is None  # nothing was downloaded
 
 
+@pytest.mark.parametrize(
+    ("uri", "reference"),
+    [
+        ("models:/m/3", _uris._Reference("m", version="3")),
+        ("models:/m@champion", _uris._Reference("m", alias="champion")),
+        ("models:/m/Staging", _uris._Reference("m", stage="Staging")),
+        ("models:/m/latest", _uris._Reference("m", latest=True)),
+        ("models:/m-0a1b2c", _uris._Reference("m-0a1b2c")),  # an MLflow 3 logged model id
+        ("models://profile@databricks/m/1", None),  # a registry of its own: MLflow's to read
+    ],
+)
+def test_models_uri_forms(uri, reference):
+    assert _uris._parse_models_uri(uri) == reference
+
+
+def test_a_malformed_models_uri_names_the_forms(registry):
+    with pytest.raises(ModelURIError, match=r"'models:/a/b/c' is not a models:/ URI.*@<alias>"):
+        _uris.resolve_model_uri("models:/a/b/c")
+
+
 def test_registry_uris_score_like_mlflow(spark, registry):
     run = registry["run_id"]
     cases = {
