@@ -88,7 +88,9 @@ def registry(tmp_path_factory) -> Iterator[dict]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        with mlflow.start_run() as run:
+        # artifacts in tmp too: the default is ./mlruns, in the working directory
+        experiment = mlflow.create_experiment("uris", artifact_location=(root / "art").as_uri())
+        with mlflow.start_run(experiment_id=experiment) as run:
             for offset in (1.0, 2.0):
                 mlflow.pyfunc.log_model(
                     name=f"model{int(offset)}",
