@@ -8,6 +8,7 @@ model registry (sqlite, in tmp_path) and an S3-compatible server (moto's server 
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from mlflow_models import MlflowLinear
 
 from spark_pyfunc import ModelURIError, _uris, load_model, spark_udf
 from spark_pyfunc._describe import describe
+from spark_pyfunc.cli import main as cli_main
 from spark_pyfunc.scoring import prepare_score
 
 pytestmark = pytest.mark.mlflow
@@ -383,6 +385,17 @@ def test_a_missing_store_extra_is_named():
         strict=True,
     ):
         assert re.match(pattern, line), line
+
+
+def test_cli_info_takes_a_model_uri_and_names_a_bad_one(s3, registry, capsys):
+    assert cli_main(["info", f"s3://{BUCKET}/model", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["loader_module"] == "mlflow.pyfunc.model"
+    assert [c["name"] for c in info["inputs"]] == FEATURES
+    assert cli_main(["info", f"models:/{NAME}@nope"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("spark-pyfunc: error: cannot resolve model URI")
+    assert f"'models:/{NAME}@nope'" in error[-1] and "no alias 'nope'" in error[-1]
 
 
 def test_score_takes_a_model_uri(s3, tmp_path):
