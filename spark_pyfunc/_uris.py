@@ -275,9 +275,15 @@ def _registry_reason(client: Any, ref: _Reference, exc: Exception) -> str:
     return _reason(exc)
 
 
+#: Longest reason quoted from a library's error (pyarrow's libhdfs error lists every path tried).
+_REASON_CHARS = 500
+
+
 def _reason(exc: BaseException) -> str:
+    """A library's error in one line, for a message that already names the URI."""
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return " ".join(str(message).split())
+    text = " ".join(str(message).split())
+    return text if len(text) <= _REASON_CHARS else f"{text[:_REASON_CHARS]} ..."
 
 
 # ------------------------------------------------------------------- through fsspec
@@ -298,6 +304,8 @@ def _fsspec_download(uri: str, scheme: str, staging: Path) -> Path:
         raise ModelURIError(
             f"model URI {uri!r} needs fsspec's {protocol}:// filesystem: {install}"
         ) from exc
+    except Exception as exc:  # e.g. no libhdfs for hdfs://, bad account in abfss://
+        raise ModelURIError(f"cannot resolve model URI {uri!r}: {_reason(exc)}") from exc
     root = root.rstrip("/")
     try:
         files = fs.find(root)
