@@ -11,7 +11,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from spark_pyfunc._format import read_metadata
-from spark_pyfunc._paths import local_path
+from spark_pyfunc._uris import resolve_model_uri
 
 if TYPE_CHECKING:
     from spark_pyfunc.schema import Schema
@@ -29,7 +29,7 @@ def describe(model: str | os.PathLike) -> dict[str, Any]:
     ``struct<a: long, b?: string>``, ``tensor<float64>(-1, 3)``); an unnamed column is
     named by its position.
     """
-    metadata = read_metadata(local_path(model))
+    metadata = read_metadata(resolve_model_uri(model))
 
     def columns(schema: Schema | None) -> list[dict[str, Any]] | None:
         if schema is None:

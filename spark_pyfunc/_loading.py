@@ -16,6 +16,7 @@ import abc
 import bz2
 import gzip
 import importlib
+import importlib.util
 import inspect
 import logging
 import lzma
@@ -32,7 +33,7 @@ from typing import Any
 import cloudpickle
 
 from spark_pyfunc._format import ModelMetadata, read_metadata, read_model_config
-from spark_pyfunc._paths import local_path
+from spark_pyfunc._uris import resolve_model_uri
 from spark_pyfunc.errors import MissingDependencyError, ModelFormatError
 from spark_pyfunc.python_model import PythonModel, PythonModelContext, bind_inference
 from spark_pyfunc.schema import enforce_params, enforce_schema
@@ -192,7 +193,9 @@ def load_model(
     module is importable) and models from code.
 
     Args:
-        path: the model directory (a path or a ``file:`` URI).
+        path: the model: a directory (a path or a ``file:`` URI), or any URI
+            ``mlflow.pyfunc.load_model`` takes (``runs:/``, ``models:/``, ``s3://``, ...),
+            downloaded once per process (see ``spark_udf``).
         model_config: a dict (or a YAML/JSON file) merged over the configuration saved with
             the model; the model gets it as ``context.model_config``. Unlike MLflow, which
             keeps only the keys the saved configuration already has, every key is passed on.
@@ -206,7 +209,7 @@ def load_model(
         UnsafePathError: a path in MLmodel leaves the model directory.
         MissingDependencyError: a module the model needs is not importable here; its
             ``install`` names the pip requirement.
-        InvalidArgumentError: ``path`` is a URI other than ``file:`` (download it first).
+        ModelURIError: ``path`` is a URI that cannot be resolved; the message names it.
 
     Example:
         >>> import pandas as pd
@@ -220,7 +223,7 @@ def load_model(
         0  11
     """
     started = time.perf_counter()
-    metadata = read_metadata(local_path(path))
+    metadata = read_metadata(resolve_model_uri(path))
     _add_code_to_sys_path(metadata.code_path())
     config = {**metadata.model_config, **read_model_config(model_config)}
     if metadata.is_custom_pyfunc:
@@ -438,6 +441,40 @@ def _existing_artifacts(metadata: ModelMetadata) -> dict[str, Path]:
         if not path.exists():
             raise ModelFormatError(f"model {metadata.path}: artifact {name!r} ({path}) is missing")
     return artifacts
+
+
+def check_loader(metadata: ModelMetadata, model: str) -> None:
+    """Fail on the driver, before Spark runs anything, if the model's loader module cannot be
+    imported here: it would otherwise fail on every executor, naming their copy of the model.
+
+    Custom pyfunc models are loaded by spark_pyfunc itself; other flavors (``mlflow.sklearn``,
+    a loader in the model's code directory) import their loader module. ``model`` names the
+    model in the message as the caller's user knows it (``MODEL 'runs:/...'``).
+    """
+    if metadata.is_custom_pyfunc:
+        return
+    loader = metadata.loader_module
+    code = metadata.code_path()
+    top = loader.split(".")[0]
+    if code is not None and ((code / f"{top}.py").is_file() or (code / top).is_dir()):
+        return  # the model brings its loader along
+    try:
+        found = importlib.util.find_spec(loader) is not None
+    except ImportError as exc:  # a missing parent package: mlflow.sklearn without mlflow
+        missing = getattr(exc, "name", None) or top
+        found = False
+    else:
+        missing = loader
+    if found:
+        return
+    install = "mlflow" if top == "mlflow" else _PIP_NAMES.get(top, missing.split(".")[0])
+    raise MissingDependencyError(
+        f"{model} is loaded by its loader_module {loader}, which needs the module "
+        f"{missing!r}, not installed here: pip install {install} (on the driver and the "
+        "executors)",
+        module=missing,
+        install=install,
+    )
 
 
 def _delegate(metadata: ModelMetadata, config: dict[str, Any]) -> Any:

@@ -30,7 +30,6 @@ from pyspark.sql.types import (
 
 from spark_pyfunc import _config
 from spark_pyfunc._client import HostSpec, ModelHostClient, host_key
-from spark_pyfunc._paths import local_path
 from spark_pyfunc._result_types import (
     arrow_type,
     fit_arrow_result,
@@ -386,7 +385,14 @@ def spark_udf(
 
     Args:
         spark: the SparkSession (classic or Spark Connect).
-        model_uri: the model directory on the driver, a path or a ``file:`` URI.
+        model_uri: the model, as for ``mlflow.pyfunc.spark_udf``: a directory on the driver
+            (a path, ``PathLike`` or ``file:`` URI), ``runs:/<run id>/<path>``,
+            ``models:/<name>/<version>``, ``models:/<name>@<alias>``,
+            ``models:/<name>/<stage>``, ``models:/<name>/latest``, or a store URI
+            (``s3://``, ``gs://``, ``abfss://``, ``hdfs://``, ``dbfs:/``). A URI is resolved
+            here, on the driver (through MLflow when it is installed, with your tracking and
+            registry settings; else object stores through fsspec), downloaded once per
+            process and version, and shipped: executors need no registry or credentials.
         result_type: the Spark type of the predictions, a ``DataType`` or a DDL string
             (``"double"``, ``"array<float>"``, ``"label string, score double"``); default:
             from the signature's outputs (one output: its type; several: a struct; none:
@@ -406,9 +412,14 @@ def spark_udf(
         input names), with none (the columns named in the signature) or with one struct.
 
     Raises:
-        InvalidArgumentError: an argument or a ``spark.pyfunc.*`` setting is invalid, or
-            ``model_uri`` is a URI other than ``file:``; the message names it.
+        InvalidArgumentError: an argument or a ``spark.pyfunc.*`` setting is invalid; the
+            message names it.
+        ModelURIError: ``model_uri`` cannot be resolved (unknown run, model, alias, bucket;
+            MLflow or the store's extra not installed); the message names it and why.
         ModelFormatError: the directory is not a pyfunc model.
+        MissingDependencyError: the model's loader module (``mlflow.sklearn``, ...) is not
+            importable on the driver; the message says what to install, there and on the
+            executors.
         SchemaEnforcementError: ``params`` do not match the params schema.
         ShippingError: the model could not be packed or registered with Spark.
 
@@ -431,9 +442,12 @@ def spark_udf(
         raise InvalidArgumentError(f"method must be the name of a model method, not {method!r}")
     from spark_pyfunc import schema as sch
     from spark_pyfunc._format import read_metadata
+    from spark_pyfunc._loading import check_loader
+    from spark_pyfunc._uris import resolve_model_uri
 
-    path = local_path(model_uri).resolve()
+    path = resolve_model_uri(model_uri)
     metadata = read_metadata(path)
+    check_loader(metadata, f"model {os.fspath(model_uri)!r}")
     checked_params = sch.enforce_params(params, metadata.get_params_schema())
     try:
         config_key = json.dumps(model_config, sort_keys=True) if model_config else ""

@@ -251,9 +251,17 @@ def _in_flags() -> Iterator[None]:
         raise cls(message) from exc
 
 
+#: MODEL, for score and info: every form spark_udf takes, resolved on the driver.
+_MODEL_HELP = (
+    "model directory (MLflow pyfunc format) or model URI: file:, runs:/ID/PATH, "
+    "models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/STAGE, models:/NAME/latest, "
+    "s3://, gs://, abfss://, hdfs://, dbfs:/ (downloaded first, through MLflow when installed)"
+)
+
+
 def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``score``, shared with scripts/score_job.py (which has no --master)."""
-    parser.add_argument("model", metavar="MODEL", help="model directory (MLflow pyfunc format)")
+    parser.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     parser.add_argument("input", metavar="INPUT", help="input file or directory")
     parser.add_argument("output", metavar="OUTPUT", help="output directory Spark writes")
     parser.add_argument(
@@ -426,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     info_parser = commands.add_parser("info", help="describe a model directory")
-    info_parser.add_argument("model", metavar="MODEL", help="model directory")
+    info_parser.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     info_parser.add_argument("--json", action="store_true", help="print a JSON object")
     info_parser.add_argument("--verbose", action="store_true", help="full tracebacks")
 

@@ -6,6 +6,7 @@ the file, the field, the column, the module or the host log. The hierarchy::
 
     SparkPyfuncError
     ├── InvalidArgumentError (also ValueError)   an argument or spark.pyfunc.* setting
+    │   └── ModelURIError                         a model URI that cannot be resolved
     ├── UsageError                                a command-line argument (exit status 2)
     ├── EnvironmentSetupError                     no usable Java for Spark
     ├── ModelFormatError                          a model directory, MLmodel, pickle
@@ -39,6 +40,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelExistsError",
     "ModelFormatError",
+    "ModelURIError",
     "ModelSaveError",
     "PredictionError",
     "ResultTypeError",
@@ -64,6 +66,12 @@ class InvalidArgumentError(SparkPyfuncError, ValueError):
 
     #: The keyword argument at fault, when the error is about one (the CLI maps it to a flag).
     argument: str | None = None
+
+
+class ModelURIError(InvalidArgumentError):
+    """A model URI (``runs:/``, ``models:/``, ``s3://``, ...) cannot be resolved to a local
+    model directory on the driver; the message names the URI and the reason (an unknown run
+    or alias, a missing bucket, MLflow or the store's extra not installed)."""
 
 
 class UsageError(SparkPyfuncError):

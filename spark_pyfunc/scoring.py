@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import importlib.util
 import logging
 import os
 import re
@@ -30,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from spark_pyfunc._config import HOST_LOG_DIR, PROG, SCOPES
 from spark_pyfunc._format import read_metadata
+from spark_pyfunc._loading import check_loader
 from spark_pyfunc._paths import is_remote, local_path
+from spark_pyfunc._uris import resolve_model_uri
 from spark_pyfunc.errors import (
     InvalidArgumentError,
-    MissingDependencyError,
     SchemaEnforcementError,
     SparkPyfuncError,
 )
@@ -208,39 +208,6 @@ class ScoreJob:
     host_log_dir: str | None = None
 
 
-def _check_loader(metadata: ModelMetadata, model: str) -> None:
-    """Fail before Spark starts if the model's loader module cannot be imported here.
-
-    Custom pyfunc models are loaded by spark_pyfunc itself; other flavors (``mlflow.sklearn``,
-    a loader in the model's code directory) import their loader module, which would otherwise
-    fail on the executors, naming their temporary copy of the model.
-    """
-    if metadata.is_custom_pyfunc:
-        return
-    loader = metadata.loader_module
-    code = metadata.code_path()
-    top = loader.split(".")[0]
-    if code is not None and ((code / f"{top}.py").is_file() or (code / top).is_dir()):
-        return  # the model brings its loader along
-    try:
-        found = importlib.util.find_spec(loader) is not None
-    except ImportError as exc:  # a missing parent package: mlflow.sklearn without mlflow
-        missing = getattr(exc, "name", None) or top
-        found = False
-    else:
-        missing = loader
-    if found:
-        return
-    install = "mlflow" if top == "mlflow" else missing.split(".")[0]
-    raise MissingDependencyError(
-        f"MODEL {model!r} is loaded by its loader_module {loader}, which needs the module "
-        f"{missing!r}, not installed here: pip install {install} (on the driver and the "
-        "executors)",
-        module=missing,
-        install=install,
-    )
-
-
 def prepare_score(
     model: str | os.PathLike,
     input: str,
@@ -273,14 +240,9 @@ def prepare_score(
     if not output_column:
         raise _bad_argument("output_column", "output_column= must not be empty")
     model_text = os.fspath(model)
-    if is_remote(model_text):
-        raise InvalidArgumentError(
-            f"MODEL {model_text!r} is not a local directory; download it first (for example "
-            "with `mlflow artifacts download`) and pass the local path"
-        )
-    model_path = local_path(model_text)
+    model_path = resolve_model_uri(model_text)
     metadata = read_metadata(model_path)
-    _check_loader(metadata, model_text)
+    check_loader(metadata, f"MODEL {model_text!r}")
     local_in = _check_input(input)
     local_out = _local_output(output)
     in_format = _resolve_format(input, input_format, local_in, "INPUT")

@@ -23,7 +23,7 @@ PACKAGE_DIR = Path(spark_pyfunc.__file__).parent
 TIERS: list[list[str]] = [
     ["errors", "_version"],
     ["_config", "_paths"],
-    ["schema._types", "_wire", "_spark_session"],
+    ["schema._types", "_wire", "_spark_session", "_uris"],
     ["schema._coerce", "_rendezvous", "_shipping"],
     ["schema._specs"],
     ["schema._infer", "schema._enforce"],
