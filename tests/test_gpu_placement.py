@@ -145,3 +145,19 @@ def test_one_host_per_gpu_address_on_a_standalone_cluster(tmp_path: Path, spark_
         assert cmd[cmd.index("--mode") + 1] == "thread" and "--batching" in cmd, cmd
     local = load_model(model_dir).predict(out[["x"]])
     np.testing.assert_allclose(out["y"].to_numpy(), np.asarray(local["y"]))
+
+
+def test_gpu_bench_without_a_gpu_or_torch_says_so_and_exits_0() -> None:
+    import importlib.util
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_bench.py"
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed here: the script would measure, not refuse")
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "gpu_bench: torch is not installed (pip install torch): nothing to measure here."
+    )
