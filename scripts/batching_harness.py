@@ -5,7 +5,7 @@ device runs one call at a time (a lock around the cost: a second call waits for 
 The costs are sleeps, so the figures say what batching does to the calls, not how busy the
 (shared) CPUs were. K=2 client processes each send 64-row Arrow requests to one host started
 through the real client API (HostSpec/ModelHostClient), batching off, then on; a thread host
-both times (a GPU host always serves on threads).
+both times (a GPU host always serves on threads), side by side, the rounds alternating.
 
 Per setting it prints rows/s (median of the rounds), the added latency per request, p50 and
 p95 (a request's round trip minus the median round trip of a 64-row request sent alone to an
@@ -30,7 +30,6 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -87,30 +86,40 @@ def _client(spec: HostSpec, rows: int, seed: int, requests: int, rounds: int, st
             out.put(trips)
 
 
-def measure(spec: HostSpec, args: argparse.Namespace) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("fork")
-    start = ctx.Barrier(args.clients + 1)
-    out = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_client,
-            args=(spec, args.rows, 7 + i, args.requests, args.rounds, start, out),
-        )
-        for i in range(args.clients)
-    ]
-    for p in procs:
-        p.start()
-    rates, trips = [], []
-    for _ in range(args.rounds):
-        start.wait()
+class Clients:
+    """``--clients`` client processes for one host, waiting for each round's start."""
+
+    def __init__(self, spec: HostSpec, args: argparse.Namespace) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.args = args
+        self.start = ctx.Barrier(args.clients + 1)
+        self.out = ctx.Queue()
+        self.procs = [
+            ctx.Process(
+                target=_client,
+                args=(spec, args.rows, 7 + i, args.requests, args.rounds, self.start, self.out),
+            )
+            for i in range(args.clients)
+        ]
+        for p in self.procs:
+            p.start()
+        self.rates: list[float] = []
+        self.trips: list[float] = []
+
+    def round(self) -> float:
+        """One round: every client sends its requests; the rows/s of the round."""
+        self.start.wait()
         began = time.perf_counter()
-        per_client = [out.get(timeout=600) for _ in procs]
+        per_client = [self.out.get(timeout=600) for _ in self.procs]
         took = time.perf_counter() - began
-        rates.append(args.clients * args.requests * args.rows / took)
-        trips += [t for client in per_client for t in client]
-    for p in procs:
-        p.join(60)
-    return {"rows_s": statistics.median(rates), "trips": trips}
+        args = self.args
+        self.rates.append(args.clients * args.requests * args.rows / took)
+        self.trips += [t for client in per_client for t in client]
+        return self.rates[-1]
+
+    def join(self) -> None:
+        for p in self.procs:
+            p.join(60)
 
 
 def alone(spec: HostSpec, rows: int, requests: int) -> tuple[float, int | None]:
@@ -176,26 +185,36 @@ def main(argv: list[str] | None = None) -> int:
             f"{'batching':26} {'rows/s':>9} {'alone ms':>8} {'added p50 ms':>12} "
             f"{'added p95 ms':>12}  batch sizes the model saw (rows: calls)"
         )
-        results = {}
+        # Both hosts run side by side and the rounds alternate between them, so that both
+        # settings see the same (shared, noisy) machine.
+        settings = {}
         for batching in (False, True):
             calls = root / f"calls-{batching}.txt"
             s = spec(batching, calls)
             baseline, pid = alone(s, args.rows, max(args.requests, 50))
             calls.unlink()
-            result = measure(s, args)
+            settings[batching] = (calls, baseline, pid, Clients(s, args))
+        ratios = []
+        for _ in range(args.rounds):
+            off, on = (settings[b][3].round() for b in (False, True))
+            ratios.append(on / off)
+        for batching, (calls, baseline, pid, clients) in settings.items():
+            clients.join()
             stop(pid)
-            added = np.array(result["trips"]) - baseline
+            added = np.array(clients.trips) - baseline
             sizes = Counter(int(line) for line in calls.read_text().split())
             label = f"on, max wait {args.max_wait_ms:g} ms" if batching else "off"
             top = ", ".join(f"{k}: {v}" for k, v in sorted(sizes.items()))
             print(
-                f"{label:26} {result['rows_s']:9,.0f} {1e3 * baseline:8.2f} "
+                f"{label:26} {statistics.median(clients.rates):9,.0f} {1e3 * baseline:8.2f} "
                 f"{1e3 * np.percentile(added, 50):12.2f} "
                 f"{1e3 * np.percentile(added, 95):12.2f}  {top}",
                 flush=True,
             )
-            results[batching] = result
-        print(f"on/off: {results[True]['rows_s'] / results[False]['rows_s']:.2f}x")
+        print(
+            f"on/off: {statistics.median(ratios):.2f}x (median of the rounds' ratios; rounds: "
+            f"{', '.join(f'{r:.2f}' for r in ratios)}); load average {os.getloadavg()[0]:.2f}"
+        )
     return 0
 
 
