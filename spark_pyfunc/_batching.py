@@ -9,8 +9,9 @@ back, in order. Only requests whose headers are equal apart from their row count
 method and params) and whose Arrow schemas are equal share a call.
 
 The batcher works on the wire's Arrow payloads and hands one request to ``handle`` (the
-server's, which converts, predicts and encodes), so it knows nothing of models; it runs
-``handle`` on one thread of its own, one batch at a time, which is what a GPU wants.
+server's, which converts, predicts and encodes), so it knows nothing of models; ``handle``
+runs one batch at a time, which is what a GPU wants, on the connection thread that found the
+batch ready.
 
 Not waiting for nothing: every connection has at most one request in flight (the client waits
 for each answer), so once every open connection has a request queued, no other request can
@@ -26,7 +27,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -41,7 +42,7 @@ Handler = Callable[[dict, Any], tuple[dict, Any]]
 
 @dataclass
 class _Request:
-    """A request waiting for its answer; ``done`` is set once ``reply`` is filled in."""
+    """A request waiting for its answer; ``answered`` once ``reply`` is filled in."""
 
     header: dict
     payload: Any
@@ -49,7 +50,7 @@ class _Request:
     rows: int
     table: pa.Table | None
     arrived: float
-    done: threading.Event = field(default_factory=threading.Event)
+    answered: bool = False
     reply: tuple[dict, Any] = ({}, b"")
 
 
@@ -80,7 +81,8 @@ class Batcher:
             still goes alone, whole).
 
     Connection threads call :meth:`connected` / :meth:`disconnected` around their loop and
-    :meth:`submit` per request; :meth:`start` runs the batching thread, :meth:`stop` ends it.
+    :meth:`submit` per request; the model runs on whichever of them finds a batch ready, one
+    batch at a time. :meth:`stop` refuses further requests.
     """
 
     def __init__(self, handle: Handler, *, max_wait: float, max_rows: int) -> None:
@@ -93,7 +95,7 @@ class Batcher:
         self._queue: list[_Request] = []
         self._connections = 0
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self._busy = False  # a thread is calling the model: one batch at a time
         #: How many model calls saw how many rows (logged at exit; read by tests).
         self.sizes: Counter[int] = Counter()
 
@@ -109,7 +111,13 @@ class Batcher:
             self._cond.notify_all()  # the others may now be all there is to wait for
 
     def submit(self, header: dict, payload: Any) -> tuple[dict, Any]:
-        """Queue one request and wait for its answer (response header, payload)."""
+        """Queue one request and return its answer (response header, payload).
+
+        The calling thread waits for its answer, and meanwhile runs any batch that is ready
+        while the model is free (its own or another's): the thread that completes a batch
+        calls the model at once, with no hand-over to another thread, which on a busy machine
+        costs a wait for the scheduler each time.
+        """
         try:
             request = self._request(header, payload)
         except Exception as exc:  # a malformed request: answered alone by the server
@@ -119,8 +127,19 @@ class Batcher:
             if self._stopping:
                 raise RuntimeError("the batcher is stopped")
             self._queue.append(request)
-            self._cond.notify_all()
-        request.done.wait()
+            while not request.answered:
+                batch, left = self._ready()
+                if batch is None:
+                    self._cond.wait(left)
+                    continue
+                self._busy = True
+                self._cond.release()
+                try:
+                    self._answer(batch)
+                finally:
+                    self._cond.acquire()
+                    self._busy = False
+                    self._cond.notify_all()
         return request.reply
 
     @staticmethod
@@ -130,45 +149,31 @@ class Batcher:
         key = _key(header, table) if table.num_rows == rows else None
         return _Request(header, payload, key, rows, table, time.monotonic())
 
-    # --------------------------------------------------------------- the batching thread
-
-    def start(self) -> None:
-        self._thread.start()
-
     def stop(self) -> None:
-        """Answer what is queued, then end the batching thread."""
+        """Refuse further requests (those queued are still answered) and log the sizes."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join()
         if self.sizes:
             logger.info("batch sizes seen by the model (rows: calls): %s", dict(self.sizes))
 
-    def _run(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            self._answer(batch)
+    # ------------------------------------------------------------------------ batching
 
-    def _next_batch(self) -> list[_Request] | None:
-        """Wait for a request, then for company: until the batch is full, every connection
-        has a request queued, or the oldest request has waited ``max_wait``."""
-        with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            while True:
-                batch, full = self._gather()
-                head = self._queue[0]
-                left = head.arrived + self.max_wait - time.monotonic()
-                everyone = len(self._queue) >= self._connections
-                if full or everyone or left <= 0 or self._stopping or head.key is None:
-                    for request in batch:
-                        self._queue.remove(request)
-                    return batch
-                self._cond.wait(left)
+    def _ready(self) -> tuple[list[_Request] | None, float | None]:
+        """The batch to run now, taken off the queue; or None and how long to wait (None:
+        until notified). A batch is ready once the model is free and the batch is full,
+        every connection has a request queued, or its oldest request waited ``max_wait``."""
+        if self._busy or not self._queue:
+            return None, None
+        batch, full = self._gather()
+        head = self._queue[0]
+        left = head.arrived + self.max_wait - time.monotonic()
+        everyone = len(self._queue) >= self._connections
+        if not (full or everyone or left <= 0 or self._stopping):
+            return None, left
+        for request in batch:
+            self._queue.remove(request)
+        return batch, None
 
     def _gather(self) -> tuple[list[_Request], bool]:
         """The oldest request and the queued ones that may share its call, in order; and
@@ -195,7 +200,7 @@ class Batcher:
             replies = [(_error(exc), b"")] * len(batch)
         for request, reply in zip(batch, replies, strict=True):
             request.reply = reply
-            request.done.set()
+            request.answered = True
 
     def _call(self, batch: list[_Request]) -> list[tuple[dict, Any]]:
         rows = sum(r.rows for r in batch)

@@ -697,8 +697,6 @@ def main(argv: list[str] | None = None) -> int:
                 processes=processes,
                 batcher=batcher,
             )
-            if batcher is not None:
-                batcher.start()
             host.bind()
             stage = "serving"
             extent = f" with {host.processes} serving processes" if mode == "prefork" else ""

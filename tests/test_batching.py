@@ -72,7 +72,6 @@ class Scene:
         self.model = HeldModel()
         self.batcher = Batcher(ModelServer(self.model).handle, max_wait=max_wait, max_rows=max_rows)
         self.connections = connections
-        self.batcher.start()
         self.threads: list[threading.Thread] = []
         self.replies: dict[int, tuple[dict, pd.DataFrame | None]] = {}
 
