@@ -2,14 +2,15 @@
 
 A model shaped like a GPU model: every call costs a fixed 5 ms plus a cost per row, and the
 device runs one call at a time (a lock around the cost: a second call waits for the first).
-The costs are sleeps, so the figures say what batching does to the calls, not how busy the
-(shared) CPUs were. K=2 client processes each send 64-row Arrow requests to one host started
-through the real client API (HostSpec/ModelHostClient), batching off, then on; a thread host
-both times (a GPU host always serves on threads), side by side, the rounds alternating.
+The costs are sleeps, as a GPU's would be for the CPU. K=2 client processes each send 64-row
+Arrow requests to one host started through the real client API (HostSpec/ModelHostClient),
+batching off and on: two thread hosts (a GPU host always serves on threads), side by side,
+the rounds alternating between them so that both see the same (shared) machine.
 
 Per setting it prints rows/s (median of the rounds), the added latency per request, p50 and
 p95 (a request's round trip minus the median round trip of a 64-row request sent alone to an
-idle host, the same host), and the batch sizes the model saw (rows: calls).
+idle host, the same host), the host's CPU time per request (median of the rounds: less
+sensitive to the machine's load than rates), and the batch sizes the model saw (rows: calls).
 
 Usage::
 
@@ -89,9 +90,11 @@ def _client(spec: HostSpec, rows: int, seed: int, requests: int, rounds: int, st
 class Clients:
     """``--clients`` client processes for one host, waiting for each round's start."""
 
-    def __init__(self, spec: HostSpec, args: argparse.Namespace) -> None:
+    def __init__(self, spec: HostSpec, args: argparse.Namespace, host: int | None) -> None:
         ctx = multiprocessing.get_context("fork")
         self.args = args
+        self.host = psutil.Process(host)
+        self.host_cpu: list[float] = []
         self.start = ctx.Barrier(args.clients + 1)
         self.out = ctx.Queue()
         self.procs = [
@@ -109,13 +112,18 @@ class Clients:
     def round(self) -> float:
         """One round: every client sends its requests; the rows/s of the round."""
         self.start.wait()
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), self._cpu()
         per_client = [self.out.get(timeout=600) for _ in self.procs]
         took = time.perf_counter() - began
         args = self.args
+        self.host_cpu.append((self._cpu() - cpu) / (args.clients * args.requests))
         self.rates.append(args.clients * args.requests * args.rows / took)
         self.trips += [t for client in per_client for t in client]
         return self.rates[-1]
+
+    def _cpu(self) -> float:
+        times = self.host.cpu_times()
+        return times.user + times.system
 
     def join(self) -> None:
         for p in self.procs:
@@ -183,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(
             f"{'batching':26} {'rows/s':>9} {'alone ms':>8} {'added p50 ms':>12} "
-            f"{'added p95 ms':>12}  batch sizes the model saw (rows: calls)"
+            f"{'added p95 ms':>12} {'host CPU ms/req':>15}  batch sizes the model saw "
+            "(rows: calls)"
         )
         # Both hosts run side by side and the rounds alternate between them, so that both
         # settings see the same (shared, noisy) machine.
@@ -193,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             s = spec(batching, calls)
             baseline, pid = alone(s, args.rows, max(args.requests, 50))
             calls.unlink()
-            settings[batching] = (calls, baseline, pid, Clients(s, args))
+            settings[batching] = (calls, baseline, pid, Clients(s, args, pid))
         ratios = []
         for _ in range(args.rounds):
             off, on = (settings[b][3].round() for b in (False, True))
@@ -208,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{label:26} {statistics.median(clients.rates):9,.0f} {1e3 * baseline:8.2f} "
                 f"{1e3 * np.percentile(added, 50):12.2f} "
-                f"{1e3 * np.percentile(added, 95):12.2f}  {top}",
+                f"{1e3 * np.percentile(added, 95):12.2f} "
+                f"{1e3 * statistics.median(clients.host_cpu):15.2f}  {top}",
                 flush=True,
             )
         print(

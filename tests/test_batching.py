@@ -320,3 +320,70 @@ def test_predict_errors_reach_every_client_as_prediction_errors(tmp_path) -> Non
         with pytest.raises(PredictionError, match="predict refused: nope"):
             client.predict(frame(0), params={"fail": "nope"})
         np.testing.assert_array_equal(client.predict(frame(0))["y"].to_numpy(), expected(frame(0)))
+
+
+# ------------------------------------------------------------------ settings and Spark
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "expected"),
+    [
+        ("spark.pyfunc.host.batching.enabled", "TRUE", True),
+        ("spark.pyfunc.host.batching.enabled", "false", False),
+        ("spark.pyfunc.host.batching.maxWaitMs", "0", 0.0),
+        ("spark.pyfunc.host.batching.maxWaitMs", "2.5", 2.5),
+        ("spark.pyfunc.host.batching.maxBatchRows", "4096", 4096),
+    ],
+)
+def test_batching_settings_are_parsed(key: str, text: str, expected: object) -> None:
+    from spark_pyfunc._config import SETTINGS
+
+    assert SETTINGS[key].read(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "expected"),
+    [
+        ("spark.pyfunc.host.batching.enabled", "yes", "true or false"),
+        ("spark.pyfunc.host.batching.maxWaitMs", "-1", "a number of milliseconds"),
+        ("spark.pyfunc.host.batching.maxWaitMs", "nan", "a number of milliseconds"),
+        ("spark.pyfunc.host.batching.maxBatchRows", "0", "a positive integer"),
+    ],
+)
+def test_a_bad_batching_setting_names_its_key_and_value(key, text, expected) -> None:
+    from spark_pyfunc._config import SETTINGS
+    from spark_pyfunc.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError) as info:
+        SETTINGS[key].read(text)
+    assert str(info.value) == f"{key} must be {expected}, not {text!r}"
+
+
+def test_spark_udf_with_batching_scores_through_a_batching_host(spark, tmp_path) -> None:
+    from spark_pyfunc import spark_udf
+
+    model_dir = tmp_path / "batched"
+    calls = tmp_path / "calls.txt"
+    save_batched(model_dir)
+    keys = {
+        "spark.pyfunc.host.batching.enabled": "true",
+        "spark.pyfunc.host.batching.maxWaitMs": "50",
+        "spark.pyfunc.host.batching.maxBatchRows": "700",
+    }
+    for key, value in keys.items():
+        spark.conf.set(key, value)
+    try:
+        predict = spark_udf(
+            spark, model_dir, model_config={"calls": str(calls)}, params={"scale": 3.0},
+            scope="executor", batch_size=100,
+        )  # fmt: skip
+    finally:
+        for key in keys:
+            spark.conf.unset(key)
+    data = frame(0, 2000)
+    out = spark.createDataFrame(data).repartition(4).select("a", "b", predict("a", "b").alias("y"))
+    result = out.toPandas().sort_values("a")
+    np.testing.assert_array_equal(result["y"].to_numpy(), expected(data, 3.0))
+    sizes = [int(line.split()[0]) for line in calls.read_text().splitlines()]
+    assert sum(sizes) == 2000 and max(sizes) <= 700
+    assert {line.split()[1] for line in calls.read_text().splitlines()} == {"3"}
