@@ -15,7 +15,7 @@ sensitive to the machine's load than rates), and the batch sizes the model saw (
 Usage::
 
     python scripts/batching_harness.py [--rounds 5] [--requests 100] [--clients 2]
-        [--rows 64] [--call-ms 5] [--row-us 2] [--max-wait-ms 5] [--max-batch-rows 8192]
+        [--rows 64] [--call-ms 5] [--row-us 2] [--max-wait-ms 5] [--max-batch-rows 32768]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import pyarrow as pa
 
 from spark_pyfunc import save_model
 from spark_pyfunc._client import HostSpec, ModelHostClient
+from spark_pyfunc._config import BATCH_MAX_ROWS
 from spark_pyfunc.python_model import PythonModel
 
 FEATURES = [f"x{i}" for i in range(8)]
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--call-ms", type=float, default=5.0, help="the model's fixed cost per call")
     p.add_argument("--row-us", type=float, default=2.0, help="the model's cost per row")
     p.add_argument("--max-wait-ms", type=float, default=5.0)
-    p.add_argument("--max-batch-rows", type=int, default=8192)
+    p.add_argument("--max-batch-rows", type=int, default=BATCH_MAX_ROWS.default)
     args = p.parse_args(argv)
     print(
         f"{psutil.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; model: "

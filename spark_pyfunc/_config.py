@@ -111,7 +111,7 @@ BATCH_MAX_WAIT_MS = Setting(
     "spark.pyfunc.host.batching.maxWaitMs", 5.0, _non_negative_float, "a number of milliseconds"
 )
 BATCH_MAX_ROWS = Setting(
-    "spark.pyfunc.host.batching.maxBatchRows", 8192, _positive_int, "a positive integer"
+    "spark.pyfunc.host.batching.maxBatchRows", 32768, _positive_int, "a positive integer"
 )
 
 #: Every setting, by key.
