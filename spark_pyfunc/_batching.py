@@ -207,9 +207,11 @@ class Batcher:
         self.sizes[rows] += 1
         if len(batch) == 1:
             return [self.handle(batch[0].header, batch[0].payload)]
-        tables = [r.table for r in batch]
-        assert all(t is not None for t in tables)
-        joined = pa.concat_tables(tables)  # type: ignore[arg-type]
+        # Requests that share a call have tables (see _key), with equal schemas but for
+        # their metadata (pandas' notes on the dtypes): the first one's is kept.
+        tables = [r.table for r in batch if r.table is not None]
+        metadata = tables[0].schema.metadata
+        joined = pa.concat_tables([t.replace_schema_metadata(metadata) for t in tables])
         header, body = self.handle(dict(batch[0].header, rows=rows), _ipc(joined))
         if not header.get("ok"):
             return [(header, b"")] * len(batch)
@@ -230,9 +232,11 @@ class Batcher:
 
 def _key(header: dict, table: pa.Table) -> tuple[str, str] | None:
     """What must be equal for two requests to share a call: the header apart from its row
-    count (method, params, anything the server reads) and the Arrow schema. None for a
-    request without columns, whose row count Arrow does not carry."""
+    count (method, params, anything the server reads) and the Arrow schema (its metadata
+    aside: pandas' notes on the dtypes it converted from). None for a request without
+    columns, whose row count Arrow does not carry."""
     if table.num_columns == 0:
         return None
     rest = {k: v for k, v in header.items() if k != "rows"}
-    return json.dumps(rest, sort_keys=True, default=str), table.schema.to_string()
+    schema = table.schema.remove_metadata().to_string()
+    return json.dumps(rest, sort_keys=True, default=str), schema

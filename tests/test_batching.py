@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from host_models import Batched
 
@@ -24,7 +25,7 @@ from spark_pyfunc import save_model
 from spark_pyfunc._batching import Batcher
 from spark_pyfunc._client import HostSpec, ModelHostClient
 from spark_pyfunc._host import ModelServer
-from spark_pyfunc._wire import arrow_bytes_to_frame, frame_to_arrow_bytes
+from spark_pyfunc._wire import arrow_bytes_to_frame, batch_to_arrow_bytes, frame_to_arrow_bytes
 from spark_pyfunc.errors import PredictionError
 
 pytestmark = pytest.mark.timeout(300)
@@ -75,13 +76,19 @@ class Scene:
         self.threads: list[threading.Thread] = []
         self.replies: dict[int, tuple[dict, pd.DataFrame | None]] = {}
 
-    def submit(self, n: int, data: pd.DataFrame, params: dict | None = None) -> None:
+    def submit(
+        self, n: int, data: pd.DataFrame, params: dict | None = None, *, plain: bool = False
+    ) -> None:
         """Send request ``n`` from a thread of its own: a connection that closes once it has
         its answer (so that the batcher does not wait for it to send again)."""
         header = {"method": "predict", "params": params, "rows": len(data)}
+        payload = frame_to_arrow_bytes(data)
+        if plain:  # as a worker relaying Spark's Arrow sends it: no pandas metadata
+            batch = pa.RecordBatch.from_pandas(data, preserve_index=False)
+            payload = batch_to_arrow_bytes(batch.replace_schema_metadata(None))
 
         def run() -> None:
-            reply, body = self.batcher.submit(header, frame_to_arrow_bytes(data))
+            reply, body = self.batcher.submit(header, payload)
             self.replies[n] = (reply, arrow_bytes_to_frame(body) if reply.get("ok") else None)
             self.batcher.disconnected()
 
@@ -168,6 +175,21 @@ def test_requests_with_different_params_or_methods_never_share_a_call() -> None:
         np.testing.assert_array_equal(
             scene.replies[n][1]["y"].to_numpy(), expected(frame(100 * n), p["scale"])
         )
+
+
+def test_requests_whose_schemas_differ_only_in_metadata_share_a_call() -> None:
+    scene = Scene(connections=4)
+    scene.hold_first()
+    scene.submit(1, frame(0))
+    scene.queued(1)
+    scene.submit(2, frame(64), plain=True)
+    scene.queued(2)
+    scene.submit(3, frame(128).astype({"b": "float32"}))  # another type: not with them
+    scene.queued(3)
+    scene.finish()
+    assert [rows for rows, _ in scene.model.calls] == [1, 128, 64]
+    for n, start in ((1, 0), (2, 64)):
+        np.testing.assert_array_equal(scene.replies[n][1]["y"].to_numpy(), expected(frame(start)))
 
 
 def test_a_failing_batch_fails_every_request_in_it_with_the_models_error() -> None:
