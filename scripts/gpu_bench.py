@@ -22,7 +22,10 @@ Without torch, CUDA, nvidia-smi or Java it says what is missing and exits 0.
 Usage::
 
     python scripts/gpu_bench.py [--tasks 4] [--gpu 0] [--rows 200000] [--runs 3]
-        [--hidden 4096] [--layers 8] [--features 64] [--arrow-batch 2048]
+        [--hidden 4096] [--layers 8] [--features 64] [--arrow-batch 2048] [--device cpu]
+
+``--device cpu`` is a dry run for a machine without a GPU (with torch): the same clusters,
+sessions and jobs, a fake GPU address for Spark, the model on the CPU, no memory figures.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class TorchMLP(PythonModel):
             layers += [torch.nn.Linear(width, int(config["hidden"])), torch.nn.ReLU()]
             width = int(config["hidden"])
         layers.append(torch.nn.Linear(width, 1))
-        self.device = torch.device("cuda")
+        self.device = torch.device(config.get("device", "cuda"))
         self.net = torch.nn.Sequential(*layers).to(self.device).eval()
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001
@@ -85,12 +88,14 @@ class TorchMLP(PythonModel):
 # --------------------------------------------------------------------- what is missing
 
 
-def missing() -> str | None:
+def missing(device: str) -> str | None:
     """Why this machine cannot run the benchmark (None: it can)."""
     if importlib.util.find_spec("torch") is None:
         return "torch is not installed (pip install torch)"
     import torch
 
+    if device == "cpu":  # the dry run: no GPU, no nvidia-smi
+        return None if shutil.which("java") or os.environ.get("JAVA_HOME") else "no Java"
     if not torch.cuda.is_available():
         return "torch sees no CUDA GPU"
     if shutil.which("nvidia-smi") is None:
@@ -144,11 +149,11 @@ class GpuSampler:
     the peak of their summed memory (processes already there at the start left out), and the
     peak of the GPU's memory in use less what was in use at the start."""
 
-    def __init__(self, uuid: str, interval: float = 0.2) -> None:
-        self.uuid = uuid
+    def __init__(self, uuid: str | None, interval: float = 0.2) -> None:
+        self.uuid = uuid  # None: the dry run, nothing to sample
         self.interval = interval
-        self.before = set(gpu_processes(uuid))
-        self.used_before = gpu_used_mib(uuid)
+        self.before = set(gpu_processes(uuid)) if uuid else set()
+        self.used_before = gpu_used_mib(uuid) if uuid else 0
         self.peak_mib = 0
         self.peak_used_mib = 0
         self.pids: set[int] = set()
@@ -156,14 +161,17 @@ class GpuSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> GpuSampler:
-        self._thread.start()
+        if self.uuid:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self.uuid:
+            self._thread.join()
 
     def _run(self) -> None:
+        assert self.uuid is not None
         while not self._stop.is_set():
             try:
                 used = {p: m for p, m in gpu_processes(self.uuid).items() if p not in self.before}
@@ -229,11 +237,12 @@ def column(approach: str, spark: Any, model: Path, features: list[str]) -> Any:
 
 
 def run(
-    approach: str, master: str, args: argparse.Namespace, model: Path, root: Path, uuid: str
+    approach: str, master: str, args: argparse.Namespace, model: Path, root: Path, uuid: str | None
 ) -> Result:
     from pyspark.sql import functions as F
 
     task_gpu = 1.0 if approach == "one task per GPU" else 1.0 / args.tasks
+    before = set(gpu_processes(uuid)) if uuid else set()
     spark = session(master, args, task_gpu, root)
     try:
         features = [f"f{i}" for i in range(args.features)]
@@ -262,6 +271,21 @@ def run(
         )
     finally:
         spark.stop()
+        left = gone(uuid, before) if uuid else []
+        if left:
+            print(f"gpu_bench: still on the GPU 60 s after the application: pids {left}")
+
+
+def gone(uuid: str, before: set[int], timeout: float = 60.0) -> list[int]:
+    """Wait until the application's processes have left the GPU (hosts notice their
+    executor's end within a second or so), so that the next approach starts from the same
+    memory; the pids still there after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = sorted(set(gpu_processes(uuid)) - before)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,22 +298,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--features", type=int, default=64)
     p.add_argument("--arrow-batch", type=int, default=2048, help="rows per Arrow batch")
+    p.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cpu: a dry run of the whole script on a machine without a GPU (the Worker still "
+        "offers GPU --gpu, a fake one; memory is not sampled; rows/s say nothing about GPUs)",
+    )
     args = p.parse_args(argv)
-    why = missing()
+    why = missing(args.device)
     if why is not None:
         print(f"gpu_bench: {why}: nothing to measure here.")
         return 0
-    uuid = gpu_uuid(args.gpu)
+    uuid = gpu_uuid(args.gpu) if args.device == "cuda" else None
     mib = (args.features * args.hidden + (args.layers - 1) * args.hidden**2) * 4 / 2**20
     print(
-        f"GPU {args.gpu} ({uuid}); k={args.tasks} tasks; MLP {args.layers}x{args.hidden} "
+        f"GPU {args.gpu} ({uuid or 'a fake one: dry run on the CPU'}); k={args.tasks} tasks; "
+        f"MLP {args.layers}x{args.hidden} "
         f"(~{mib:,.0f} MiB of weights); {args.rows:,} rows of {args.features} features",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="gpu_bench-") as tmp:
         root = Path(tmp)
         model = root / "mlp"
-        config = {"hidden": args.hidden, "layers": args.layers, "features": args.features}
+        config = {
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "features": args.features,
+            "device": args.device,
+        }
         save_model(str(model), python_model=TorchMLP(), model_config=config)
         results = []
         with sa.standalone_cluster(args.tasks, memory="16g", root=root / "cluster",
