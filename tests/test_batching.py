@@ -409,3 +409,22 @@ def test_spark_udf_with_batching_scores_through_a_batching_host(spark, tmp_path)
     sizes = [int(line.split()[0]) for line in calls.read_text().splitlines()]
     assert sum(sizes) == 2000 and max(sizes) <= 700
     assert {line.split()[1] for line in calls.read_text().splitlines()} == {"3"}
+
+
+def test_a_batching_host_must_serve_on_threads(tmp_path: Path) -> None:
+    from spark_pyfunc._host import Host, _Watch
+    from spark_pyfunc.errors import HostError
+
+    batcher = Batcher(ModelServer(HeldModel()).handle, max_wait=0.0, max_rows=10)
+    for mode in ("prefork", "fork"):
+        with pytest.raises(
+            HostError, match=f"request batching needs the thread mode, not '{mode}'"
+        ):
+            Host(
+                ModelServer(HeldModel()),
+                socket_file=str(tmp_path / "s"),
+                mode=mode,
+                idle_timeout=1.0,
+                watch=_Watch(None),
+                batcher=batcher,
+            )
