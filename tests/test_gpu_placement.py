@@ -111,19 +111,17 @@ def test_one_host_per_gpu_address_on_a_standalone_cluster(tmp_path: Path, spark_
     data = pd.DataFrame({"x": np.linspace(-3, 3, 4000)})
     root = tmp_path / "cluster"
     stop_active_session()
+    conf = {
+        "spark.executor.memory": "512m",
+        "spark.executor.cores": "4",
+        "spark.executor.resource.gpu.amount": "2",
+        "spark.task.resource.gpu.amount": "0.5",
+        "spark.task.maxFailures": "1",
+    }
     with standalone.standalone_cluster(4, memory="2g", root=root, gpus=["0", "1"]) as cluster:
+        spark = None
         try:
-            spark = get_session(
-                cluster.master_url,
-                spark_tmp,
-                {
-                    "spark.executor.memory": "512m",
-                    "spark.executor.cores": "4",
-                    "spark.executor.resource.gpu.amount": "2",
-                    "spark.task.resource.gpu.amount": "0.5",
-                    "spark.task.maxFailures": "1",
-                },
-            )
+            spark = get_session(cluster.master_url, spark_tmp, conf)
             predict = spark_udf(
                 spark, model_dir, result_type="y double, pid long, devices string", scope="executor"
             )
@@ -133,7 +131,12 @@ def test_one_host_per_gpu_address_on_a_standalone_cluster(tmp_path: Path, spark_
             devices = {p: h.environ().get("CUDA_VISIBLE_DEVICES") for p, h in hosts.items()}
             commands = {p: h.cmdline() for p, h in hosts.items()}
         finally:
+            jvm = spark.sparkContext._jvm if spark is not None else None
             stop_active_session()
+            # The builder's options outlive the session as the JVM's system properties, which
+            # every later SparkConf reads: a local[2] session would then wait for GPUs forever.
+            for key in conf if jvm is not None else ():
+                jvm.java.lang.System.clearProperty(key)
     by_host = out.groupby("pid")["devices"].unique()
     assert sorted(by_host.index) == sorted(hosts), (by_host, hosts)
     # Exactly one host per address, each seeing only its own GPU, from load to predict.
