@@ -8,6 +8,7 @@ stopped by PID (also on errors and Ctrl-C, since callers use this as a context m
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -93,15 +94,48 @@ class Cluster:
     env: dict[str, str] = field(default_factory=dict)
 
 
+def gpu_discovery_script(directory: Path, addresses: list[str]) -> Path:
+    """A Spark resource discovery script that reports ``addresses`` as the machine's GPUs
+    (real ones come from ``nvidia-smi``; fake ones let a machine without GPUs test the
+    scheduling, since Spark only hands the addresses to tasks)."""
+    script = directory / "gpus.sh"
+    found = json.dumps({"name": "gpu", "addresses": [str(a) for a in addresses]})
+    script.write_text(f"#!/bin/sh\necho '{found}'\n")
+    script.chmod(0o755)
+    return script
+
+
+def nvidia_gpu_addresses() -> list[str]:
+    """The indexes of this machine's NVIDIA GPUs (none without nvidia-smi or a GPU)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
 @contextmanager
 def standalone_cluster(
-    cores: int, memory: str = "4g", timeout: float = 90.0, root: Path | None = None
+    cores: int,
+    memory: str = "4g",
+    timeout: float = 90.0,
+    root: Path | None = None,
+    gpus: list[str] | None = None,
 ) -> Iterator[Cluster]:
     """Start a Master and one Worker (``cores`` cores) on 127.0.0.1; stop both on exit.
 
     Web UIs bind to port 0 (an unused port), logs and the work dir live in a temp dir that is
     removed at the end. Executors use this Python (``PYSPARK_PYTHON``) and local dirs under the
-    same temp dir, so nothing they write outlives the cluster.
+    same temp dir, so nothing they write outlives the cluster. ``gpus``: the Worker offers
+    these GPU addresses (``spark.worker.resource.gpu.*``, found by a discovery script that
+    reports them); applications then ask for them with ``spark.executor.resource.gpu.amount``
+    and ``spark.task.resource.gpu.amount``.
     """
     own_root = root is None
     root = Path(tempfile.mkdtemp(prefix="spb-")) if root is None else root
@@ -145,6 +179,15 @@ def standalone_cluster(
         _wait_for(master_log, r"I have been elected leader", cluster.master, timeout)
         cluster.master_url = found.group(1)
         worker_log = logs / "worker.log"
+        resources: list[str] = []
+        if gpus:
+            properties = root / "worker.properties"
+            script = gpu_discovery_script(root, gpus)
+            properties.write_text(
+                f"spark.worker.resource.gpu.amount={len(gpus)}\n"
+                f"spark.worker.resource.gpu.discoveryScript={script}\n"
+            )
+            resources = ["--properties-file", str(properties)]
         with worker_log.open("wb") as out:
             cluster.worker = subprocess.Popen(
                 [
@@ -161,6 +204,7 @@ def standalone_cluster(
                     memory,
                     "--work-dir",
                     str(work),
+                    *resources,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,

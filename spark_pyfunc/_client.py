@@ -38,7 +38,14 @@ import psutil
 import pyarrow as pa
 
 from spark_pyfunc import errors
-from spark_pyfunc._config import DEFAULT_MODE, IDLE_TIMEOUT, MODES, START_TIMEOUT
+from spark_pyfunc._config import (
+    BATCH_MAX_ROWS,
+    BATCH_MAX_WAIT_MS,
+    DEFAULT_MODE,
+    IDLE_TIMEOUT,
+    MODES,
+    START_TIMEOUT,
+)
 from spark_pyfunc._rendezvous import (
     exit_status_path,
     read_exit_status,
@@ -84,7 +91,9 @@ class HostSpec:
     processes a prefork host runs (the executor's task slots; None: the CPUs the host may run
     on). ``env`` holds environment variables set for the host on top of the worker's own
     (``extra_env``, ``CUDA_VISIBLE_DEVICES``); ``python`` is the interpreter that runs it (a
-    restored model environment's; None: the worker's own).
+    restored model environment's; None: the worker's own). ``batching`` makes the host answer
+    the requests of all workers in batches of up to ``batch_max_rows`` rows, waiting at most
+    ``batch_max_wait_ms`` for company (see _batching.py).
     """
 
     model_dir: str
@@ -100,6 +109,9 @@ class HostSpec:
     processes: int | None = None
     env: dict[str, str] | None = None
     python: str | None = None
+    batching: bool = False
+    batch_max_wait_ms: float = BATCH_MAX_WAIT_MS.default
+    batch_max_rows: int = BATCH_MAX_ROWS.default
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -420,6 +432,12 @@ class ModelHostClient:
             cmd += ["--watch-pid", str(spec.watch_pid)]
         if spec.processes is not None:
             cmd += ["--processes", str(spec.processes)]
+        if spec.batching:
+            cmd += [
+                "--batching",
+                "--batch-max-wait-ms", repr(float(spec.batch_max_wait_ms)),
+                "--batch-max-rows", str(int(spec.batch_max_rows)),
+            ]  # fmt: skip
         return cmd
 
     @property

@@ -15,6 +15,9 @@ from spark_pyfunc.errors import InvalidArgumentError
 
 __all__ = [
     "AUTO_THRESHOLD",
+    "BATCHING",
+    "BATCH_MAX_ROWS",
+    "BATCH_MAX_WAIT_MS",
     "DEFAULT_MODE",
     "DEFAULT_SCOPE",
     "HOST_LOG_DIR",
@@ -44,6 +47,20 @@ DEFAULT_MODE = "auto"
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered not in ("true", "false"):
+        raise ValueError(text)
+    return lowered == "true"
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
         raise ValueError(text)
     return value
 
@@ -87,9 +104,28 @@ START_TIMEOUT = Setting("spark.pyfunc.host.startTimeout", 600.0, float, "a numbe
 HOST_MODE = Setting("spark.pyfunc.host.mode", None, _mode, f"one of {list(MODES)}")
 HOST_LOG_DIR = Setting("spark.pyfunc.host.logDir", None, str, "a directory")
 HOST_PROCESSES = Setting("spark.pyfunc.host.processes", None, _positive_int, "a positive integer")
+#: Request batching in the host (see _batching.py). Unset (None): on for a host that serves a
+#: GPU, off otherwise; the worker decides, since only it knows the task's GPU addresses.
+BATCHING = Setting("spark.pyfunc.host.batching.enabled", None, _boolean, "true or false")
+BATCH_MAX_WAIT_MS = Setting(
+    "spark.pyfunc.host.batching.maxWaitMs", 5.0, _non_negative_float, "a number of milliseconds"
+)
+BATCH_MAX_ROWS = Setting(
+    "spark.pyfunc.host.batching.maxBatchRows", 32768, _positive_int, "a positive integer"
+)
 
 #: Every setting, by key.
 SETTINGS: dict[str, Setting] = {
     s.key: s
-    for s in (AUTO_THRESHOLD, IDLE_TIMEOUT, START_TIMEOUT, HOST_MODE, HOST_LOG_DIR, HOST_PROCESSES)
+    for s in (
+        AUTO_THRESHOLD,
+        IDLE_TIMEOUT,
+        START_TIMEOUT,
+        HOST_MODE,
+        HOST_LOG_DIR,
+        HOST_PROCESSES,
+        BATCHING,
+        BATCH_MAX_WAIT_MS,
+        BATCH_MAX_ROWS,
+    )
 }

@@ -6,7 +6,8 @@ client.py), and answers batches over a Unix socket private to the user::
 
     python -m spark_pyfunc._host --model-dir D --socket S --log L --pid-file P \\
         --model-config JSON --watch-pid N --idle-timeout SECONDS \\
-        --mode auto|prefork|thread|fork --processes P
+        --mode auto|prefork|thread|fork --processes P \\
+        [--batching --batch-max-wait-ms MS --batch-max-rows R]
 
 The command line names spark_pyfunc so that operators find the process with ``ps``.
 
@@ -23,6 +24,10 @@ Modes:
   fresh copy-on-write faults on every task.
 - ``auto`` (the default) picks ``prefork`` unless the loaded model made forking unsafe, then
   ``thread``, and logs why.
+
+``--batching`` (see _batching.py) answers the requests of all connections in batches, one
+predict call per batch: it needs every worker's requests in one process, so it serves on
+threads whatever the mode asked for, and the log line that names the mode says so.
 
 The host goes away by itself: after ``--idle-timeout`` seconds without a connection, within a
 second of the ``--watch-pid`` process (the executor's Python daemon or JVM) going away, and on
@@ -54,7 +59,14 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from spark_pyfunc._config import DEFAULT_MODE, IDLE_TIMEOUT, MODES
+from spark_pyfunc._batching import Batcher, Handler
+from spark_pyfunc._config import (
+    BATCH_MAX_ROWS,
+    BATCH_MAX_WAIT_MS,
+    DEFAULT_MODE,
+    IDLE_TIMEOUT,
+    MODES,
+)
 from spark_pyfunc._rendezvous import (
     remove_pid_file,
     write_exit_status,
@@ -129,15 +141,17 @@ class ModelServer:
             }, b""
         return {"ok": True, "rows": len(result)}, body
 
-    def serve_connection(self, conn: socket.socket) -> None:
+    def serve_connection(self, conn: socket.socket, answer: Handler | None = None) -> None:
         """Greet the client (so it knows the host is ready, and its pid), then answer its
-        requests, one per batch, until it closes the connection."""
+        requests, one per batch, until it closes the connection. ``answer`` replaces
+        :meth:`handle` (a batcher's ``submit``, which calls it for many requests at once)."""
+        answer = answer or self.handle
         with conn:
             try:
                 send_message(conn, {"ok": True, "pid": self.host_pid})
                 while True:
                     header, payload = recv_message(conn)
-                    send_message(conn, *self.handle(header, payload))
+                    send_message(conn, *answer(header, payload))
             except PeerClosed:
                 pass
             except OSError as exc:
@@ -210,9 +224,12 @@ class Host:
         idle_timeout: float,
         watch: _Watch,
         processes: int = 1,
+        batcher: Batcher | None = None,
     ) -> None:
         if mode not in ("prefork", "thread", "fork"):
             raise HostError(f"model host mode {mode!r} must be resolved before serving")
+        if batcher is not None and mode != "thread":
+            raise HostError(f"request batching needs the thread mode, not {mode!r}")
         self.server = server
         self.socket_file = socket_file
         self.mode = mode
@@ -226,6 +243,7 @@ class Host:
         # prefork: slot -> pid of the serving process in it
         self.workers: dict[int, int] = {}
         self.activity = _Activity(self.processes if mode == "prefork" else 0)
+        self.batcher = batcher
 
     def bind(self) -> None:
         """Listen on a temporary name, then rename it into place: a client that finds the
@@ -300,15 +318,23 @@ class Host:
         if not self._admit(conn):
             return
         if self.mode == "thread":
-            thread = threading.Thread(
-                target=self.server.serve_connection, args=(conn,), daemon=True
-            )
+            target = self.server.serve_connection if self.batcher is None else self._serve_batched
+            thread = threading.Thread(target=target, args=(conn,), daemon=True)
             thread.start()
             self.threads.add(thread)
             return
         pid = self._fork(lambda: self.server.serve_connection(conn), "connection child")
         conn.close()
         self.children.add(pid)
+
+    def _serve_batched(self, conn: socket.socket) -> None:
+        """A connection whose requests go through the batcher, with every other one's."""
+        assert self.batcher is not None
+        self.batcher.connected()
+        try:
+            self.server.serve_connection(conn, self.batcher.submit)
+        finally:
+            self.batcher.disconnected()
 
     def _fork(self, work: Any, what: str) -> int:
         """Fork a child that dies with this process, runs ``work`` and exits."""
@@ -408,6 +434,8 @@ class Host:
                 os.unlink(self.socket_file)
         if self.listener is not None:
             self.listener.close()
+        if self.batcher is not None:
+            self.batcher.stop()
         self._stop_children()
         with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(self.socket_file))
@@ -529,6 +557,23 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="prefork: serving processes (default: the CPUs this host may run on)",
     )
     parser.add_argument(
+        "--batching",
+        action="store_true",
+        help="answer the requests of all connections in batches (implies the thread mode)",
+    )
+    parser.add_argument(
+        "--batch-max-wait-ms",
+        type=float,
+        default=BATCH_MAX_WAIT_MS.default,
+        help="batching: how long the oldest request may wait for others",
+    )
+    parser.add_argument(
+        "--batch-max-rows",
+        type=int,
+        default=BATCH_MAX_ROWS.default,
+        help="batching: rows a batch may reach by adding requests",
+    )
+    parser.add_argument(
         "--detach",
         action="store_true",
         help="fork: the parent prints the host's pid on stdout and exits at once, so the "
@@ -617,6 +662,21 @@ def main(argv: list[str] | None = None) -> int:
             )
             threads_after = _thread_count()
             mode, why = choose_mode(args.mode, threads_before, threads_after)
+            server = ModelServer(model)
+            batcher = None
+            if args.batching:
+                if mode != "thread":
+                    mode = "thread"
+                    why = "request batching needs the requests of every worker in one process"
+                batcher = Batcher(
+                    server.handle,
+                    max_wait=args.batch_max_wait_ms / 1000.0,
+                    max_rows=args.batch_max_rows,
+                )
+                why += (
+                    f"; batching requests up to {args.batch_max_rows} rows, waiting at most "
+                    f"{args.batch_max_wait_ms:g} ms"
+                )
             if mode in ("prefork", "fork") and threads_after > threads_before:
                 logger.warning(
                     "%s mode was asked for, but loading the model started %d thread(s): the "
@@ -629,12 +689,13 @@ def main(argv: list[str] | None = None) -> int:
                 _warm_up_wire()
                 gc.freeze()  # children then leave the loaded objects' pages shared
             host = Host(
-                ModelServer(model),
+                server,
                 socket_file=args.socket,
                 mode=mode,
                 idle_timeout=args.idle_timeout,
                 watch=_Watch(args.watch_pid),
                 processes=processes,
+                batcher=batcher,
             )
             host.bind()
             stage = "serving"

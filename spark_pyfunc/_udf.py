@@ -77,6 +77,10 @@ class _Plan:
     # task slots, from the executor cores read on the driver and the task's CPUs.
     host_processes: int | None = None
     executor_cores: int | None = None
+    # Request batching in the host (spark.pyfunc.host.batching.*); None: on for GPU hosts only.
+    batching: bool | None = None
+    batch_max_wait_ms: float = _config.BATCH_MAX_WAIT_MS.default
+    batch_max_rows: int = _config.BATCH_MAX_ROWS.default
 
 
 _PROCESS_MODELS: dict[tuple[str, str], PyFuncModel] = {}
@@ -123,17 +127,53 @@ def _task_slots(executor_cores: int | None) -> int | None:
     return max(executor_cores // cpus, 1)
 
 
+def _task_gpus() -> tuple[str, ...]:
+    """The GPU addresses Spark's resource scheduling gave this task (none: no GPU)."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if context is None:
+        return ()
+    try:
+        info = context.resources().get("gpu")
+    except Exception:  # pragma: no cover - a PySpark without TaskContext.resources()
+        return ()
+    return tuple(str(a) for a in info.addresses) if info is not None else ()
+
+
+def host_variant(plan: _Plan, gpus: tuple[str, ...], processes: int | None) -> dict[str, Any]:
+    """What makes this task's host differ from another's (HostSpec fields; all in its key).
+
+    With GPU addresses the host is one per (executor, model, addresses): the tasks sharing a
+    GPU share one copy on it. It sees only those GPUs (``CUDA_VISIBLE_DEVICES``; a task given
+    several gets them all, in Spark's order, and so does its host), serves on threads (a
+    CUDA context does not survive a fork) and batches requests unless batching was turned off.
+    """
+    variant: dict[str, Any] = {}
+    if plan.host_mode:
+        variant["mode"] = plan.host_mode
+    if processes is not None:
+        variant["processes"] = processes
+    batching = plan.batching
+    if gpus:
+        variant["env"] = {"CUDA_VISIBLE_DEVICES": ",".join(gpus)}
+        variant["mode"] = "thread"
+        batching = True if batching is None else batching
+    if batching:
+        variant["mode"] = "thread"
+        variant["batching"] = True
+        variant["batch_max_wait_ms"] = plan.batch_max_wait_ms
+        variant["batch_max_rows"] = plan.batch_max_rows
+    return variant
+
+
 def _host_client(plan: _Plan) -> ModelHostClient:
     from pyspark import SparkFiles
 
     model_dir = materialize(plan.shipped)
     executor_dir = os.path.abspath(SparkFiles.getRootDirectory())
-    kwargs: dict[str, Any] = {}
-    if plan.host_mode:
-        kwargs["mode"] = plan.host_mode
     processes = plan.host_processes or _task_slots(plan.executor_cores)
-    if processes is not None:
-        kwargs["processes"] = processes
+    kwargs = host_variant(plan, _task_gpus(), processes)
     spec = HostSpec(
         model_dir=str(model_dir),
         key=host_key(executor_dir, plan.shipped.sha256, plan.model_config, **kwargs),
@@ -487,6 +527,9 @@ def spark_udf(
         host_log_dir=_setting(spark, _config.HOST_LOG_DIR),
         host_processes=_setting(spark, _config.HOST_PROCESSES),
         executor_cores=_executor_cores(spark),
+        batching=_setting(spark, _config.BATCHING),
+        batch_max_wait_ms=_setting(spark, _config.BATCH_MAX_WAIT_MS),
+        batch_max_rows=_setting(spark, _config.BATCH_MAX_ROWS),
     )
     logger.info(
         "spark_udf: model %s (%d bytes) -> %s, scope=%s, result type %s",

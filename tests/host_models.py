@@ -183,3 +183,44 @@ class Threaded(Counting):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._stop.wait, daemon=True)
         self._thread.start()
+
+
+class Batched(PythonModel):
+    """y = (2a + b) * scale, recording each call for the batching tests.
+
+    Appends ``<rows> <scale>`` per call to model_config["calls"], sleeps model_config["cost"]
+    seconds per call (a fixed cost, as a GPU kernel launch), and raises for the ``fail``
+    param, so that a test sees what calls the model made and what each returned."""
+
+    def load_context(self, context):
+        self.config = dict(context.model_config or {})
+
+    def predict(self, context, model_input, params=None):
+        params = params or {}
+        scale = float(params.get("scale", 1.0))
+        if self.config.get("calls"):
+            with open(self.config["calls"], "a") as f:
+                f.write(f"{len(model_input)} {scale:g}\n")
+        time.sleep(float(self.config.get("cost", 0.0)))
+        if params.get("fail"):
+            raise ValueError(f"predict refused: {params['fail']}")
+        return pd.DataFrame({"y": (2 * model_input["a"] + model_input["b"]) * scale})
+
+
+class Environ(PythonModel):
+    """Reports the environment it runs in: the pid that loaded it and CUDA_VISIBLE_DEVICES,
+    with y = 2x, for the GPU placement tests (inputs ``x``)."""
+
+    def load_context(self, context):
+        self.pid = os.getpid()
+        self.devices = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+    def predict(self, context, model_input, params=None):
+        n = len(model_input)
+        return pd.DataFrame(
+            {
+                "y": 2.0 * model_input["x"],
+                "pid": [self.pid] * n,
+                "devices": [os.environ.get("CUDA_VISIBLE_DEVICES", "")] * n,
+            }
+        )

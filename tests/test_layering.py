@@ -24,7 +24,7 @@ TIERS: list[list[str]] = [
     ["errors", "_version"],
     ["_config", "_paths"],
     ["schema._types", "_wire", "_spark_session", "_uris"],
-    ["schema._coerce", "_rendezvous", "_shipping"],
+    ["schema._coerce", "_rendezvous", "_shipping", "_batching"],
     ["schema._specs"],
     ["schema._infer", "schema._enforce"],
     ["schema"],

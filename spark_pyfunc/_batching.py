@@ -1,0 +1,242 @@
+"""Request batching in the model host: the requests of every worker, one predict call.
+
+A model with a fixed cost per call (a GPU kernel launch, a framework's dispatch) wastes most
+of its time on small batches: Spark's workers each send their own batch and wait. The host
+sees all of them, so it can do what Triton's dynamic batcher or Ray Serve's ``@serve.batch``
+do: requests that arrive while the model is busy, or within ``max_wait`` of the oldest one,
+are concatenated (up to ``max_rows``) and answered from one call, each getting its own rows
+back, in order. Only requests whose headers are equal apart from their row count (the same
+method and params) and whose Arrow schemas are equal share a call.
+
+The batcher works on the wire's Arrow payloads and hands one request to ``handle`` (the
+server's, which converts, predicts and encodes), so it knows nothing of models; ``handle``
+runs one batch at a time, which is what a GPU wants, on the connection thread that found the
+batch ready.
+
+Not waiting for nothing: every connection has at most one request in flight (the client waits
+for each answer), so once every open connection has a request queued, no other request can
+come, and the batch goes at once rather than after ``max_wait``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from spark_pyfunc._wire import arrow_bytes_to_table
+
+logger = logging.getLogger("spark_pyfunc._batching")
+
+#: One request -> (response header, response payload): ModelServer.handle.
+Handler = Callable[[dict, Any], tuple[dict, Any]]
+
+
+@dataclass
+class _Request:
+    """A request waiting for its answer; ``answered`` once ``reply`` is filled in."""
+
+    header: dict
+    payload: Any
+    key: tuple[str, str] | None  # None: never shares a call (see _key)
+    rows: int
+    table: pa.Table | None
+    arrived: float
+    answered: bool = False
+    reply: tuple[dict, Any] = ({}, b"")
+
+
+def _ipc(table: pa.Table) -> pa.Buffer:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def _error(exc: BaseException, tb: str | None = None) -> dict:
+    """An error response in the server's form, for a failure of the batcher itself."""
+    return {
+        "ok": False,
+        "error": type(exc).__name__,
+        "message": str(exc),
+        "traceback": tb if tb is not None else traceback.format_exc(),
+    }
+
+
+class Batcher:
+    """Queues requests from many connection threads and answers them in batches.
+
+    Args:
+        handle: answers one request (header with ``rows``, Arrow IPC payload).
+        max_wait: seconds the oldest queued request may wait for company.
+        max_rows: rows a batch may reach by adding requests (a larger single request
+            still goes alone, whole).
+
+    Connection threads call :meth:`connected` / :meth:`disconnected` around their loop and
+    :meth:`submit` per request; the model runs on whichever of them finds a batch ready, one
+    batch at a time. :meth:`stop` refuses further requests.
+    """
+
+    def __init__(self, handle: Handler, *, max_wait: float, max_rows: int) -> None:
+        if max_wait < 0 or max_rows < 1:
+            raise ValueError(f"max_wait={max_wait!r} and max_rows={max_rows!r} are out of range")
+        self.handle = handle
+        self.max_wait = max_wait
+        self.max_rows = max_rows
+        self._cond = threading.Condition()
+        self._queue: list[_Request] = []
+        self._connections = 0
+        self._stopping = False
+        self._busy = False  # a thread is calling the model: one batch at a time
+        #: How many model calls saw how many rows (logged at exit; read by tests).
+        self.sizes: Counter[int] = Counter()
+
+    # ------------------------------------------------------------- connection threads
+
+    def connected(self) -> None:
+        with self._cond:
+            self._connections += 1
+
+    def disconnected(self) -> None:
+        with self._cond:
+            self._connections -= 1
+            self._cond.notify_all()  # the others may now be all there is to wait for
+
+    def submit(self, header: dict, payload: Any) -> tuple[dict, Any]:
+        """Queue one request and return its answer (response header, payload).
+
+        The calling thread waits for its answer, and meanwhile runs any batch that is ready
+        while the model is free (its own or another's): the thread that completes a batch
+        calls the model at once, with no hand-over to another thread, which on a busy machine
+        costs a wait for the scheduler each time.
+        """
+        try:
+            request = self._request(header, payload)
+        except Exception as exc:  # a malformed request: answered alone by the server
+            logger.debug("request not batchable (%s): answered alone", exc)
+            request = _Request(header, payload, None, 0, None, time.monotonic())
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the batcher is stopped")
+            self._queue.append(request)
+            while not request.answered:
+                batch, left = self._ready()
+                if batch is None:
+                    self._cond.wait(left)
+                    continue
+                self._busy = True
+                self._cond.release()
+                try:
+                    self._answer(batch)
+                finally:
+                    self._cond.acquire()
+                    self._busy = False
+                    self._cond.notify_all()
+        return request.reply
+
+    @staticmethod
+    def _request(header: dict, payload: Any) -> _Request:
+        rows = int(header["rows"])
+        table = arrow_bytes_to_table(payload)
+        key = _key(header, table) if table.num_rows == rows else None
+        return _Request(header, payload, key, rows, table, time.monotonic())
+
+    def stop(self) -> None:
+        """Refuse further requests (those queued are still answered) and log the sizes."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self.sizes:
+            logger.info("batch sizes seen by the model (rows: calls): %s", dict(self.sizes))
+
+    # ------------------------------------------------------------------------ batching
+
+    def _ready(self) -> tuple[list[_Request] | None, float | None]:
+        """The batch to run now, taken off the queue; or None and how long to wait (None:
+        until notified). A batch is ready once the model is free and the batch is full,
+        every connection has a request queued, or its oldest request waited ``max_wait``."""
+        if self._busy or not self._queue:
+            return None, None
+        batch, full = self._gather()
+        head = self._queue[0]
+        left = head.arrived + self.max_wait - time.monotonic()
+        everyone = len(self._queue) >= self._connections
+        if not (full or everyone or left <= 0 or self._stopping):
+            return None, left
+        for request in batch:
+            self._queue.remove(request)
+        return batch, None
+
+    def _gather(self) -> tuple[list[_Request], bool]:
+        """The oldest request and the queued ones that may share its call, in order; and
+        whether no further request could join."""
+        head = self._queue[0]
+        if head.key is None:
+            return [head], True
+        batch, rows = [head], head.rows
+        for request in self._queue[1:]:
+            if request.key != head.key:
+                continue
+            if rows + request.rows > self.max_rows:
+                return batch, True
+            batch.append(request)
+            rows += request.rows
+        return batch, rows >= self.max_rows
+
+    def _answer(self, batch: list[_Request]) -> None:
+        """One call of ``handle`` for the batch; its rows split back, or its error to all."""
+        try:
+            replies = self._call(batch)
+        except Exception as exc:
+            logger.exception("a batch of %d requests failed", len(batch))
+            replies = [(_error(exc), b"")] * len(batch)
+        for request, reply in zip(batch, replies, strict=True):
+            request.reply = reply
+            request.answered = True
+
+    def _call(self, batch: list[_Request]) -> list[tuple[dict, Any]]:
+        rows = sum(r.rows for r in batch)
+        self.sizes[rows] += 1
+        if len(batch) == 1:
+            return [self.handle(batch[0].header, batch[0].payload)]
+        # Requests that share a call have tables (see _key), with equal schemas but for
+        # their metadata (pandas' notes on the dtypes): the first one's is kept.
+        tables = [r.table for r in batch if r.table is not None]
+        metadata = tables[0].schema.metadata
+        joined = pa.concat_tables([t.replace_schema_metadata(metadata) for t in tables])
+        header, body = self.handle(dict(batch[0].header, rows=rows), _ipc(joined))
+        if not header.get("ok"):
+            return [(header, b"")] * len(batch)
+        result = arrow_bytes_to_table(body)
+        if result.num_rows != rows:
+            raise ValueError(
+                f"the model returned {result.num_rows} rows for a batch of {rows} rows from "
+                f"{len(batch)} requests (request batching needs one output row per input row; "
+                "spark.pyfunc.host.batching.enabled=false turns it off)"
+            )
+        replies, start = [], 0
+        for request in batch:
+            part = result.slice(start, request.rows)
+            replies.append((dict(header, rows=request.rows), _ipc(part)))
+            start += request.rows
+        return replies
+
+
+def _key(header: dict, table: pa.Table) -> tuple[str, str] | None:
+    """What must be equal for two requests to share a call: the header apart from its row
+    count (method, params, anything the server reads) and the Arrow schema (its metadata
+    aside: pandas' notes on the dtypes it converted from). None for a request without
+    columns, whose row count Arrow does not carry."""
+    if table.num_columns == 0:
+        return None
+    rest = {k: v for k, v in header.items() if k != "rows"}
+    schema = table.schema.remove_metadata().to_string()
+    return json.dumps(rest, sort_keys=True, default=str), schema
