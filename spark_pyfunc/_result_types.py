@@ -276,7 +276,8 @@ def _compatible_outputs(pred: pd.DataFrame, dtype: DataType) -> pd.DataFrame:
     """mlflow.pyfunc.spark_udf's rule for several outputs and a scalar (or array of scalar)
     type: keep the outputs whose dtype converts to it (integers of at most the type's width
     for int and bigint, any number for float and double, booleans for boolean), converted;
-    every output as text for string; all outputs for other types."""
+    every output as text for string; all outputs for other types. Beyond MLflow, which
+    fails there: float outputs alone, for an integer type, are all kept for the safe cast."""
     if isinstance(dtype, StringType):
         return pred.map(str)
     if isinstance(dtype, IntegerType):
@@ -292,6 +293,9 @@ def _compatible_outputs(pred: pd.DataFrame, dtype: DataType) -> pd.DataFrame:
         kept, wanted = pred.select_dtypes([np.bool_]), np.bool_
     else:
         return pred
+    if len(kept.columns) == 0 and wanted in (np.int32, np.int64):
+        if all(kind.kind == "f" for kind in pred.dtypes):
+            return _whole_numbers(pred, wanted, dtype)
     if len(kept.columns) == 0:
         outputs = {str(c): str(t) for c, t in pred.dtypes.items()}
         raise ResultTypeError(
@@ -299,6 +303,22 @@ def _compatible_outputs(pred: pd.DataFrame, dtype: DataType) -> pd.DataFrame:
             f"{dtype.simpleString()}; ask for string or array<string> to get them as text"
         )
     return kept.astype(wanted)
+
+
+def _whole_numbers(pred: pd.DataFrame, wanted: Any, dtype: DataType) -> pd.DataFrame:
+    """Float outputs as integers where every value is a whole number in range (beyond
+    MLflow, which fails); a fraction, NaN or overflow fails naming the output."""
+    for name in pred.columns:
+        try:
+            pa.array(pred[name].to_numpy()).cast(pa.from_numpy_dtype(wanted), safe=True)
+            if pred[name].isna().any():
+                raise ValueError("a missing value (NaN) has no integer form")
+        except (pa.ArrowInvalid, ValueError) as exc:
+            raise ResultTypeError(
+                f"output {str(name)!r}: values of type {pred[name].dtype} do not fit the "
+                f"result type {dtype.simpleString()}: {exc}"
+            ) from exc
+    return pred.astype(wanted)
 
 
 def relayable(dtype: DataType) -> bool:

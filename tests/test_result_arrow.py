@@ -284,3 +284,13 @@ def test_the_result_type_types_the_hosts_nested_outputs() -> None:
     strings = pd.DataFrame({"m": ["not", "maps"]})
     kept = arrow_bytes_to_table(frame_to_arrow_bytes(strings, result_type=wrong))
     assert kept.schema.field("m").type == pa.string()
+
+
+def test_float_outputs_for_an_integer_array_must_be_whole_numbers() -> None:
+    """Beyond MLflow (which keeps no float output for bigint and fails): a homogeneous float
+    prediction fits array<bigint> when every value is whole; a fraction fails, named."""
+    dtype = ArrayType(LongType())
+    whole = pd.DataFrame({"0": [1.0, 3.0], "1": [2.0, 4.0]})
+    assert to_arrow(fit_prediction(whole, dtype, 2), dtype).to_pylist() == [[1, 2], [3, 4]]
+    with pytest.raises(ResultTypeError, match="output '0': .* do not fit the result type bigint"):
+        fit_prediction(pd.DataFrame({"0": [1.5, 3.0], "1": [2.0, 4.0]}), dtype, 2)
