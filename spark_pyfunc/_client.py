@@ -56,6 +56,7 @@ from spark_pyfunc._wire import (
     arrow_bytes_to_frame,
     arrow_bytes_to_table,
     batch_to_arrow_bytes,
+    encode_arrow_type,
     encode_header,
     frame_to_arrow_bytes,
     recv_message,
@@ -235,16 +236,20 @@ class ModelHostClient:
         params: dict | None = None,
         *,
         arrow: bool = False,
+        result_type: pa.DataType | None = None,
     ) -> pd.DataFrame | pa.Table:
         """The model's output for ``frame``, as rows (see wire.prediction_to_frame).
 
         An Arrow record batch goes to the host as it is, so a Spark worker that already holds
         Arrow data skips a round of pandas conversions; the host gives the model pandas.
         ``arrow=True`` returns the host's Arrow table as it came, for a relay that fits it
-        to the result type without pandas.
+        to the result type without pandas. ``result_type`` (the Arrow form of the UDF's result
+        type) tells the host the types of nested outputs.
         """
         rows = frame.num_rows if isinstance(frame, pa.RecordBatch) else len(frame)
-        header = {"method": method, "params": params, "rows": rows}
+        header: dict[str, Any] = {"method": method, "params": params, "rows": rows}
+        if result_type is not None:
+            header["result_type"] = encode_arrow_type(result_type)
         try:
             encode_header(header)
         except (TypeError, ValueError) as exc:

@@ -75,9 +75,11 @@ from spark_pyfunc._rendezvous import (
 from spark_pyfunc._wire import (
     PeerClosed,
     arrow_bytes_to_frame,
+    decode_arrow_type,
     frame_to_arrow_bytes,
     prediction_to_frame,
     recv_message,
+    request_to_frame,
     send_message,
     tune_socket,
 )
@@ -123,14 +125,21 @@ class ModelServer:
         try:
             method = header["method"]
             rows = int(header["rows"])
-            frame = arrow_bytes_to_frame(payload)
+            frame = request_to_frame(payload)
             if len(frame.columns) == 0:  # Arrow keeps no row count without columns
                 frame = frame.reindex(range(rows))
             if len(frame) != rows:
                 raise ValueError(f"request says {rows} rows but its batch has {len(frame)}")
             output = self.model.invoke(method, frame, header.get("params"))
             result = prediction_to_frame(output)
-            body = frame_to_arrow_bytes(result, what=f"output of the model's {method}")
+            # The UDF's result type, when the request carries it, types the nested outputs
+            # (a column of dicts is a map, not a struct of every key seen).
+            hint = header.get("result_type")
+            body = frame_to_arrow_bytes(
+                result,
+                what=f"output of the model's {method}",
+                result_type=decode_arrow_type(hint) if hint else None,
+            )
         except Exception as exc:  # the model's own errors are answered, not fatal
             logger.warning("%s failed: %s: %s", header.get("method"), type(exc).__name__, exc)
             return {

@@ -86,6 +86,10 @@ def _spark_type_of(dtype: Any, what: str) -> DataType:
 
 
 def _spark_type_of_tensor(spec: sch.TensorSpec, what: str) -> DataType:
+    """MLflow's rule for a tensor output: an array per row of its element type, nested once
+    more for a 2-D shape (``(-1,)`` and ``(2,)`` -> ``array<t>``, ``(-1, 3)`` ->
+    ``array<array<t>>``). Beyond MLflow: a 0-D shape gives the scalar type, and int8/int16,
+    unsigned and object dtypes map to the nearest Spark type instead of failing."""
     kind = np.dtype(spec.dtype)
     if kind == np.bool_:
         element: DataType = BooleanType()
@@ -97,9 +101,16 @@ def _spark_type_of_tensor(spec: sch.TensorSpec, what: str) -> DataType:
         element = StringType() if kind.kind == "U" else BinaryType()
     elif kind.kind == "O":
         element = StringType()
+    elif kind.kind == "M":
+        element = TimestampType()
     else:
         raise SparkPyfuncError(f"tensor output {what} has dtype {kind}; pass result_type=")
-    for _ in range(max(len(spec.shape) - 1, 0)):
+    if len(spec.shape) > 2:
+        raise SparkPyfuncError(
+            f"tensor output {what} has shape {tuple(spec.shape)}: only 1-D or 2-D tensors have "
+            "a Spark result type (as in MLflow); pass result_type="
+        )
+    for _ in range(len(spec.shape)):
         element = ArrayType(element)
     return element
 
@@ -186,6 +197,9 @@ def _fit_column(values: pd.Series, dtype: DataType, output: str) -> pd.Series:
         return values.dt.date
     target = arrow_type(dtype)
     nested = isinstance(dtype, (ArrayType, MapType, StructType))
+    if isinstance(dtype, ArrayType) and kind == np.dtype(object):
+        # A missing array (None or NaN) is a null array, as in MLflow (mlflow#8986).
+        values = values.map(lambda v: None if _is_none_or_nan(v) else v)
     try:
         if nested:
             pa.array(_plain(values), type=target, from_pandas=True)  # validates every element
@@ -199,6 +213,10 @@ def _fit_column(values: pd.Series, dtype: DataType, output: str) -> pd.Series:
     if nested:
         return values
     return pd.Series(array.to_pandas(types_mapper=_NULLABLE_INTS.get), index=values.index)
+
+
+def _is_none_or_nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def _plain(values: pd.Series) -> list:
@@ -234,11 +252,73 @@ def fit_prediction(pred: pd.DataFrame, dtype: DataType, rows: int) -> pd.Series 
         )
     if len(pred.columns) == 0:
         raise ResultTypeError("the model returned no output columns")
-    if isinstance(dtype, ArrayType) and len(pred.columns) > 1:
-        # Several output columns requested as one array column: one array per row (as MLflow).
-        series = pd.Series(list(pred.to_numpy()))
-        return _fit_column(series, dtype, "array of all outputs")
+    if isinstance(dtype, ArrayType) and not isinstance(dtype.elementType, (ArrayType, MapType)):
+        if len(pred.columns) == 1 and _holds_sequences(pred[pred.columns[0]]):
+            return _fit_column(pred[pred.columns[0]], dtype, str(pred.columns[0]))
+        # The outputs that convert to the element type, one array of them per row (MLflow).
+        kept = _compatible_outputs(pred, dtype.elementType)
+        return _fit_column(pd.Series(kept.to_numpy().tolist()), dtype, "array of the outputs")
+    if len(pred.columns) > 1:
+        pred = _compatible_outputs(pred, dtype)  # the first output of the type, as MLflow
     return _fit_column(pred[pred.columns[0]], dtype, str(pred.columns[0]))
+
+
+def _holds_sequences(values: pd.Series) -> bool:
+    """Whether a column's cells are arrays (one array per row, or all missing) rather than
+    scalars."""
+    if values.dtype != np.dtype(object):
+        return False
+    first = next((v for v in values if not _is_none_or_nan(v)), None)
+    return first is None or isinstance(first, (list, tuple, np.ndarray))
+
+
+def _compatible_outputs(pred: pd.DataFrame, dtype: DataType) -> pd.DataFrame:
+    """mlflow.pyfunc.spark_udf's rule for several outputs and a scalar (or array of scalar)
+    type: keep the outputs whose dtype converts to it (integers of at most the type's width
+    for int and bigint, any number for float and double, booleans for boolean), converted;
+    every output as text for string; all outputs for other types. Beyond MLflow, which
+    fails there: float outputs alone, for an integer type, are all kept for the safe cast."""
+    if isinstance(dtype, StringType):
+        return pred.map(str)
+    if isinstance(dtype, IntegerType):
+        kept = pred.select_dtypes([np.int8, np.uint8, np.int16, np.uint16, np.int32])
+        wanted: Any = np.int32
+    elif isinstance(dtype, LongType):
+        kept = pred.select_dtypes([np.int8, np.uint8, np.int16, np.uint16, np.int64])
+        wanted = np.int64
+    elif isinstance(dtype, (FloatType, DoubleType)):
+        kept = pred.select_dtypes(include=(np.number,))
+        wanted = np.float32 if isinstance(dtype, FloatType) else np.float64
+    elif isinstance(dtype, BooleanType):
+        kept, wanted = pred.select_dtypes([np.bool_]), np.bool_
+    else:
+        return pred
+    if len(kept.columns) == 0 and wanted in (np.int32, np.int64):
+        if all(kind.kind == "f" for kind in pred.dtypes):
+            return _whole_numbers(pred, wanted, dtype)
+    if len(kept.columns) == 0:
+        outputs = {str(c): str(t) for c, t in pred.dtypes.items()}
+        raise ResultTypeError(
+            f"none of the model's outputs {outputs} converts to the result type "
+            f"{dtype.simpleString()}; ask for string or array<string> to get them as text"
+        )
+    return kept.astype(wanted)
+
+
+def _whole_numbers(pred: pd.DataFrame, wanted: Any, dtype: DataType) -> pd.DataFrame:
+    """Float outputs as integers where every value is a whole number in range (beyond
+    MLflow, which fails); a fraction, NaN or overflow fails naming the output."""
+    for name in pred.columns:
+        try:
+            pa.array(pred[name].to_numpy()).cast(pa.from_numpy_dtype(wanted), safe=True)
+            if pred[name].isna().any():
+                raise ValueError("a missing value (NaN) has no integer form")
+        except (pa.ArrowInvalid, ValueError) as exc:
+            raise ResultTypeError(
+                f"output {str(name)!r}: values of type {pred[name].dtype} do not fit the "
+                f"result type {dtype.simpleString()}: {exc}"
+            ) from exc
+    return pred.astype(wanted)
 
 
 def relayable(dtype: DataType) -> bool:
@@ -324,8 +404,8 @@ def _fit_arrow(table: pa.Table, dtype: DataType, rows: int) -> pa.Array | None:
         if any(a is None for a in arrays):
             return None
         return pa.StructArray.from_arrays(arrays, fields=list(arrow_type(dtype)))
-    if isinstance(dtype, ArrayType):
-        return None
+    if isinstance(dtype, ArrayType) or len(columns) > 1:
+        return None  # fit_prediction picks the outputs, as MLflow
     return _fit_arrow_column(columns[0], dtype)
 
 

@@ -9,6 +9,7 @@ per-worker model copy (``scope="process"``) for predictions, and fits them to th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,9 +25,7 @@ import pyarrow.compute as pc
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
-from pyspark.sql.types import (
-    DataType,
-)
+from pyspark.sql.types import ArrayType, DataType, MapType, StructType
 
 from spark_pyfunc import _config
 from spark_pyfunc._client import HostSpec, ModelHostClient, host_key
@@ -39,7 +38,7 @@ from spark_pyfunc._result_types import (
     result_type_from_signature,
 )
 from spark_pyfunc._shipping import ShippedModel, materialize, ship_model
-from spark_pyfunc._wire import prediction_to_frame
+from spark_pyfunc._wire import prediction_to_frame, struct_rows
 from spark_pyfunc.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -81,26 +80,49 @@ class _Plan:
     batching: bool | None = None
     batch_max_wait_ms: float = _config.BATCH_MAX_WAIT_MS.default
     batch_max_rows: int = _config.BATCH_MAX_ROWS.default
+    # extra_env: environment variables of the model's process (the worker around load and
+    # predict for scope="process", the host's own environment for scope="executor").
+    extra_env: dict[str, str] | None = None
 
 
-_PROCESS_MODELS: dict[tuple[str, str], PyFuncModel] = {}
+_PROCESS_MODELS: dict[tuple[str, str, str], PyFuncModel] = {}
 
 
 class _InProcess:
     """scope="process": one model per Python worker, kept for the worker's lifetime."""
 
     def __init__(self, plan: _Plan) -> None:
-        key = (plan.shipped.sha256, plan.config_key)
+        self._env = plan.extra_env or {}
+        key = (plan.shipped.sha256, plan.config_key, json.dumps(self._env, sort_keys=True))
         model = _PROCESS_MODELS.get(key)
         if model is None:
             from spark_pyfunc._loading import load_model
 
-            model = load_model(materialize(plan.shipped), model_config=plan.model_config)
+            with self._environment():
+                model = load_model(materialize(plan.shipped), model_config=plan.model_config)
             _PROCESS_MODELS[key] = model
         self._model = model
 
-    def predict(self, frame: pd.DataFrame, method: str, params: dict | None) -> pd.DataFrame:
-        return prediction_to_frame(self._model.invoke(method, frame, params))
+    def _environment(self) -> Any:
+        """extra_env set in this worker while the model runs, as MLflow sets it around its
+        UDF's load and predict; the worker's own environment comes back afterwards."""
+        if not self._env:
+            return contextlib.nullcontext()
+        from unittest import mock  # only here: it imports asyncio, which workers rarely need
+
+        return mock.patch.dict(os.environ, self._env)
+
+    def predict(
+        self,
+        frame: pd.DataFrame,
+        method: str,
+        params: dict | None,
+        *,
+        result_type: pa.DataType | None = None,
+    ) -> pd.DataFrame:
+        """The model's output as rows (``result_type`` is for the host's Arrow; unused)."""
+        with self._environment():
+            return prediction_to_frame(self._model.invoke(method, frame, params))
 
     def close(self) -> None:
         pass
@@ -148,6 +170,8 @@ def host_variant(plan: _Plan, gpus: tuple[str, ...], processes: int | None) -> d
     GPU share one copy on it. It sees only those GPUs (``CUDA_VISIBLE_DEVICES``; a task given
     several gets them all, in Spark's order, and so does its host), serves on threads (a
     CUDA context does not survive a fork) and batches requests unless batching was turned off.
+    ``extra_env`` joins the host's environment (the GPU address wins over a
+    ``CUDA_VISIBLE_DEVICES`` there).
     """
     variant: dict[str, Any] = {}
     if plan.host_mode:
@@ -155,10 +179,13 @@ def host_variant(plan: _Plan, gpus: tuple[str, ...], processes: int | None) -> d
     if processes is not None:
         variant["processes"] = processes
     batching = plan.batching
+    env = dict(plan.extra_env or {})
     if gpus:
-        variant["env"] = {"CUDA_VISIBLE_DEVICES": ",".join(gpus)}
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         variant["mode"] = "thread"
         batching = True if batching is None else batching
+    if env:
+        variant["env"] = env
     if batching:
         variant["mode"] = "thread"
         variant["batching"] = True
@@ -190,18 +217,19 @@ def _host_client(plan: _Plan) -> ModelHostClient:
 
 
 def _bind(batch: Any, names: tuple[str, ...] | None) -> pd.DataFrame:
-    """Turn the UDF's arguments (Series, struct DataFrames) into the model's input frame."""
+    """Turn the UDF's arguments (Series, struct DataFrames) into the model's input frame.
+
+    As mlflow.pyfunc.spark_udf: a lone struct's fields are the inputs; otherwise each
+    argument is one input, named by the signature (or "0", "1", ... without one), and a
+    struct among them is one column of dicts.
+    """
     parts = batch if isinstance(batch, tuple) else (batch,)
     if len(parts) == 1 and isinstance(parts[0], pd.DataFrame):
         return parts[0]  # a struct: its fields are the inputs, by name
     columns: dict[str, pd.Series] = {}
     for i, part in enumerate(parts):
-        if isinstance(part, pd.DataFrame):
-            for c in part.columns:
-                columns[str(c)] = part[c]
-        else:
-            name = names[i] if names is not None and i < len(names) else str(i)
-            columns[name] = part
+        name = names[i] if names is not None and i < len(names) else str(i)
+        columns[name] = struct_rows(part) if isinstance(part, pd.DataFrame) else part
     return _frame_of(columns)
 
 
@@ -226,8 +254,22 @@ def _frame_of(columns: dict[str, pd.Series]) -> pd.DataFrame:
     )
 
 
+def _nested_hint(dtype: DataType) -> pa.DataType | None:
+    """The result type's Arrow type for the host, where it has nested outputs (arrays, maps,
+    structs in a struct) whose Arrow type the host could not infer from Python values;
+    None for flat types, whose requests then carry nothing more."""
+    nested = (ArrayType, MapType, StructType)
+    fields = dtype.fields if isinstance(dtype, StructType) else []
+    if isinstance(dtype, (ArrayType, MapType)) or any(
+        isinstance(f.dataType, nested) for f in fields
+    ):
+        return arrow_type(dtype)
+    return None
+
+
 def _score_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pd.Series | pd.DataFrame]:
     scorer: _InProcess | ModelHostClient | None = None
+    hint = _nested_hint(plan.result_type)
     try:
         for batch in batches:
             frame = _bind(batch, plan.input_names)
@@ -241,7 +283,7 @@ def _score_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pd.Series | 
             parts = []
             for start in range(0, rows, step):
                 chunk = frame.iloc[start : start + step]
-                pred = scorer.predict(chunk, plan.method, plan.params)
+                pred = scorer.predict(chunk, plan.method, plan.params, result_type=hint)
                 parts.append(fit_prediction(pred, plan.result_type, len(chunk)))
             yield parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
     finally:
@@ -281,12 +323,12 @@ def _bind_arrow(batch: Any, names: tuple[str, ...] | None, timezone: str | None)
     """The Arrow twin of :func:`_bind`: arrays and structs -> one record batch of inputs."""
     parts = batch if isinstance(batch, tuple) else (batch,)
     columns: dict[str, pa.Array] = {}
-    for i, part in enumerate(parts):
-        if pa.types.is_struct(part.type):  # its fields are inputs, by name
-            # flatten() folds the struct's own nulls into its fields, as pandas would see them
-            for f, values in zip(part.type, part.flatten(), strict=True):
-                columns[f.name] = values
-        else:
+    if len(parts) == 1 and pa.types.is_struct(parts[0].type):  # its fields are inputs, by name
+        # flatten() folds the struct's own nulls into its fields, as pandas would see them
+        for f, values in zip(parts[0].type, parts[0].flatten(), strict=True):
+            columns[f.name] = values
+    else:  # a struct among other columns stays one column: the host makes it dicts
+        for i, part in enumerate(parts):
             name = names[i] if names is not None and i < len(names) else str(i)
             columns[name] = part
     return pa.RecordBatch.from_arrays(
@@ -303,7 +345,8 @@ def predict_arrow(
 ) -> pa.Array:
     """One relayed request: the host's result fitted to ``result_type`` in Arrow, through
     pandas only where the type needs it (used by the Arrow UDF and scripts/host_scaling.py)."""
-    table = client.predict(chunk, method, params, arrow=True)
+    hint = _nested_hint(result_type)
+    table = client.predict(chunk, method, params, arrow=True, result_type=hint)
     return fit_arrow_result(table, result_type, chunk.num_rows)
 
 
@@ -337,9 +380,10 @@ def _score_arrow_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pa.Arr
 class SparkPyfuncUDF:
     """What ``spark_udf`` returns: call it with columns to get a prediction column.
 
-    ``udf("a", "b")`` binds the columns positionally to the signature's input names,
-    ``udf()`` takes the columns named as in the signature, and ``udf(F.struct(...))`` passes
-    the struct's fields as a DataFrame.
+    ``udf("a", "b")`` binds the columns positionally to the signature's input names (without
+    a signature: "0", "1", ...; columns beyond the inputs are ignored), ``udf()`` takes the
+    columns named as in the signature, and ``udf(F.struct(...))`` passes the struct's fields
+    as a DataFrame; a struct among other columns is one input, a column of dicts (as MLflow).
     """
 
     def __init__(self, plan: _Plan, signature_names: tuple[str, ...] | None) -> None:
@@ -366,13 +410,8 @@ class SparkPyfuncUDF:
                     "this model's signature does not name its inputs: pass the columns explicitly"
                 )
             cols = tuple(F.col(f"`{n}`") for n in names)
-        elif names is None and all(isinstance(c, str) for c in cols):
-            names = tuple(str(c) for c in cols)  # no signature: columns keep their own names
-        if names is not None and len(cols) > len(names) and len(cols) > 1:
-            raise InvalidArgumentError(
-                f"the model takes {len(names)} inputs {list(names)} but {len(cols)} columns "
-                "were given"
-            )
+        elif names is not None and len(cols) > len(names):
+            cols = cols[: len(names)]  # as MLflow: columns beyond the signature's inputs are unused
         plan = _Plan(**{**self._plan.__dict__, "input_names": names})
         columns = [F.col(c) if isinstance(c, str) else c for c in cols]
         arrow_udf = _arrow_udf_factory()
@@ -410,6 +449,7 @@ def spark_udf(
     result_type: str | DataType | None = None,
     env_manager: str | None = None,
     params: dict | None = None,
+    extra_env: dict[str, str] | None = None,
     *,
     model_config: dict | None = None,
     method: str = "predict",
@@ -439,6 +479,9 @@ def spark_udf(
             ``double``, as MLflow).
         env_manager: ``None`` or ``"local"`` (the executors' own Python environment).
         params: inference parameters, checked on the driver against the params schema.
+        extra_env: environment variables for the model's process, as in MLflow: set in
+            the Python worker while the model loads and predicts (``scope="process"``), or
+            in the model host's environment (``scope="executor"``; hosts differ by them).
         model_config: given to the model as ``context.model_config`` on the executors.
         method: the python model's method to call (``"predict_proba"``, ...).
         scope: ``"executor"`` (one host per executor), ``"process"`` (one copy per Python
@@ -480,6 +523,7 @@ def spark_udf(
         raise InvalidArgumentError(f"batch_size must be a positive integer, not {batch_size!r}")
     if not isinstance(method, str) or not method.isidentifier():
         raise InvalidArgumentError(f"method must be the name of a model method, not {method!r}")
+    _check_extra_env(extra_env)
     from spark_pyfunc import schema as sch
     from spark_pyfunc._format import read_metadata
     from spark_pyfunc._loading import check_loader
@@ -530,6 +574,7 @@ def spark_udf(
         batching=_setting(spark, _config.BATCHING),
         batch_max_wait_ms=_setting(spark, _config.BATCH_MAX_WAIT_MS),
         batch_max_rows=_setting(spark, _config.BATCH_MAX_ROWS),
+        extra_env=dict(extra_env) if extra_env else None,
     )
     logger.info(
         "spark_udf: model %s (%d bytes) -> %s, scope=%s, result type %s",
@@ -540,6 +585,27 @@ def spark_udf(
         dtype.simpleString(),
     )
     return SparkPyfuncUDF(plan, names)
+
+
+def _check_extra_env(extra_env: Any) -> None:
+    """extra_env must be names and values of environment variables: strings, as os.environ
+    takes them (refused on the driver, not as a task failure on every executor)."""
+    if extra_env is None:
+        return
+    if not isinstance(extra_env, dict):
+        raise InvalidArgumentError(
+            f"extra_env must be a dict of environment variables, not {type(extra_env).__name__}"
+        )
+    bad = sorted(
+        repr(k)
+        for k, v in extra_env.items()
+        if not isinstance(k, str) or not k or "=" in k or not isinstance(v, str)
+    )
+    if bad:
+        raise InvalidArgumentError(
+            f"extra_env: {', '.join(bad)}: environment variable names and values must be "
+            "strings (names non-empty and without '=')"
+        )
 
 
 def _executor_cores(spark: Any) -> int | None:

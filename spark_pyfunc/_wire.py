@@ -11,6 +11,7 @@ the in-process path both use it, so both give the same frame for the same output
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import struct
@@ -48,9 +49,13 @@ def _bad_column(df: pd.DataFrame) -> str | None:
     return None
 
 
-def _to_table(df: pd.DataFrame) -> pa.Table:
+def _to_table(df: pd.DataFrame, result_type: pa.DataType | None = None) -> pa.Table:
     """Plain numeric columns go straight from numpy (the common, hot case); the rest through
     pandas' converter, which keeps extension dtypes, timezones and column-name types.
+
+    ``result_type`` (the Arrow form of the UDF's Spark result type) decides the type of the
+    nested columns it covers: inferred from Python values, a column of dicts meant as a map
+    would become a struct of every key seen, and lists of mixed dicts would not convert.
 
     Single-threaded: a batch is small, and the workers and the host already run in parallel.
     """
@@ -60,7 +65,51 @@ def _to_table(df: pd.DataFrame) -> pa.Table:
         return pa.Table.from_arrays(
             [pa.array(df[name].to_numpy()) for name in df.columns], names=list(df.columns)
         )
-    return pa.Table.from_pandas(df, preserve_index=False, nthreads=1)
+    typed = _typed_nested_columns(df, result_type)
+    if not typed:
+        return pa.Table.from_pandas(df, preserve_index=False, nthreads=1)
+    others = [i for i in range(len(df.columns)) if i not in typed]
+    inferred = pa.Table.from_pandas(df.iloc[:, others], preserve_index=False, nthreads=1)
+    arrays = {**dict(zip(others, inferred.columns, strict=True)), **typed}
+    return pa.Table.from_arrays(
+        [arrays[i] for i in range(len(df.columns))], names=[str(c) for c in df.columns]
+    )
+
+
+def _nested(kind: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(kind)
+        or pa.types.is_large_list(kind)
+        or pa.types.is_map(kind)
+        or pa.types.is_struct(kind)
+    )
+
+
+def _typed_nested_columns(df: pd.DataFrame, result_type: pa.DataType | None) -> dict[int, pa.Array]:
+    """The columns of ``df`` that convert to the nested type ``result_type`` gives them (by
+    field name or position for a struct, else the only column), by position. A column that
+    does not convert is left out: inference then gives the error that names it."""
+    if result_type is None:
+        return {}
+    names = [str(c) for c in df.columns]
+    wanted: dict[int, pa.DataType] = {}
+    if pa.types.is_struct(result_type):
+        fields = [result_type.field(i) for i in range(result_type.num_fields)]
+        if all(f.name in names for f in fields):
+            wanted = {names.index(f.name): f.type for f in fields}
+        elif len(names) == len(fields):
+            wanted = {i: f.type for i, f in enumerate(fields)}
+    elif len(names) == 1:
+        wanted = {0: result_type}
+    typed = {}
+    for i, kind in wanted.items():
+        if not _nested(kind):
+            continue
+        try:
+            typed[i] = pa.array(df.iloc[:, i], type=kind, from_pandas=True)
+        except (pa.ArrowException, TypeError, ValueError):
+            continue
+    return typed
 
 
 def frame_to_arrow_bytes(
@@ -68,17 +117,18 @@ def frame_to_arrow_bytes(
     *,
     what: str = "model output",
     error: type[SparkPyfuncError] = ResultTypeError,
+    result_type: pa.DataType | None = None,
 ) -> pa.Buffer:
     """Serialise ``df`` (index dropped) as an Arrow IPC stream.
 
     A column Arrow cannot represent raises ``error`` (ResultTypeError for a model's output)
-    naming the column and ``what`` the frame is.
+    naming the column and ``what`` the frame is. ``result_type``: see :func:`_to_table`.
     """
     if df.columns.has_duplicates:
         dupes = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
         raise error(f"the {what} has duplicate column names: {dupes}")
     try:
-        table = _to_table(df)
+        table = _to_table(df, result_type)
     except (pa.ArrowException, TypeError, ValueError) as exc:
         column = _bad_column(df)
         where = f"column {column!r} of the {what}" if column is not None else f"the {what}"
@@ -116,12 +166,47 @@ def table_to_frame(table: pa.Table) -> pd.DataFrame:
     """An Arrow table as a DataFrame (default index, column names kept)."""
     # split_blocks: one block per column, so numeric columns without nulls are views of the
     # Arrow buffers instead of being copied into one 2-D block (read-only, as in a pandas UDF).
-    return table.to_pandas(use_threads=False, split_blocks=True)
+    # Maps become dicts, as PySpark gives them to a pandas UDF and as models return them.
+    return table.to_pandas(use_threads=False, split_blocks=True, maps_as_pydicts="strict")
 
 
 def arrow_bytes_to_frame(buf: Buffer) -> pd.DataFrame:
     """Read an Arrow IPC stream back into a DataFrame (default index, column names kept)."""
     return table_to_frame(arrow_bytes_to_table(buf))
+
+
+def struct_rows(fields: pd.DataFrame) -> pd.Series:
+    """A struct column passed beside other columns, as the model sees it: one dict per row,
+    built from the struct's fields as mlflow.pyfunc.spark_udf builds it (``row.to_dict()``
+    of each row, so the values are those of the row's common dtype)."""
+    if len(fields) == 0:
+        return pd.Series([], index=fields.index, dtype=object)
+    return fields.apply(lambda row: row.to_dict(), axis=1)
+
+
+def request_to_frame(buf: Buffer) -> pd.DataFrame:
+    """A request's batch as the model's input: struct columns (a struct passed beside other
+    columns) become :func:`struct_rows` of their fields, as in ``scope="process"``."""
+    table = arrow_bytes_to_table(buf)
+    frame = table_to_frame(table)
+    for i, column in enumerate(table.columns):
+        if pa.types.is_struct(column.type):
+            chunk = column.combine_chunks()
+            names = [column.type.field(j).name for j in range(column.type.num_fields)]
+            fields = table_to_frame(pa.Table.from_arrays(chunk.flatten(), names=names))
+            frame[frame.columns[i]] = struct_rows(fields)
+    return frame
+
+
+def encode_arrow_type(kind: pa.DataType) -> str:
+    """An Arrow type as text for a JSON header (the host never imports pyspark: the worker
+    sends it the Arrow form of the UDF's result type)."""
+    return base64.b64encode(pa.schema([pa.field("t", kind)]).serialize().to_pybytes()).decode()
+
+
+def decode_arrow_type(text: str) -> pa.DataType:
+    """The inverse of :func:`encode_arrow_type`."""
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text))).field(0).type
 
 
 def _json_default(value: Any) -> Any:

@@ -213,3 +213,84 @@ def test_common_results_skip_pandas() -> None:
     assert _fit_arrow(doubles, DoubleType(), rows + 1) is None
     with pytest.raises(ResultTypeError, match="returned 5 rows for a batch of 6 rows"):
         fit_arrow_result(doubles, DoubleType(), rows + 1)
+
+
+# ----------------------------------------------- MLflow's rules (issue 12), without Spark
+
+_MIXED = pd.DataFrame(
+    {
+        "label": ["a", "b"],
+        "p": np.array([0.5, 1.5]),
+        "n": np.array([1, 2], dtype=np.int64),
+        "i": np.array([3, 4], dtype=np.int32),
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [
+        (ArrayType(DoubleType()), [[0.5, 1.0, 3.0], [1.5, 2.0, 4.0]]),
+        (ArrayType(LongType()), [[1], [2]]),  # int32 is not bigint's in MLflow's rule
+        (ArrayType(IntegerType()), [[3], [4]]),
+        (ArrayType(StringType()), [["a", "0.5", "1", "3"], ["b", "1.5", "2", "4"]]),
+        (DoubleType(), [0.5, 1.5]),  # the first output that converts
+        (LongType(), [1, 2]),
+    ],
+)
+def test_several_outputs_keep_those_that_convert(dtype, expected) -> None:
+    """Both paths (pandas and the Arrow relay) pick MLflow's outputs for several columns."""
+    fitted = to_arrow(fit_prediction(_MIXED, dtype, 2), dtype)
+    assert fitted.to_pylist() == expected
+    assert fit_arrow_result(_host_result(_MIXED), dtype, 2).to_pylist() == expected
+
+
+def test_no_output_that_converts_names_the_outputs() -> None:
+    strings = pd.DataFrame({"label": ["a"], "other": ["b"]})
+    with pytest.raises(ResultTypeError, match=r"none of the model's outputs .*'label': 'object'"):
+        fit_prediction(strings, ArrayType(DoubleType()), 1)
+
+
+def test_one_value_per_row_as_an_array_and_arrays_as_they_are() -> None:
+    scalars = pd.DataFrame({"0": np.array([1.0, 2.0])})
+    assert to_arrow(fit_prediction(scalars, ArrayType(DoubleType()), 2), ArrayType(DoubleType()))
+    assert fit_prediction(scalars, ArrayType(DoubleType()), 2).tolist() == [[1.0], [2.0]]
+    arrays = pd.DataFrame({"0": [np.array([1.0, 2.0]), None]})
+    fitted = to_arrow(fit_prediction(arrays, ArrayType(DoubleType()), 2), ArrayType(DoubleType()))
+    assert fitted.to_pylist() == [[1.0, 2.0], None]
+
+
+def test_missing_arrays_are_null_arrays() -> None:
+    """None or NaN in place of an array (here in a struct field) is a null array, and NaN
+    inside one is a null element, as MLflow gives them (mlflow#8986)."""
+    dtype = StructType([StructField("a", ArrayType(DoubleType()), True)])
+    frame = pd.DataFrame({"a": [[1.0, math.nan], None, math.nan]})
+    fitted = fit_prediction(frame, dtype, 3)
+    assert to_arrow(fitted, dtype).to_pylist() == [{"a": [1.0, None]}, {"a": None}, {"a": None}]
+
+
+def test_the_result_type_types_the_hosts_nested_outputs() -> None:
+    """A column of dicts is a map when the result type says so (inferred, it would be a
+    struct of every key seen); a column that does not convert keeps Arrow's inference."""
+    frame = pd.DataFrame({"m": [{"a": 1.0}, {"b": None}], "x": [1.0, 2.0]})
+    hint = pa.struct([pa.field("m", pa.map_(pa.string(), pa.float64())), pa.field("x", pa.int8())])
+    table = arrow_bytes_to_table(frame_to_arrow_bytes(frame, result_type=hint))
+    assert table.schema.field("m").type == pa.map_(pa.string(), pa.float64())
+    assert table.schema.field("x").type == pa.float64()  # scalars are the worker's to fit
+    assert table_to_frame(table)["m"].tolist() == [{"a": 1.0}, {"b": None}]
+    inferred = arrow_bytes_to_table(frame_to_arrow_bytes(frame))
+    assert pa.types.is_struct(inferred.schema.field("m").type)
+    wrong = pa.map_(pa.string(), pa.float64())
+    strings = pd.DataFrame({"m": ["not", "maps"]})
+    kept = arrow_bytes_to_table(frame_to_arrow_bytes(strings, result_type=wrong))
+    assert kept.schema.field("m").type == pa.string()
+
+
+def test_float_outputs_for_an_integer_array_must_be_whole_numbers() -> None:
+    """Beyond MLflow (which keeps no float output for bigint and fails): a homogeneous float
+    prediction fits array<bigint> when every value is whole; a fraction fails, named."""
+    dtype = ArrayType(LongType())
+    whole = pd.DataFrame({"0": [1.0, 3.0], "1": [2.0, 4.0]})
+    assert to_arrow(fit_prediction(whole, dtype, 2), dtype).to_pylist() == [[1, 2], [3, 4]]
+    with pytest.raises(ResultTypeError, match="output '0': .* do not fit the result type bigint"):
+        fit_prediction(pd.DataFrame({"0": [1.5, 3.0], "1": [2.0, 4.0]}), dtype, 2)

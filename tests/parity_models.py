@@ -1,0 +1,70 @@
+"""One MLflow-written model for the parity tests: ``Parity(case)`` returns what ``case`` says.
+
+Saved with ``mlflow.pyfunc.save_model`` and pickled by value, so that MLflow's own spark_udf
+and spark_pyfunc's load the very same model in Spark's workers and in the model host.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import cloudpickle
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+#: The variable the "env" case reports from the model's process.
+ENV_NAME = "SPARK_PYFUNC_PARITY_X"
+
+
+class Parity(mlflow.pyfunc.PythonModel):
+    """Each case returns a function of the first input column ``x`` (or of what it saw)."""
+
+    def __init__(self, case: str) -> None:
+        self.case = case
+
+    def predict(self, context, model_input, params=None):
+        df, n = model_input, len(model_input)
+        x = df.iloc[:, 0]
+        if self.case == "columns":  # the input columns the model saw, by name
+            return pd.Series([",".join(map(str, df.columns))] * n)
+        if self.case == "mixed":  # outputs of three dtypes
+            v = x.to_numpy(dtype=np.float64)
+            return pd.DataFrame(
+                {
+                    "label": [f"class{int(a) % 2}" for a in v],
+                    "p": v / 10,
+                    "n": v.astype(np.int64) * 2,
+                }
+            )
+        if self.case == "pairs":  # a (rows, 2) tensor
+            v = x.to_numpy(dtype=np.float64)
+            return np.stack([v, v * 2], axis=1).astype(np.int64)
+        if self.case == "vector":  # a 1-D tensor: one value per row
+            return x.to_numpy(dtype=np.float64) * 1.5
+        if self.case == "struct_input":  # what the struct column "obj" holds, as seen
+            return pd.Series(
+                [
+                    f"{type(o).__name__}:{a}:{o['u']!r}:{o['s']}"
+                    for a, o in zip(df["x"], df["obj"], strict=True)
+                ]
+            )
+        if self.case == "nan_arrays":  # an array field that is a list with NaN, None or NaN
+            cells = [[1.0, float("nan")], None, float("nan")]
+            return pd.DataFrame(
+                {"a": [cells[int(a) % 3] for a in x], "b": x.to_numpy(dtype=np.float64)}
+            )
+        if self.case == "datetime":
+            return pd.Series([f"{type(t).__name__}:{t}" for t in df["t"]])
+        if self.case == "array_struct":  # per row, a list of dicts
+            return [[{"n": int(a), "s": f"s{a}"}, {"n": -int(a), "s": None}] for a in x]
+        if self.case == "map":  # one column of dicts, a missing value among them
+            return pd.DataFrame({"m": [{f"k{int(a)}": float(a), "z": None} for a in x]})
+        if self.case == "params":
+            return pd.Series([repr(sorted((params or {}).items()))] * n)
+        if self.case == "env":
+            return pd.Series([os.environ.get(ENV_NAME, "<unset>")] * n)
+        raise ValueError(self.case)
