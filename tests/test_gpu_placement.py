@@ -73,6 +73,14 @@ def test_a_task_with_several_gpus_gets_one_host_seeing_all_of_them() -> None:
     assert host_variant(plan(), ("2", "0"), None)["env"] == {"CUDA_VISIBLE_DEVICES": "2,0"}
 
 
+def test_extra_env_joins_the_gpu_hosts_environment_and_the_address_wins() -> None:
+    extra = {"X": "1", "CUDA_VISIBLE_DEVICES": "7"}
+    assert host_variant(plan(extra_env=extra), (), None) == {"env": extra}
+    on_gpu = host_variant(plan(extra_env=extra), ("1",), None)
+    assert on_gpu["env"] == {"X": "1", "CUDA_VISIBLE_DEVICES": "1"}
+    assert extra["CUDA_VISIBLE_DEVICES"] == "7"  # the plan's own dict is left alone
+
+
 def test_each_gpu_address_has_a_host_of_its_own() -> None:
     keys = {
         host_key("/exec", "0" * 64, None, **host_variant(plan(), (gpu,), 4))
