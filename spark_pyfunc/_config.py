@@ -17,6 +17,9 @@ __all__ = [
     "AUTO_THRESHOLD",
     "DEFAULT_MODE",
     "DEFAULT_SCOPE",
+    "ENV_BUILD_TIMEOUT",
+    "ENV_CACHE_DIR",
+    "ENV_MANAGERS",
     "HOST_LOG_DIR",
     "HOST_MODE",
     "HOST_PROCESSES",
@@ -25,6 +28,7 @@ __all__ = [
     "PROG",
     "SCOPES",
     "SETTINGS",
+    "SHIP_PACKAGE",
     "START_TIMEOUT",
     "Setting",
 ]
@@ -40,6 +44,13 @@ DEFAULT_SCOPE = "auto"
 MODES = ("auto", "prefork", "thread", "fork")
 DEFAULT_MODE = "auto"
 
+#: ``spark_udf``'s ``env_manager`` (MLflow's names): ``local`` scores in the executors' own
+#: Python; the others restore the model's environment once per executor machine for its host.
+ENV_MANAGERS = ("local", "uv", "virtualenv", "conda")
+
+#: ``spark.pyfunc.shipPackage``: ship spark_pyfunc to the executors as a zip (see _udf.py).
+SHIP_CHOICES = ("auto", "true", "false")
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -52,6 +63,12 @@ def _mode(text: str) -> str:
     if text not in MODES:
         raise ValueError(text)
     return text
+
+
+def _ship(text: str) -> str:
+    if text.lower() not in SHIP_CHOICES:
+        raise ValueError(text)
+    return text.lower()
 
 
 @dataclass(frozen=True)
@@ -87,9 +104,25 @@ START_TIMEOUT = Setting("spark.pyfunc.host.startTimeout", 600.0, float, "a numbe
 HOST_MODE = Setting("spark.pyfunc.host.mode", None, _mode, f"one of {list(MODES)}")
 HOST_LOG_DIR = Setting("spark.pyfunc.host.logDir", None, str, "a directory")
 HOST_PROCESSES = Setting("spark.pyfunc.host.processes", None, _positive_int, "a positive integer")
+# Where each executor machine keeps restored model environments (default:
+# ~/.cache/spark_pyfunc/envs of the executor's user), and how long a worker waits for another
+# worker's build of the same environment before it gives up.
+ENV_CACHE_DIR = Setting("spark.pyfunc.env.cacheDir", None, str, "a directory")
+ENV_BUILD_TIMEOUT = Setting("spark.pyfunc.env.buildTimeout", 1800.0, float, "a number of seconds")
+SHIP_PACKAGE = Setting("spark.pyfunc.shipPackage", "auto", _ship, f"one of {list(SHIP_CHOICES)}")
 
 #: Every setting, by key.
 SETTINGS: dict[str, Setting] = {
     s.key: s
-    for s in (AUTO_THRESHOLD, IDLE_TIMEOUT, START_TIMEOUT, HOST_MODE, HOST_LOG_DIR, HOST_PROCESSES)
+    for s in (
+        AUTO_THRESHOLD,
+        IDLE_TIMEOUT,
+        START_TIMEOUT,
+        HOST_MODE,
+        HOST_LOG_DIR,
+        HOST_PROCESSES,
+        ENV_CACHE_DIR,
+        ENV_BUILD_TIMEOUT,
+        SHIP_PACKAGE,
+    )
 }
