@@ -382,7 +382,7 @@ class ModelHostClient:
 
     def _kill(self, proc: Any) -> None:
         """SIGKILL and wait until it is dead (a zombie counts: init, its parent, reaps it)."""
-        with contextlib.suppress(NoSuchProcess):
+        with contextlib.suppress(*NoSuchProcess):
             proc.kill()
         deadline = time.monotonic() + _KILL_WAIT
         while _alive(proc):

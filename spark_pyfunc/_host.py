@@ -171,7 +171,7 @@ class _Watch:
         self.pid = pid
         self.proc: Any = None
         if pid is not None:
-            with contextlib.suppress(ProcessError):
+            with contextlib.suppress(*ProcessError):
                 self.proc = process(pid)
 
     def alive(self) -> bool:

@@ -172,9 +172,13 @@ class _ProcGone(_ProcError):
     """The process does not exist (any more): ``psutil.NoSuchProcess``'s twin."""
 
 
-#: What :func:`process` raises, and the status of a process that ended but is not reaped.
-ProcessError: type[Exception] = psutil.Error if psutil is not None else _ProcError
-NoSuchProcess: type[Exception] = psutil.NoSuchProcess if psutil is not None else _ProcGone
+#: What :func:`process` and :class:`ProcProcess` raise (for ``except``: psutil's error and
+#: the /proc twin's), and the status of a process that ended but is not reaped.
+ProcessError: tuple[type[Exception], ...] = (_ProcError,)
+NoSuchProcess: tuple[type[Exception], ...] = (_ProcGone,)
+if psutil is not None:
+    ProcessError += (psutil.Error,)
+    NoSuchProcess += (psutil.NoSuchProcess,)
 STATUS_ZOMBIE = "zombie"
 
 
