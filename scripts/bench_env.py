@@ -18,8 +18,10 @@ lives on the machine; MLflow's environments live in per-worker temporary directo
 Medians over the rounds, side by side, printed as a markdown table (``--out`` also writes it).
 
 MLflow's ``env_manager="virtualenv"`` needs pyenv (it installs the model's exact Python);
-without pyenv on the machine it is reported as not run. Its ``"uv"`` installs ``mlflow`` into
-each environment and serves the model with MLflow's scoring server.
+without pyenv on the machine it is reported as not run. Its ``"uv"`` installs the model's
+requirements (``mlflow`` among them) into each environment and serves the model with MLflow's
+scoring server: over HTTP where ``nc`` is on the executors' PATH (MLflow checks ports with it),
+else through stdin and a file it polls every second.
 
 Run:  .venv/bin/python scripts/bench_env.py                 (~10-20 min on 2 shared cores)
       .venv/bin/python scripts/bench_env.py --runs 1 --rows 20000 --systems spark_pyfunc
@@ -78,7 +80,14 @@ def save_model(path: Path) -> Path:
         f"pandas=={pd.__version__}",
         f"numpy=={np.__version__}",
     ]
-    mlflow.pyfunc.save_model(str(path), python_model=PinnedSix(), pip_requirements=requirements)
+    from mlflow.models import infer_signature
+
+    # A signature, so that both systems bind the UDF's columns to f0..f7 by name.
+    example = pd.DataFrame(np.ones((2, 8)), columns=FEATURES)
+    signature = infer_signature(example, pd.Series(np.ones(2), name="y"))
+    mlflow.pyfunc.save_model(
+        str(path), python_model=PinnedSix(), pip_requirements=requirements, signature=signature
+    )
     return path
 
 
@@ -112,6 +121,9 @@ def _session(cluster: Any, cores: int, tmp: Path, cache: Path, tag: str) -> Any:
         .config("spark.executorEnv.TMPDIR", str(tmp))
         .config(f"spark.executorEnv.{sa.TAG_VAR}", tag)
         .config("spark.pyfunc.env.cacheDir", str(cache))
+        # MLflow's per-request timeout (60 s by default) is what fails first on a busy
+        # machine; raised so that its figures come out (it does not make it faster).
+        .config("spark.executorEnv.MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "600")
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
@@ -175,10 +187,17 @@ def run_app(cfg: argparse.Namespace, cluster: Any, model: Path, app: App, cache:
             n = scored.agg(F.count("p")).collect()[0][0]
             app.warm_rps.append(n / (time.monotonic() - t0))
     except Exception as exc:  # reported in the table, the run goes on
-        app.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        app.error = f"{type(exc).__name__}: " + " | ".join(lines[-6:])[:1500]
     finally:
         spark.stop()
         sa.reap_tagged(tag)
+    if app.error and cfg.debug:
+        for stderr in (cluster.root / "work" / app_id).glob("*/stderr"):
+            print(
+                f"--- {stderr} ---\n"
+                + "\n".join(stderr.read_text(errors="replace").splitlines()[-60:])
+            )
     if app.system == "spark_pyfunc":
         app.builds = _spf_builds(cache) - before
     else:
@@ -211,7 +230,8 @@ def table(apps: list[App], skipped: dict[str, str]) -> str:
             runs = [a for a in apps if (a.system, a.manager, a.app) == (system, manager, n)]
             errors = [a.error for a in runs if a.error]
             if errors:
-                lines.append(f"| {system} | {manager} | {n} | - | failed: {errors[0]} | - |")
+                short = errors[0].rsplit(" | ", 1)[-1][:200]
+                lines.append(f"| {system} | {manager} | {n} | - | failed: {short} | - |")
                 continue
             builds = "/".join(str(a.builds) for a in runs)
             first = _median([a.first_result_s for a in runs])
@@ -254,6 +274,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--systems", default="spark_pyfunc,mlflow")
     parser.add_argument("--managers", default="uv,virtualenv")
     parser.add_argument("--out", type=Path, help="also write the markdown here")
+    parser.add_argument("--debug", action="store_true", help="print a failed app's executor log")
     return parser.parse_args(argv)
 
 

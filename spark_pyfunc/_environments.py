@@ -380,8 +380,11 @@ def _build(spec: EnvSpec, staging: Path, log: Any, timeout: float) -> str:
         if spec.manager == "conda":
             conda_file = staging.parent / f"{staging.name}.conda.yaml"
             conda_file.write_text(spec.conda_yaml or "", encoding="utf-8")
-            _run([*_find_conda(), "-y", "-p", str(staging), "-f", str(conda_file)], log, timeout)
-            conda_file.unlink()
+            try:
+                create = [*_find_conda(), "-y", "-p", str(staging), "-f", str(conda_file)]
+                _run(create, log, timeout)
+            finally:
+                conda_file.unlink()
             python = str(_env_python(staging))
             host_reqs = list(HOST_REQUIREMENTS)
             _run([python, "-m", "pip", "install", *host_reqs], log, timeout)

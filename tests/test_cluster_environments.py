@@ -6,8 +6,9 @@ and numpy: no spark_pyfunc, psutil, filelock, PyYAML or cloudpickle, no six. The
 PATH holds uv and the system's tools only. The model pins ``six==1.15.0`` and reports the
 version its host imports. spark_udf must ship spark_pyfunc itself, build the model's
 environment once for the machine, run one host per executor in it, and a second application
-must reuse the environment (0 builds). The same on a Spark Connect session whose Python
-workers use the bare venv.
+must reuse the environment (0 builds); a third, on a fresh cache and without uv, unpacks a
+prebuilt archive instead. The same on a Spark Connect session whose Python workers use the
+bare venv.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pandas as pd
 import pytest
 from test_environments import PINNED, builds, six_model
 
+from spark_pyfunc import _environments as envs
 from spark_pyfunc import spark_udf
 
 pytestmark = pytest.mark.slow
@@ -71,7 +73,15 @@ def tools_path(tmp_path_factory) -> str:
     return os.pathsep.join([str(tools), "/usr/bin", "/bin"])
 
 
-def _application(cluster, bare_python: str, tools_path: str, cache: Path, model: Path, loads):
+def _application(
+    cluster,
+    bare_python: str,
+    tools_path: str,
+    cache: Path,
+    model: Path,
+    loads: Path,
+    prebuilt: Path | None = None,
+):
     from pyspark.sql import SparkSession
     from pyspark.sql.functions import pandas_udf
 
@@ -104,7 +114,13 @@ def _application(cluster, bare_python: str, tools_path: str, cache: Path, model:
         .getOrCreate()
     )
     try:
-        udf = spark_udf(spark, str(model), RESULT, "uv", model_config={"loads": str(loads)})
+        config = {"loads": str(loads)}
+        if prebuilt is None:
+            udf = spark_udf(spark, str(model), RESULT, "uv", model_config=config)
+        else:
+            udf = spark_udf(
+                spark, str(model), RESULT, model_config=config, prebuilt_env_uri=prebuilt
+            )
         df = spark.range(0, 400, numPartitions=8)
         out = df.select(udf("id").alias("r")).select("r.*").toPandas()
         probe = pandas_udf(_probe, "package string, psutil boolean")
@@ -142,10 +158,21 @@ def test_bare_executors_build_once_per_machine_and_run_one_host_each(
         assert len(builds(cache)) == 1  # the second application built nothing
         assert len(loads.read_text().splitlines()) == 4  # its own two hosts
 
+        # A prebuilt archive: executors without uv on their PATH (nor any registry use).
+        archive = envs.pack_env(model, tmp_path / "env.tar.gz", "uv", tmp_path / "build-cache")
+        fresh = tmp_path / "fresh-cache"
+        third, _ = _application(
+            cluster, bare_python, "/usr/bin:/bin", fresh, model, loads, prebuilt=archive
+        )
+        assert set(third["six"]) == {PINNED}
+        assert third["python"].nunique() == 1 and third["python"][0].startswith(str(fresh))
+        assert [b["how"] for b in builds(fresh)] == ["unpacked"]
+
 
 CONNECT_APP = """
 import json, sys
 from pyspark.sql import SparkSession
+from spark_pyfunc import _environments as envs
 from spark_pyfunc import spark_udf
 
 model, cache, bare, path, loads = sys.argv[1:]

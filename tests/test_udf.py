@@ -118,7 +118,7 @@ def test_bad_arguments_are_refused_when_the_udf_is_built(spark, linear_model, tm
     with pytest.raises(SparkPyfuncError, match="scope"):
         spark_udf(spark, linear_model, scope="everywhere")
     with pytest.raises(SparkPyfuncError, match="env_manager"):
-        spark_udf(spark, linear_model, env_manager="conda")
+        spark_udf(spark, linear_model, env_manager="pyenv")  # conda, uv, virtualenv: see envs
     with pytest.raises(SparkPyfuncError, match="batch_size"):
         spark_udf(spark, linear_model, batch_size=0)
     with pytest.raises(SparkPyfuncError, match=str(tmp_path / "nowhere")):
