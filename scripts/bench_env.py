@@ -17,8 +17,9 @@ The second application of a round reuses the cache the first left (spark_pyfunc'
 lives on the machine; MLflow's environments live in per-worker temporary directories).
 Medians over the rounds, side by side, printed as a markdown table (``--out`` also writes it).
 
-MLflow's ``env_manager="virtualenv"`` needs pyenv (it installs the model's exact Python);
-without pyenv on the machine it is reported as not run. Its ``"uv"`` installs the model's
+MLflow's ``env_manager="virtualenv"`` needs pyenv (it installs the model's exact Python from
+CPython's sources): without pyenv it is reported as not run, and where pyenv cannot download
+the sources the table shows the failure. Its ``"uv"`` installs the model's
 requirements (``mlflow`` among them) into each environment and serves the model with MLflow's
 scoring server: over HTTP where ``nc`` is on the executors' PATH (MLflow checks ports with it),
 else through stdin and a file it polls every second.
