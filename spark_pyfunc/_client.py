@@ -34,7 +34,6 @@ from typing import Any
 
 import filelock
 import pandas as pd
-import psutil
 import pyarrow as pa
 
 from spark_pyfunc import errors
@@ -47,7 +46,11 @@ from spark_pyfunc._config import (
     START_TIMEOUT,
 )
 from spark_pyfunc._rendezvous import (
+    STATUS_ZOMBIE,
+    NoSuchProcess,
+    ProcessError,
     exit_status_path,
+    process,
     read_exit_status,
     read_pid_file,
     socket_path,
@@ -142,10 +145,10 @@ def host_key(
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def _alive(proc: psutil.Process) -> bool:
+def _alive(proc: Any) -> bool:
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+        return proc.is_running() and proc.status() != STATUS_ZOMBIE
+    except ProcessError:
         return False
 
 
@@ -353,20 +356,20 @@ class ModelHostClient:
                 log_tail=_log_tail(self.log_path),
             ) from exc
 
-    def _host_process(self) -> psutil.Process | None:
+    def _host_process(self) -> Any:
         """The live host named by the pid file, if it is really ours (pid reuse guard)."""
         pid = read_pid_file(str(self.pid_path))
         if pid is None:
             return None
         try:
-            proc = psutil.Process(pid)
+            proc = process(pid)
             cmdline = proc.cmdline()
             ours = (
                 "spark_pyfunc._host" in cmdline
                 and str(self.socket_path) in cmdline
                 and proc.uids().real == os.getuid()
             )
-        except psutil.Error:
+        except ProcessError:
             return None
         return proc if ours and _alive(proc) else None
 
@@ -394,9 +397,9 @@ class ModelHostClient:
                 path.unlink()
         return None
 
-    def _kill(self, proc: psutil.Process) -> None:
+    def _kill(self, proc: Any) -> None:
         """SIGKILL and wait until it is dead (a zombie counts: init, its parent, reaps it)."""
-        with contextlib.suppress(psutil.NoSuchProcess):
+        with contextlib.suppress(*NoSuchProcess):
             proc.kill()
         deadline = time.monotonic() + _KILL_WAIT
         while _alive(proc):
@@ -404,9 +407,7 @@ class ModelHostClient:
                 raise HostError(f"could not kill the model host pid {proc.pid}")
             time.sleep(0.02)
 
-    def _await_ready(
-        self, proc: psutil.Process, deadline: float
-    ) -> tuple[socket.socket, int] | None:
+    def _await_ready(self, proc: Any, deadline: float) -> tuple[socket.socket, int] | None:
         """Poll until the host answers; None once it is gone or the deadline passed."""
         delay = 0.01
         while _alive(proc):
@@ -480,14 +481,29 @@ class ModelHostClient:
             f"ready; loading the model failed{error}"
         )
 
+    def _host_environ(self) -> dict[str, str]:
+        """The host's environment variables: the worker's, with ``spec.env`` on top.
+
+        In the worker's own Python the host imports what this worker can import (the model's
+        classes may come from paths added at run time, SparkFiles or addPyFile), so its
+        sys.path becomes PYTHONPATH. A restored environment's host (``spec.python``) must see
+        the model's pinned packages instead: its PYTHONPATH is only what ``spec.env`` names
+        (spark_pyfunc itself), and neither the user's site nor PYTHONHOME leak in.
+        """
+        extra = self.spec.env or {}
+        if self.spec.python is None:
+            path = os.pathsep.join(os.path.abspath(p) for p in sys.path if p)
+            return dict(os.environ, **extra, PYTHONPATH=path)
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
+        env.update(PYTHONNOUSERSITE="1", PYTHONPATH="")
+        env.update(extra)
+        return env
+
     def _start(self) -> tuple[socket.socket, int]:
         """Start the host and wait until it answers; HostError with its log tail if it dies
         first or is not ready within start_timeout."""
         deadline = time.monotonic() + self.spec.start_timeout
-        # The host imports what this worker can import: the model's classes may come from
-        # paths added at run time (SparkFiles, addPyFile) rather than from PYTHONPATH.
-        path = os.pathsep.join(os.path.abspath(p) for p in sys.path if p)
-        env = dict(os.environ, **(self.spec.env or {}), PYTHONPATH=path)
+        env = self._host_environ()
         logger.info(
             "starting the model host for %s from %s (log %s)",
             self.model_name,
@@ -521,8 +537,8 @@ class ModelHostClient:
             )
         pid = int(out)
         try:
-            proc = psutil.Process(pid)
-        except psutil.NoSuchProcess:
+            proc = process(pid)
+        except NoSuchProcess:
             raise self._ended(pid) from None
         conn = self._await_ready(proc, deadline)
         if conn is not None:

@@ -20,6 +20,9 @@ __all__ = [
     "BATCH_MAX_WAIT_MS",
     "DEFAULT_MODE",
     "DEFAULT_SCOPE",
+    "ENV_BUILD_TIMEOUT",
+    "ENV_CACHE_DIR",
+    "ENV_MANAGERS",
     "HOST_LOG_DIR",
     "HOST_MODE",
     "HOST_PROCESSES",
@@ -28,6 +31,7 @@ __all__ = [
     "PROG",
     "SCOPES",
     "SETTINGS",
+    "SHIP_PACKAGE",
     "START_TIMEOUT",
     "Setting",
 ]
@@ -42,6 +46,13 @@ DEFAULT_SCOPE = "auto"
 #: How a model host serves its connections (see _host.py); ``auto`` picks after loading.
 MODES = ("auto", "prefork", "thread", "fork")
 DEFAULT_MODE = "auto"
+
+#: ``spark_udf``'s ``env_manager`` (MLflow's names): ``local`` scores in the executors' own
+#: Python; the others restore the model's environment once per executor machine for its host.
+ENV_MANAGERS = ("local", "uv", "virtualenv", "conda")
+
+#: ``spark.pyfunc.shipPackage``: ship spark_pyfunc to the executors as a zip (see _udf.py).
+SHIP_CHOICES = ("auto", "true", "false")
 
 
 def _positive_int(text: str) -> int:
@@ -69,6 +80,12 @@ def _mode(text: str) -> str:
     if text not in MODES:
         raise ValueError(text)
     return text
+
+
+def _ship(text: str) -> str:
+    if text.lower() not in SHIP_CHOICES:
+        raise ValueError(text)
+    return text.lower()
 
 
 @dataclass(frozen=True)
@@ -113,6 +130,12 @@ BATCH_MAX_WAIT_MS = Setting(
 BATCH_MAX_ROWS = Setting(
     "spark.pyfunc.host.batching.maxBatchRows", 32768, _positive_int, "a positive integer"
 )
+# Where each executor machine keeps restored model environments (default:
+# ~/.cache/spark_pyfunc/envs of the executor's user), and how long a worker waits for another
+# worker's build of the same environment before it gives up.
+ENV_CACHE_DIR = Setting("spark.pyfunc.env.cacheDir", None, str, "a directory")
+ENV_BUILD_TIMEOUT = Setting("spark.pyfunc.env.buildTimeout", 1800.0, float, "a number of seconds")
+SHIP_PACKAGE = Setting("spark.pyfunc.shipPackage", "auto", _ship, f"one of {list(SHIP_CHOICES)}")
 
 #: Every setting, by key.
 SETTINGS: dict[str, Setting] = {
@@ -127,5 +150,8 @@ SETTINGS: dict[str, Setting] = {
         BATCHING,
         BATCH_MAX_WAIT_MS,
         BATCH_MAX_ROWS,
+        ENV_CACHE_DIR,
+        ENV_BUILD_TIMEOUT,
+        SHIP_PACKAGE,
     )
 }

@@ -57,7 +57,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-import psutil
 
 from spark_pyfunc._batching import Batcher, Handler
 from spark_pyfunc._config import (
@@ -68,6 +67,10 @@ from spark_pyfunc._config import (
     MODES,
 )
 from spark_pyfunc._rendezvous import (
+    STATUS_ZOMBIE,
+    ProcessError,
+    ProcProcess,
+    process,
     remove_pid_file,
     write_exit_status,
     write_pid_file,
@@ -189,10 +192,10 @@ class _Watch:
 
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
-        self.proc: psutil.Process | None = None
+        self.proc: Any = None
         if pid is not None:
-            with contextlib.suppress(psutil.Error):
-                self.proc = psutil.Process(pid)
+            with contextlib.suppress(*ProcessError):
+                self.proc = process(pid)
 
     def alive(self) -> bool:
         if self.pid is None:
@@ -200,8 +203,8 @@ class _Watch:
         if self.proc is None:
             return False
         try:
-            return self.proc.is_running() and self.proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
+            return self.proc.is_running() and self.proc.status() != STATUS_ZOMBIE
+        except ProcessError:
             return False
 
 
@@ -602,13 +605,18 @@ def _setup_logging(path: str) -> None:
 
 
 def _memory() -> str:
-    try:
-        info = psutil.Process().memory_full_info()
-    except psutil.AccessDenied:  # smaps unreadable here: RSS only
-        info = psutil.Process().memory_info()
-    pss = getattr(info, "pss", None)
+    proc = process()
+    if isinstance(proc, ProcProcess):  # no psutil: /proc's figures, in KiB
+        sizes = {k: v * 1024 for k, v in proc.memory_kib().items()}
+        rss, pss = sizes.get("rss", 0), sizes.get("pss")
+    else:
+        try:
+            info = proc.memory_full_info()
+        except ProcessError:  # smaps unreadable here: RSS only
+            info = proc.memory_info()
+        rss, pss = info.rss, getattr(info, "pss", None)
     pss_text = f"{pss / 2**20:.1f} MiB" if pss is not None else "n/a"
-    return f"rss={info.rss / 2**20:.1f} MiB pss={pss_text}"
+    return f"rss={rss / 2**20:.1f} MiB pss={pss_text}"
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

@@ -12,6 +12,10 @@ The files::
                                           fails fast instead of being started again
 
 The state directory is the executor's own, chosen by the client.
+
+Both sides also ask about processes (is the host alive, is it ours, is the watched process
+gone): :func:`process` answers with psutil where it is installed and from ``/proc`` on Linux
+where it is not, so that executors need no compiled package beyond PySpark's own.
 """
 
 from __future__ import annotations
@@ -22,12 +26,24 @@ import os
 import re
 import stat
 import tempfile
+from collections import namedtuple
 from pathlib import Path
+from typing import Any
+
+try:  # optional on executors: /proc answers the same questions on Linux
+    import psutil
+except ImportError:  # pragma: no cover - exercised by the bare-executor cluster test
+    psutil = None
 
 from spark_pyfunc.errors import HostError
 
 __all__ = [
+    "NoSuchProcess",
+    "ProcessError",
+    "STATUS_ZOMBIE",
+    "ProcProcess",
     "exit_status_path",
+    "process",
     "read_exit_status",
     "read_pid_file",
     "remove_pid_file",
@@ -141,3 +157,113 @@ def remove_pid_file(path: str | None, pid: int) -> None:
     if path is not None and read_pid_file(path) == pid:
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+# ------------------------------------------------------------------------ processes
+
+_Uids = namedtuple("_Uids", "real effective saved")
+
+
+class _ProcError(Exception):
+    """A process that cannot be read (the /proc twin of ``psutil.Error``)."""
+
+
+class _ProcGone(_ProcError):
+    """The process does not exist (any more): ``psutil.NoSuchProcess``'s twin."""
+
+
+#: What :func:`process` and :class:`ProcProcess` raise (for ``except``: psutil's error and
+#: the /proc twin's), and the status of a process that ended but is not reaped.
+ProcessError: tuple[type[Exception], ...] = (_ProcError,)
+NoSuchProcess: tuple[type[Exception], ...] = (_ProcGone,)
+if psutil is not None:
+    ProcessError += (psutil.Error,)
+    NoSuchProcess += (psutil.NoSuchProcess,)
+STATUS_ZOMBIE = "zombie"
+
+
+class ProcProcess:
+    """The few ``psutil.Process`` methods the host and its client use, read from ``/proc``.
+
+    ``is_running`` compares the start time read at construction, as psutil does, so a pid
+    reused by another process does not pass for the one asked about.
+    """
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = os.getpid() if pid is None else int(pid)
+        self._start = self._stat()[19]
+
+    def _stat(self) -> list[str]:
+        try:
+            text = Path(f"/proc/{self.pid}/stat").read_text()
+        except FileNotFoundError:
+            raise _ProcGone(f"no process {self.pid}") from None
+        except OSError as exc:
+            raise _ProcError(f"cannot read /proc/{self.pid}/stat: {exc}") from exc
+        # The command name (field 2) is in parentheses and may hold spaces.
+        return text[text.rindex(")") + 2 :].split()
+
+    def is_running(self) -> bool:
+        try:
+            return self._stat()[19] == self._start
+        except _ProcError:
+            return False
+
+    def status(self) -> str:
+        return STATUS_ZOMBIE if self._stat()[0] in ("Z", "X") else "running"
+
+    def cmdline(self) -> list[str]:
+        try:
+            raw = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+        except OSError as exc:
+            raise _ProcGone(f"no process {self.pid}: {exc}") from exc
+        return [os.fsdecode(part) for part in raw.split(b"\0")[:-1]]
+
+    def uids(self) -> _Uids:
+        for line in self._status_lines():
+            if line.startswith("Uid:"):
+                return _Uids(*(int(v) for v in line.split()[1:4]))
+        raise _ProcError(f"no Uid line in /proc/{self.pid}/status")
+
+    def create_time(self) -> float:
+        """Seconds since the epoch: boot time plus the start time in clock ticks."""
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        return boot + int(self._start) / os.sysconf("SC_CLK_TCK")
+
+    def kill(self) -> None:
+        if not self.is_running():
+            raise _ProcGone(f"no process {self.pid}")
+        try:
+            os.kill(self.pid, 9)
+        except ProcessLookupError:
+            raise _ProcGone(f"no process {self.pid}") from None
+
+    def memory_kib(self) -> dict[str, int]:
+        """VmRSS and (where smaps_rollup is readable) Pss of the process, in KiB."""
+        sizes = {}
+        for line in self._status_lines():
+            if line.startswith("VmRSS:"):
+                sizes["rss"] = int(line.split()[1])
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    sizes["pss"] = int(line.split()[1])
+        return sizes
+
+    def _status_lines(self) -> list[str]:
+        try:
+            return Path(f"/proc/{self.pid}/status").read_text().splitlines()
+        except FileNotFoundError:
+            raise _ProcGone(f"no process {self.pid}") from None
+        except OSError as exc:
+            raise _ProcError(f"cannot read /proc/{self.pid}/status: {exc}") from exc
+
+
+def process(pid: int | None = None) -> Any:
+    """A ``psutil.Process`` for ``pid`` (default: this process), or its /proc twin without
+    psutil. Raises :data:`NoSuchProcess` when there is no such process."""
+    return psutil.Process(pid) if psutil is not None else ProcProcess(pid)

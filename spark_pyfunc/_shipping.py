@@ -12,7 +12,9 @@ model host, which runs outside Spark's worker and must stay light.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -21,6 +23,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -30,7 +33,17 @@ import filelock
 
 from spark_pyfunc.errors import ShippingError, UnsafePathError
 
-__all__ = ["ShippedModel", "build_archive", "materialize", "safe_extract", "ship_model"]
+__all__ = [
+    "ShippedModel",
+    "build_archive",
+    "fetch_file",
+    "materialize",
+    "safe_extract",
+    "ship_file",
+    "ship_model",
+    "ship_package",
+    "package_zips",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -270,24 +283,118 @@ def ship_model(spark: Any, model_dir: str | os.PathLike[str]) -> ShippedModel:
     paths, so registration is remembered per session and the archive path is stable per name.
     """
     shipped, archive = build_archive(model_dir)
+    _register(spark, archive, shipped.archive_name)
+    return shipped
+
+
+def _register(spark: Any, path: Path, name: str, pyfile: bool = False) -> None:
+    """Add ``path`` to the session's files (or Python files), once per session and name."""
     if _is_connect(spark):
-        key = ("connect", str(spark.session_id), shipped.archive_name)
+        key = ("connect", str(spark.session_id), name)
     else:
-        key = ("classic", str(spark.sparkContext.applicationId), shipped.archive_name)
+        key = ("classic", str(spark.sparkContext.applicationId), name)
     with _ship_lock:
         if key in _registered:
-            return shipped
+            return
         if key[0] == "connect":
-            spark.addArtifacts(str(archive), file=True)
+            spark.addArtifacts(str(path), **({"pyfile": True} if pyfile else {"file": True}))
         else:
             sc = spark.sparkContext
-            # Someone else (the user, or this module before a reload) may have added it.
             listed = {uri.rstrip("/").rsplit("/", 1)[-1] for uri in sc.listFiles}
-            if shipped.archive_name not in listed:
-                sc.addFile(str(archive))
+            if name in listed:
+                pass  # someone else (the user, or this module before a reload) added it
+            elif pyfile:
+                sc.addPyFile(str(path))
+            else:
+                sc.addFile(str(path))
         _registered.add(key)
-    _log.debug("shipped %s to %s session %s", shipped.archive_name, key[0], key[1])
+    _log.debug("shipped %s to %s session %s", name, key[0], key[1])
+
+
+def ship_file(spark: Any, path: str | os.PathLike[str], prefix: str) -> ShippedModel:
+    """Ship one file (a prebuilt environment archive) as the model is shipped: under a name
+    made of ``prefix`` and its sha256 (never ``.tar.gz``, which Spark's fetcher unpacks
+    unchecked), for :func:`fetch_file` to verify on the executors."""
+    source = Path(path)
+    try:
+        sha256 = _sha256_file(source)
+    except OSError as exc:
+        raise ShippingError(f"cannot read {os.fspath(path)!r}: {exc}") from exc
+    shipped = ShippedModel(
+        f"{prefix}{sha256[:_HASH_CHARS]}{ARCHIVE_SUFFIX}", sha256, source.stat().st_size
+    )
+    staged = _archive_root() / shipped.archive_name
+    if not staged.is_file():
+        tmp = staged.with_name(f".{staged.name}.tmp")
+        try:
+            os.link(source, tmp)
+        except OSError:  # another file system
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, staged)
+    _register(spark, staged, shipped.archive_name)
     return shipped
+
+
+_PACKAGES_SHIPPED = ("filelock", "yaml")
+
+
+def _zip_package(package_dir: Path, zf: Any) -> None:
+    for path in sorted(package_dir.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".typed"):
+            rel = path.relative_to(package_dir.parent).as_posix()
+            info = zipfile.ZipInfo(rel, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, path.read_bytes())
+
+
+_package_zips: list[Path] = []
+
+
+def package_zips() -> list[Path]:
+    """spark_pyfunc as a zip, and the pure-Python packages its worker side needs that
+    executors may lack (filelock; PyYAML, which loads without its C extension) in another,
+    so that a restored environment's host can be given the first alone. Built once per
+    process, content-named."""
+    with _build_lock:
+        if _package_zips and all(p.is_file() for p in _package_zips):
+            return list(_package_zips)
+        import importlib
+
+        own = Path(__file__).resolve().parent
+        groups = [("spark_pyfunc", [own])]
+        deps = []
+        for name in _PACKAGES_SHIPPED:
+            with contextlib.suppress(ImportError):
+                module = importlib.import_module(name)
+                if module.__file__:
+                    deps.append(Path(module.__file__).resolve().parent)
+        groups.append(("spark_pyfunc_deps", deps))
+        zips = []
+        for stem, dirs in groups:
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w") as zf:
+                for d in dirs:
+                    _zip_package(d, zf)
+            data = buffer.getvalue()
+            digest = hashlib.sha256(data).hexdigest()[:16]
+            path = _archive_root() / f"{stem}-{digest}.zip"
+            if not path.is_file():
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+            zips.append(path)
+        _package_zips[:] = zips
+        return zips
+
+
+def ship_package(spark: Any) -> list[str]:
+    """Ship spark_pyfunc (and filelock, PyYAML) to the executors' Python path, once per
+    session: for executors where it is not installed. Returns the zips' names."""
+    names = []
+    for path in package_zips():
+        _register(spark, path, path.name, pyfile=True)
+        names.append(path.name)
+    return names
 
 
 # --------------------------------------------------------------------------- executor side
@@ -334,6 +441,31 @@ def materialize(shipped: ShippedModel, root: str | os.PathLike[str] | None = Non
     with _memo_lock:
         _materialized[memo_key] = target
     return target
+
+
+_fetched: dict[tuple[str, str], Path] = {}
+
+
+def fetch_file(shipped: ShippedModel) -> Path:
+    """The shipped file (see :func:`ship_file`) in SparkFiles' root, its sha256 verified
+    once per process."""
+    archive = _spark_files_root(shipped.archive_name) / shipped.archive_name
+    memo_key = (str(archive), shipped.sha256)
+    with _memo_lock:
+        known = _fetched.get(memo_key)
+    if known is not None:
+        return known
+    if not archive.is_file():
+        raise ShippingError(f"{shipped.archive_name!r} is missing from SparkFiles' root")
+    actual = _sha256_file(archive)
+    if actual != shipped.sha256:
+        raise ShippingError(
+            f"{str(archive)!r} is corrupt: sha256 {actual} does not match the shipped "
+            f"sha256 {shipped.sha256}"
+        )
+    with _memo_lock:
+        _fetched[memo_key] = archive
+    return archive
 
 
 def _unpack(shipped: ShippedModel, base: Path, target: Path) -> None:

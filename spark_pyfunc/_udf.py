@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
@@ -29,6 +31,7 @@ from pyspark.sql.types import ArrayType, DataType, MapType, StructType
 
 from spark_pyfunc import _config
 from spark_pyfunc._client import HostSpec, ModelHostClient, host_key
+from spark_pyfunc._paths import local_path
 from spark_pyfunc._result_types import (
     arrow_type,
     fit_arrow_result,
@@ -42,6 +45,7 @@ from spark_pyfunc._wire import prediction_to_frame, struct_rows
 from spark_pyfunc.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
+    from spark_pyfunc._environments import EnvSpec
     from spark_pyfunc._loading import PyFuncModel
 
 # The signature (schema.py) and the model (loading.py) are read on the driver, and by workers
@@ -83,6 +87,12 @@ class _Plan:
     # extra_env: environment variables of the model's process (the worker around load and
     # predict for scope="process", the host's own environment for scope="executor").
     extra_env: dict[str, str] | None = None
+    # env_manager="uv"/"virtualenv"/"conda": the model's environment, read on the driver and
+    # built once per executor machine for the host; or a prebuilt one, shipped like the model.
+    env: EnvSpec | None = None
+    prebuilt_env: ShippedModel | None = None
+    env_cache_dir: str | None = None
+    env_build_timeout: float = _config.ENV_BUILD_TIMEOUT.default
 
 
 _PROCESS_MODELS: dict[tuple[str, str, str], PyFuncModel] = {}
@@ -201,6 +211,10 @@ def _host_client(plan: _Plan) -> ModelHostClient:
     executor_dir = os.path.abspath(SparkFiles.getRootDirectory())
     processes = plan.host_processes or _task_slots(plan.executor_cores)
     kwargs = host_variant(plan, _task_gpus(), processes)
+    if plan.env is not None or plan.prebuilt_env is not None:
+        restored = _restored_environment(plan)
+        kwargs["python"] = restored["python"]
+        kwargs["env"] = {**kwargs.get("env", {}), **restored["env"]}
     spec = HostSpec(
         model_dir=str(model_dir),
         key=host_key(executor_dir, plan.shipped.sha256, plan.model_config, **kwargs),
@@ -214,6 +228,27 @@ def _host_client(plan: _Plan) -> ModelHostClient:
         **kwargs,
     )
     return ModelHostClient(spec)
+
+
+def _restored_environment(plan: _Plan) -> dict[str, Any]:
+    """The host's interpreter and PYTHONPATH in the model's restored environment, built or
+    unpacked on this machine first if needed (under a file lock: once per machine)."""
+    from spark_pyfunc import _environments
+
+    if plan.prebuilt_env is not None:
+        from spark_pyfunc._shipping import fetch_file
+
+        python = _environments.restore_prebuilt(
+            fetch_file(plan.prebuilt_env),
+            plan.prebuilt_env.sha256,
+            plan.env_cache_dir,
+            plan.env_build_timeout,
+        )
+    else:
+        assert plan.env is not None
+        python = _environments.ensure_env(plan.env, plan.env_cache_dir, plan.env_build_timeout)
+    path = _environments.package_path(plan.env_cache_dir)
+    return {"python": python, "env": {"PYTHONPATH": path}}
 
 
 def _bind(batch: Any, names: tuple[str, ...] | None) -> pd.DataFrame:
@@ -455,6 +490,7 @@ def spark_udf(
     method: str = "predict",
     scope: str = "auto",
     batch_size: int | None = None,
+    prebuilt_env_uri: str | os.PathLike | None = None,
 ) -> SparkPyfuncUDF:
     """Build a Spark UDF that scores an MLflow-format pyfunc model, one copy per executor.
 
@@ -477,7 +513,11 @@ def spark_udf(
             (``"double"``, ``"array<float>"``, ``"label string, score double"``); default:
             from the signature's outputs (one output: its type; several: a struct; none:
             ``double``, as MLflow).
-        env_manager: ``None`` or ``"local"`` (the executors' own Python environment).
+        env_manager: ``None`` or ``"local"``: the executors' own Python environment;
+            ``"uv"``, ``"virtualenv"`` or ``"conda"``: the model's own environment
+            (``python_env.yaml``, ``requirements.txt`` or ``conda.yaml``, by MLflow's rules),
+            built once per executor machine into ``spark.pyfunc.env.cacheDir`` and run by the
+            model host (so the scope is ``"executor"``; ``"process"`` is refused).
         params: inference parameters, checked on the driver against the params schema.
         extra_env: environment variables for the model's process, as in MLflow: set in
             the Python worker while the model loads and predicts (``scope="process"``), or
@@ -489,6 +529,10 @@ def spark_udf(
             ``spark.pyfunc.scope.autoThresholdBytes``, default 64 MiB, on disk).
         batch_size: at most this many rows per call of the model (default: Spark's Arrow
             batch, ``spark.sql.execution.arrow.maxRecordsPerBatch``).
+        prebuilt_env_uri: an environment archive made by ``spark-pyfunc build-env`` (a path
+            or ``file:`` URI on the driver), shipped to the executors and unpacked there
+            instead of building (no package registry needed); ``env_manager`` must then be
+            None, ``"uv"`` or ``"virtualenv"``.
 
     Returns:
         A :class:`SparkPyfuncUDF`: call it with columns (positional, bound to the signature's
@@ -499,6 +543,9 @@ def spark_udf(
             message names it.
         ModelURIError: ``model_uri`` cannot be resolved (unknown run, model, alias, bucket;
             MLflow or the store's extra not installed); the message names it and why.
+        EnvironmentSetupError: ``env_manager`` is not local and the model describes no
+            environment (the environment itself is built on the executors, where a failed
+            build fails the task with this error and the tail of the build log).
         ModelFormatError: the directory is not a pyfunc model.
         MissingDependencyError: the model's loader module (``mlflow.sklearn``, ...) is not
             importable on the driver; the message says what to install, there and on the
@@ -512,13 +559,11 @@ def spark_udf(
         >>> df.withColumn("prediction", predict("x1", "x2"))  # doctest: +SKIP
         >>> df.withColumn("prediction", predict(F.struct("x1", "x2")))  # doctest: +SKIP
     """
-    if env_manager not in (None, "local"):
-        raise InvalidArgumentError(
-            f"env_manager={env_manager!r} is not supported: spark_pyfunc scores in the "
-            "executors' own Python environment (env_manager='local')"
-        )
     if scope not in _config.SCOPES:
         raise InvalidArgumentError(f"scope must be one of {_config.SCOPES}, not {scope!r}")
+    manager = _env_manager(env_manager, prebuilt_env_uri, scope)
+    if manager != "local":
+        scope = "executor"  # only the host runs in the model's environment
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
         raise InvalidArgumentError(f"batch_size must be a positive integer, not {batch_size!r}")
     if not isinstance(method, str) or not method.isidentifier():
@@ -531,7 +576,8 @@ def spark_udf(
 
     path = resolve_model_uri(model_uri)
     metadata = read_metadata(path)
-    check_loader(metadata, f"model {os.fspath(model_uri)!r}")
+    if manager == "local":  # else the loader module comes with the model's environment
+        check_loader(metadata, f"model {os.fspath(model_uri)!r}")
     checked_params = sch.enforce_params(params, metadata.get_params_schema())
     try:
         config_key = json.dumps(model_config, sort_keys=True) if model_config else ""
@@ -543,6 +589,14 @@ def spark_udf(
         else result_type_from_signature(metadata.get_output_schema())
     )
     host_mode = _setting(spark, _config.HOST_MODE)
+    env = prebuilt = None
+    if prebuilt_env_uri is not None:
+        prebuilt = _ship_prebuilt_env(spark, prebuilt_env_uri)
+    elif manager != "local":
+        from spark_pyfunc._environments import read_environment
+
+        env = read_environment(path, manager)
+    _ship_package_if_needed(spark)
     shipped = ship_model(spark, path)
     if scope == "auto":
         threshold = _setting(spark, _config.AUTO_THRESHOLD)
@@ -575,14 +629,19 @@ def spark_udf(
         batch_max_wait_ms=_setting(spark, _config.BATCH_MAX_WAIT_MS),
         batch_max_rows=_setting(spark, _config.BATCH_MAX_ROWS),
         extra_env=dict(extra_env) if extra_env else None,
+        env=env,
+        prebuilt_env=prebuilt,
+        env_cache_dir=_setting(spark, _config.ENV_CACHE_DIR),
+        env_build_timeout=_setting(spark, _config.ENV_BUILD_TIMEOUT),
     )
     logger.info(
-        "spark_udf: model %s (%d bytes) -> %s, scope=%s, result type %s",
+        "spark_udf: model %s (%d bytes) -> %s, scope=%s, result type %s, env_manager=%s",
         path,
         shipped.model_size,
         shipped.archive_name,
         scope,
         dtype.simpleString(),
+        manager,
     )
     return SparkPyfuncUDF(plan, names)
 
@@ -625,3 +684,76 @@ def _executor_cores(spark: Any) -> int | None:
     if cluster:
         return int(cluster.group(1))
     return None
+
+
+def _env_manager(env_manager: str | None, prebuilt_env_uri: Any, scope: str) -> str:
+    """The environment manager, checked against the other arguments (MLflow's rules)."""
+    if env_manager is not None and env_manager not in _config.ENV_MANAGERS:
+        raise InvalidArgumentError(
+            f"env_manager must be one of {list(_config.ENV_MANAGERS)} or None, not {env_manager!r}"
+        )
+    manager = env_manager or "local"
+    if prebuilt_env_uri is not None:
+        if env_manager not in (None, "uv", "virtualenv"):
+            raise InvalidArgumentError(
+                f"prebuilt_env_uri={os.fspath(prebuilt_env_uri)!r} is a virtualenv environment: "
+                f"env_manager must be None, 'uv' or 'virtualenv' with it, not {env_manager!r}"
+            )
+        manager = env_manager or "virtualenv"
+    if manager != "local" and scope == "process":
+        raise InvalidArgumentError(
+            f"scope='process' loads the model in Spark's Python workers, which run in the "
+            f"cluster's environment; env_manager={manager!r} restores the model's environment "
+            "for the executor's model host: use scope='executor' or 'auto'"
+        )
+    return manager
+
+
+def _ship_prebuilt_env(spark: Any, uri: str | os.PathLike) -> ShippedModel:
+    from spark_pyfunc._shipping import ship_file
+
+    archive = local_path(uri)
+    if not archive.is_file():
+        raise InvalidArgumentError(
+            f"prebuilt_env_uri={os.fspath(uri)!r}: no such file (an archive made by "
+            "'spark-pyfunc build-env MODEL OUT.tar.gz')"
+        )
+    return ship_file(spark, archive, "spark_pyfunc-env-")
+
+
+def _ship_package_if_needed(spark: Any) -> None:
+    """Ship spark_pyfunc as a zip to executors that may not have it (spark.pyfunc.shipPackage).
+
+    ``auto`` ships unless the executors' Python is known to be the driver's: a local master
+    with no other Python configured. The driver cannot import-test the executors, and
+    shipping costs one small zip per session, so an unknown Python (a cluster, Spark Connect)
+    gets it; the zip comes first on the executors' sys.path, so they run the driver's version.
+    """
+    choice = _setting(spark, _config.SHIP_PACKAGE)
+    if choice == "false":
+        return
+    if choice == "auto" and _executors_share_python(spark):
+        return
+    from spark_pyfunc._shipping import ship_package
+
+    names = ship_package(spark)
+    logger.info("spark_udf: shipped spark_pyfunc to the executors as %s", names)
+
+
+def _executors_share_python(spark: Any) -> bool:
+    configured = (
+        _conf(spark, "spark.pyspark.python", "")
+        or _conf(spark, "spark.executorEnv.PYSPARK_PYTHON", "")
+        or os.environ.get("PYSPARK_PYTHON", "")
+    )
+    if configured:
+        # The same bin directory: the same environment (realpath would equate every venv
+        # of one base interpreter, whatever their packages).
+        found = shutil.which(configured)
+        here = os.path.dirname(os.path.abspath(sys.executable))
+        return found is not None and os.path.dirname(os.path.abspath(found)) == here
+    try:
+        master = spark.sparkContext.master
+    except Exception:  # Spark Connect: the server's executors are unknown here
+        return False
+    return master.startswith(("local[", "local-cluster[")) or master == "local"

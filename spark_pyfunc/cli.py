@@ -415,6 +415,16 @@ def _demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_env_command(args: argparse.Namespace) -> int:
+    from spark_pyfunc._environments import pack_env
+
+    if os.path.exists(args.out):
+        raise InvalidArgumentError(f"OUT {args.out!r} already exists")
+    out = pack_env(args.model, args.out, args.env_manager, args.cache_dir)
+    print(f"{out} ({os.path.getsize(out) / 2**20:.1f} MiB): pass it as prebuilt_env_uri")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -461,6 +471,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-data", metavar="PATH", help="keep the generated data as parquet in PATH"
     )
     demo_parser.add_argument("--verbose", action="store_true", help="logs and full tracebacks")
+
+    env_parser = commands.add_parser(
+        "build-env",
+        help="build a model's Python environment into an archive for prebuilt_env_uri",
+        description="Build the environment MODEL describes (python_env.yaml, requirements.txt "
+        "or conda.yaml) with this machine's Python and pack it as OUT (.tar.gz), for "
+        "spark_udf(..., prebuilt_env_uri=OUT) on executors without a package registry. The "
+        "executors' Python must have this one's major.minor version.",
+    )
+    env_parser.add_argument("model", metavar="MODEL", help="model directory")
+    env_parser.add_argument("out", metavar="OUT", help="the archive to write (.tar.gz)")
+    env_parser.add_argument(
+        "--env-manager", choices=("uv", "virtualenv"), default="uv", help="the builder"
+    )
+    env_parser.add_argument(
+        "--cache-dir", help="where environments are built (default ~/.cache/spark_pyfunc/envs)"
+    )
+    env_parser.add_argument("--verbose", action="store_true", help="logs and full tracebacks")
     return parser
 
 
@@ -481,6 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _guarded(lambda: _run_score_command(args, session), args.verbose)
         if args.command == "info":
             return _guarded(lambda: _info_command(args), args.verbose)
+        if args.command == "build-env":
+            return _guarded(lambda: _build_env_command(args), args.verbose)
         return _guarded(lambda: _demo_command(args), args.verbose)
 
 

@@ -8,7 +8,7 @@ the file, the field, the column, the module or the host log. The hierarchy::
     ├── InvalidArgumentError (also ValueError)   an argument or spark.pyfunc.* setting
     │   └── ModelURIError                         a model URI that cannot be resolved
     ├── UsageError                                a command-line argument (exit status 2)
-    ├── EnvironmentSetupError                     no usable Java for Spark
+    ├── EnvironmentSetupError                     no usable Java; a model env not built
     ├── ModelFormatError                          a model directory, MLmodel, pickle
     │   └── UnsafePathError                       a path that leaves the model directory
     ├── ModelExistsError (also FileExistsError)   save_model into a non-empty directory
@@ -83,8 +83,10 @@ class UsageError(SparkPyfuncError):
 
 
 class EnvironmentSetupError(SparkPyfuncError):
-    """This machine cannot start Spark: no Java, or a Java the installed Spark does not
-    support. The message says which Java was found and how to install a supported one."""
+    """This machine cannot start Spark (no Java, or a Java the installed Spark does not
+    support: the message says which Java was found), or an executor cannot restore a model's
+    Python environment (``env_manager``): the message names the tool or Python that is
+    missing, or carries the tail of the build's log."""
 
 
 class ModelFormatError(SparkPyfuncError):

@@ -31,7 +31,7 @@ TIERS: list[list[str]] = [
     ["_format", "_result_types"],
     ["python_model"],
     ["_loading", "_saving"],
-    ["_host", "_client", "_describe"],
+    ["_host", "_client", "_describe", "_environments"],
     ["_udf"],
     ["scoring", "_demo", ""],
     ["cli"],

@@ -122,7 +122,7 @@ def test_bad_arguments_are_refused_when_the_udf_is_built(spark, linear_model, tm
     with pytest.raises(SparkPyfuncError, match="scope"):
         spark_udf(spark, linear_model, scope="everywhere")
     with pytest.raises(SparkPyfuncError, match="env_manager"):
-        spark_udf(spark, linear_model, env_manager="conda", scope=scope)
+        spark_udf(spark, linear_model, env_manager="pyenv", scope=scope)  # not MLflow's
     with pytest.raises(SparkPyfuncError, match="batch_size"):
         spark_udf(spark, linear_model, batch_size=0, scope=scope)
     with pytest.raises(SparkPyfuncError, match=str(tmp_path / "nowhere")):

@@ -1,0 +1,327 @@
+#!/usr/bin/env python
+"""Restored model environments: spark_pyfunc's env_manager against MLflow's, on real executors.
+
+A standalone Master and Worker on 127.0.0.1 (scripts/standalone.py) run one executor with
+``--cores`` cores (default 2). The model is written by MLflow (``mlflow.pyfunc.save_model``)
+and pins ``six==1.15.0``, which the driver's environment does not have: the environment must
+really be restored. For each system and env_manager, ``--runs`` rounds of two applications
+each, on a cold environment cache per round:
+
+- environment builds in the application (spark_pyfunc: lines of its ``builds.jsonl``; MLflow:
+  its "Creating a new environment" log lines in the executor's stderr);
+- seconds to the first result (UDF built to the first small job's rows on the driver, the
+  environment build and the model load included);
+- warm rows/s (``--rows`` rows scored again ``--repeats`` times once everything is up).
+
+The second application of a round reuses the cache the first left (spark_pyfunc's cache
+lives on the machine; MLflow's environments live in per-worker temporary directories).
+Medians over the rounds, side by side, printed as a markdown table (``--out`` also writes it).
+
+MLflow's ``env_manager="virtualenv"`` needs pyenv (it installs the model's exact Python from
+CPython's sources): without pyenv it is reported as not run, and where pyenv cannot download
+the sources the table shows the failure. Its ``"uv"`` installs the model's
+requirements (``mlflow`` among them) into each environment and serves the model with MLflow's
+scoring server: over HTTP where ``nc`` is on the executors' PATH (MLflow checks ports with it),
+else through stdin and a file it polls every second.
+
+Run:  .venv/bin/python scripts/bench_env.py                 (~10-20 min on 2 shared cores)
+      .venv/bin/python scripts/bench_env.py --runs 1 --rows 20000 --systems spark_pyfunc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+import standalone as sa  # noqa: E402
+
+FEATURES = [f"f{i}" for i in range(8)]
+PIN = "six==1.15.0"
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def save_model(path: Path) -> Path:
+    """An MLflow-written pyfunc model: a weighted sum that checks it sees six 1.15.0."""
+    import cloudpickle
+    import mlflow.pyfunc
+
+    class PinnedSix(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            import six
+
+            if six.__version__ != "1.15.0":
+                raise RuntimeError(f"six {six.__version__} instead of the pinned 1.15.0")
+            x = model_input[[f"f{i}" for i in range(8)]].to_numpy(dtype="float64")
+            return pd.Series(x @ np.arange(1.0, 9.0), name="y")
+
+    requirements = [
+        PIN,
+        f"cloudpickle=={cloudpickle.__version__}",
+        f"pandas=={pd.__version__}",
+        f"numpy=={np.__version__}",
+    ]
+    from mlflow.models import infer_signature
+
+    # A signature, so that both systems bind the UDF's columns to f0..f7 by name.
+    example = pd.DataFrame(np.ones((2, 8)), columns=FEATURES)
+    signature = infer_signature(example, pd.Series(np.ones(2), name="y"))
+    mlflow.pyfunc.save_model(
+        str(path), python_model=PinnedSix(), pip_requirements=requirements, signature=signature
+    )
+    return path
+
+
+# ----------------------------------------------------------------------------- one app
+
+
+@dataclass
+class App:
+    system: str
+    manager: str
+    round: int
+    app: int
+    builds: int = 0
+    first_result_s: float = float("nan")
+    warm_rps: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+def _session(cluster: Any, cores: int, tmp: Path, cache: Path, tag: str) -> Any:
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.master(cluster.master_url)
+        .appName(f"bench_env {tag}")
+        .config("spark.executor.cores", str(cores))
+        .config("spark.cores.max", str(cores))
+        .config("spark.executor.memory", "1g")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.task.maxFailures", "1")
+        .config("spark.executorEnv.TMPDIR", str(tmp))
+        .config(f"spark.executorEnv.{sa.TAG_VAR}", tag)
+        .config("spark.pyfunc.env.cacheDir", str(cache))
+        # MLflow's per-request timeout (60 s by default) is what fails first on a busy
+        # machine; raised so that its figures come out (it does not make it faster).
+        .config("spark.executorEnv.MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "600")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    spark.range(cores * 2, numPartitions=cores * 2).count()  # the executor is up
+    return spark
+
+
+def _udf(spark: Any, system: str, manager: str, model: Path) -> Any:
+    if system == "spark_pyfunc":
+        from spark_pyfunc import spark_udf
+
+        return spark_udf(spark, str(model), "double", env_manager=manager)(*FEATURES)
+    import mlflow.pyfunc
+    from pyspark.sql import functions as F
+
+    udf = mlflow.pyfunc.spark_udf(spark, str(model), result_type="double", env_manager=manager)
+    return udf(*[F.col(c) for c in FEATURES])
+
+
+def _features(spark: Any, rows: int, partitions: int) -> Any:
+    from pyspark.sql import functions as F
+
+    df = spark.range(0, rows, numPartitions=partitions)
+    return df.select(*[(F.col("id") % (i + 7) / 7.0).alias(c) for i, c in enumerate(FEATURES)])
+
+
+def _mlflow_builds(cluster: Any, app_id: str) -> int:
+    count = 0
+    for stderr in (cluster.root / "work" / app_id).glob("*/stderr"):
+        count += stderr.read_text(errors="replace").count("Creating a new environment")
+    return count
+
+
+def _spf_builds(cache: Path) -> int:
+    log = cache / "builds.jsonl"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def run_app(cfg: argparse.Namespace, cluster: Any, model: Path, app: App, cache: Path) -> None:
+    tmp = cfg.root / f"tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    tag = f"{app.system}-{app.manager}-{app.round}-{app.app}-{uuid.uuid4().hex[:6]}"
+    before = _spf_builds(cache)
+    spark = _session(cluster, cfg.cores, tmp, cache, tag)
+    app_id = spark.sparkContext.applicationId
+    partitions = cfg.cores * 2
+    try:
+        started = time.monotonic()
+        col = _udf(spark, app.system, app.manager, model)
+        first = _features(spark, 1000, partitions).select(col.alias("p")).collect()
+        app.first_result_s = time.monotonic() - started
+        expected = _expected(1000)
+        got = np.array([r["p"] for r in first])
+        if not np.allclose(np.sort(got), np.sort(expected)):
+            raise AssertionError(f"{app.system}: wrong predictions")
+        from pyspark.sql import functions as F
+
+        for _ in range(cfg.repeats):
+            t0 = time.monotonic()
+            scored = _features(spark, cfg.rows, partitions).select(col.alias("p"))
+            n = scored.agg(F.count("p")).collect()[0][0]
+            app.warm_rps.append(n / (time.monotonic() - t0))
+    except Exception as exc:  # reported in the table, the run goes on
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        app.error = f"{type(exc).__name__}: " + " | ".join(lines[-6:])[:1500]
+    finally:
+        spark.stop()
+        sa.reap_tagged(tag)
+    if app.error and cfg.debug:
+        for stderr in (cluster.root / "work" / app_id).glob("*/stderr"):
+            print(
+                f"--- {stderr} ---\n"
+                + "\n".join(stderr.read_text(errors="replace").splitlines()[-60:])
+            )
+    if app.system == "spark_pyfunc":
+        app.builds = _spf_builds(cache) - before
+    else:
+        app.builds = _mlflow_builds(cluster, app_id)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _expected(rows: int) -> np.ndarray:
+    ids = np.arange(rows)
+    x = np.stack([(ids % (i + 7)) / 7.0 for i in range(8)], axis=1)
+    return x @ np.arange(1.0, 9.0)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _median(values: list[float]) -> float:
+    good = [v for v in values if v == v]
+    return statistics.median(good) if good else float("nan")
+
+
+def table(apps: list[App], skipped: dict[str, str]) -> str:
+    lines = [
+        "| system | env_manager | app | env builds (per app) | first result, s | warm rows/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(a.system, a.manager) for a in apps})
+    for system, manager in keys:
+        for n in (1, 2):
+            runs = [a for a in apps if (a.system, a.manager, a.app) == (system, manager, n)]
+            errors = [a.error for a in runs if a.error]
+            if errors:
+                short = errors[0].rsplit(" | ", 1)[-1][:200]
+                lines.append(f"| {system} | {manager} | {n} | - | failed: {short} | - |")
+                continue
+            builds = "/".join(str(a.builds) for a in runs)
+            first = _median([a.first_result_s for a in runs])
+            rps = _median([_median(a.warm_rps) for a in runs])
+            lines.append(f"| {system} | {manager} | {n} | {builds} | {first:.1f} | {rps:,.0f} |")
+    for what, why in skipped.items():
+        lines.append(f"| {what} | - | - | not run: {why} | - | - |")
+    return "\n".join(lines)
+
+
+def ratios(apps: list[App]) -> list[str]:
+    out = []
+    for manager in ("uv", "virtualenv"):
+        ours = [a for a in apps if (a.system, a.manager) == ("spark_pyfunc", manager)]
+        theirs = [a for a in apps if (a.system, a.manager) == ("mlflow", manager)]
+        if not ours or not theirs or any(a.error for a in ours + theirs):
+            continue
+        for n in (1, 2):
+            mine = [a for a in ours if a.app == n]
+            other = [a for a in theirs if a.app == n]
+            first = _median([a.first_result_s for a in other]) / _median(
+                [a.first_result_s for a in mine]
+            )
+            rps = _median([_median(a.warm_rps) for a in mine]) / _median(
+                [_median(a.warm_rps) for a in other]
+            )
+            out.append(
+                f"- {manager}, application {n}: first result {first:.1f}x sooner, "
+                f"warm rows/s {rps:.2f}x MLflow's"
+            )
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--runs", type=int, default=3, help="rounds (cold cache each)")
+    parser.add_argument("--rows", type=int, default=200_000, help="rows per warm job")
+    parser.add_argument("--repeats", type=int, default=3, help="warm jobs per application")
+    parser.add_argument("--cores", type=int, default=2, help="the executor's cores")
+    parser.add_argument("--systems", default="spark_pyfunc,mlflow")
+    parser.add_argument("--managers", default="uv,virtualenv")
+    parser.add_argument("--out", type=Path, help="also write the markdown here")
+    parser.add_argument("--debug", action="store_true", help="print a failed app's executor log")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="bench-env-"))
+    cfg.root = root
+    systems, managers = cfg.systems.split(","), cfg.managers.split(",")
+    skipped = {}
+    if "mlflow" in systems and "virtualenv" in managers and shutil.which("pyenv") is None:
+        skipped["mlflow virtualenv"] = "MLflow's virtualenv manager needs pyenv, absent here"
+    apps: list[App] = []
+    try:
+        model = save_model(root / "model")
+        with sa.standalone_cluster(cfg.cores, memory="3g", root=root / "cluster") as cluster:
+            for rnd in range(1, cfg.runs + 1):
+                for system in systems:
+                    for manager in managers:
+                        if f"{system} {manager}" in skipped:
+                            continue
+                        cache = root / f"cache-{system}-{manager}-{rnd}"
+                        for n in (1, 2):
+                            app = App(system, manager, rnd, n)
+                            run_app(cfg, cluster, model, app, cache)
+                            print(json.dumps(app.__dict__), flush=True)
+                            apps.append(app)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    text = "\n".join(
+        [
+            f"`{' '.join(['python', 'scripts/bench_env.py', *(argv or sys.argv[1:])])}`: "
+            f"{cfg.runs} rounds, one {cfg.cores}-core executor, {cfg.rows:,} rows per warm job, "
+            f"{platform.python_version()}, {os.cpu_count()} CPUs, "
+            f"{time.monotonic() - started:.0f} s in all",
+            "",
+            table(apps, skipped),
+            "",
+            *ratios(apps),
+        ]
+    )
+    print(text)
+    if cfg.out:
+        cfg.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
