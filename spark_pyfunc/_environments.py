@@ -44,6 +44,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -465,6 +466,20 @@ def ensure_env(spec: EnvSpec, cache_dir: str | os.PathLike[str] | None, timeout:
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     version = spec.python if not _same_minor(spec.python) else platform.python_version()
     key = spec.key(version or platform.python_version())
+
+    def build(target: Path, staging: Path) -> None:
+        _build_into(spec, cache, key, target, staging, timeout)
+
+    return _once(
+        cache, key, timeout, build, f"another worker's build of the model environment {key}"
+    )
+
+
+def _once(
+    cache: Path, key: str, timeout: float, make: Callable[[Path, Path], None], what: str
+) -> str:
+    """The interpreter of cache entry ``key``, made by ``make(target, staging)`` if missing:
+    under the key's file lock, by the first caller on the machine; memoised per process."""
     memo = (str(cache), key)
     with _memo_lock:
         known = _ready.get(memo)
@@ -476,11 +491,11 @@ def ensure_env(spec: EnvSpec, cache_dir: str | os.PathLike[str] | None, timeout:
             with _locked(cache, key, timeout):
                 target, staging = _prepare(cache, key)
                 if staging is not None:
-                    _build_into(spec, cache, key, target, staging, timeout)
+                    make(target, staging)
         except filelock.Timeout as exc:
             raise EnvironmentSetupError(
-                f"timed out after {timeout:g}s waiting for another worker's build of the model "
-                f"environment {target} (lock {exc.lock_file}); see {cache / (key + '.log')}"
+                f"timed out after {timeout:g}s waiting for {what} (lock {exc.lock_file}); "
+                f"see {cache / (key + '.log')}"
             ) from exc
     python = str(_env_python(target))
     with _memo_lock:
@@ -628,26 +643,11 @@ def restore_prebuilt(
     """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     key = f"prebuilt-{sha256[:24]}"
-    memo = (str(cache), key)
-    with _memo_lock:
-        known = _ready.get(memo)
-    if known is not None and Path(known).exists():
-        return known
-    target = cache / key
-    if not (target / MARKER).is_file():
-        try:
-            with _locked(cache, key, timeout):
-                target, staging = _prepare(cache, key)
-                if staging is not None:
-                    _unpack_into(Path(archive), cache, key, target, staging, timeout)
-        except filelock.Timeout as exc:
-            raise EnvironmentSetupError(
-                f"timed out after {timeout:g}s waiting for another worker unpacking {archive}"
-            ) from exc
-    python = str(_env_python(target))
-    with _memo_lock:
-        _ready[memo] = python
-    return python
+
+    def unpack(target: Path, staging: Path) -> None:
+        _unpack_into(Path(archive), cache, key, target, staging, timeout)
+
+    return _once(cache, key, timeout, unpack, f"another worker unpacking {archive}")
 
 
 def _archive_marker(archive: Path) -> dict:
