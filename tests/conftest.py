@@ -130,6 +130,16 @@ def _stop_model_hosts_after_each_test(tmp_path_factory) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _mlflow_store_in_tmp(tmp_path_factory) -> Iterator[None]:
+    """MLflow's default tracking store is ./mlflow.db: a test that resolves a runs:/ or
+    models:/ URI without its own store must not leave one in the working directory."""
+    store = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _stop_spark_at_end() -> Iterator[None]:
     yield
     session = _active.pop("session", None)

@@ -175,10 +175,15 @@ def test_directory_without_mlmodel(capsys, tmp_path, parquet_input):
     assert "MLmodel" in one_error_line(err)
 
 
-def test_remote_model_uri_is_refused(capsys, tmp_path, parquet_input):
+def test_unresolvable_model_uri_is_named(capsys, tmp_path, parquet_input, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     code, _, err = run_cli(capsys, "score", "runs:/abc/model", parquet_input, tmp_path / "o.json")
     assert code == 1
-    assert "runs:/abc/model" in one_error_line(err) and "local directory" in err
+    # MLflow may log its own INFO lines first (creating the store); ours is the last line.
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("spark-pyfunc: error: cannot resolve model URI 'runs:/abc/model'")
+    assert "abc" in line.split("runs:/abc/model", 1)[1]  # the reason names the run
+    assert not (tmp_path / "o.json").exists()
 
 
 def test_missing_input(capsys, tmp_path, model_dir):

@@ -554,7 +554,8 @@ def test_prefork_child_killed_is_replaced(hosts: Hosts, model_dir: str, tmp_path
     with hosts.client(spec) as again:
         pd.testing.assert_frame_equal(again.predict(FRAME), before)
     assert len(loads(count)) == 1
-    assert f"serving process {victim} exited (killed by signal 9): replacing it" in (
+    replaced = f"serving process {victim} exited (killed by signal 9): replacing it"
+    assert wait_until(lambda: replaced in client.log_path.read_text(), 15), (
         client.log_path.read_text()
     )
 
