@@ -129,6 +129,23 @@ def _stop_model_hosts_after_each_test(tmp_path_factory) -> Iterator[None]:
     stop_model_hosts(str(tmp_path_factory.getbasetemp()))
 
 
+# The tests' own model modules, imported by the tests and named in models' code_paths.
+_HELPER_MODULES = ("host_models", "udf_models", "format_models", "mlflow_models", "parity_models")
+
+
+@pytest.fixture(autouse=True)
+def _keep_helper_modules() -> Iterator[None]:
+    """load_model() of a model whose code_paths hold a helper module forgets the module and
+    puts the model's copy first on sys.path (as MLflow does). A later test's class, imported
+    from the old module, would then no longer be the module's own, and cloudpickle would
+    pickle it by value (no import in the host, so the host's import gates never open)."""
+    path = list(sys.path)
+    modules = {name: sys.modules[name] for name in _HELPER_MODULES if name in sys.modules}
+    yield
+    sys.path[:] = path
+    sys.modules.update(modules)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _mlflow_store_in_tmp(tmp_path_factory) -> Iterator[None]:
     """MLflow's default tracking store is ./mlflow.db: a test that resolves a runs:/ or

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -73,6 +74,16 @@ def tools_path(tmp_path_factory) -> str:
     return os.pathsep.join([str(tools), "/usr/bin", "/bin"])
 
 
+def _wait_for_executors(spark, count: int, timeout: float = 180) -> None:
+    """Both executors registered before the job: under load one can come up after the other
+    has taken every task, and then there is one host, not one per executor."""
+    tracker = spark.sparkContext._jsc.sc()
+    deadline = time.monotonic() + timeout
+    while tracker.getExecutorMemoryStatus().size() < count + 1:  # + the driver's
+        assert time.monotonic() < deadline, f"fewer than {count} executors after {timeout}s"
+        time.sleep(0.5)
+
+
 def _application(
     cluster,
     bare_python: str,
@@ -114,6 +125,7 @@ def _application(
         .getOrCreate()
     )
     try:
+        _wait_for_executors(spark, 2)
         config = {"loads": str(loads)}
         if prebuilt is None:
             udf = spark_udf(spark, str(model), RESULT, "uv", model_config=config)
