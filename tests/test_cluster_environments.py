@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import stop_active_session
 from test_environments import PINNED, builds, six_model
 
 from spark_pyfunc import _environments as envs
@@ -76,9 +77,7 @@ def tools_path(tmp_path_factory) -> str:
 
 def _wait_for_executors(spark, count: int, timeout: float = 180) -> int:
     """How many executors registered, waiting up to ``timeout`` for ``count``: under load one
-    can come up after the other has taken every task. In CI's test order the second executor
-    of this cluster sometimes never registers (not seen when this file runs alone), so the
-    test counts hosts against the executors Spark actually had."""
+    can come up after the other has taken every task."""
     tracker = spark.sparkContext._jsc.sc()
     deadline = time.monotonic() + timeout
     while tracker.getExecutorMemoryStatus().size() < count + 1:  # + the driver's
@@ -114,6 +113,9 @@ def _application(
             }
         )
 
+    # getOrCreate() would hand back the suite's shared local[2] session (keeping its master
+    # and ignoring the static settings below): stop it first.
+    stop_active_session()
     spark = (
         SparkSession.builder.master(cluster.master_url)
         .appName("spark_pyfunc-envs")
@@ -128,6 +130,7 @@ def _application(
         .config("spark.pyfunc.host.idleTimeout", "60")
         .getOrCreate()
     )
+    assert spark.sparkContext.master == cluster.master_url, spark.sparkContext.master
     try:
         executors = _wait_for_executors(spark, 2)
         config = {"loads": str(loads)}
@@ -161,7 +164,7 @@ def test_bare_executors_build_once_per_machine_and_run_one_host_each(
         out, workers, executors = _application(
             cluster, bare_python, tools_path, cache, model, loads
         )
-        assert executors >= 1
+        assert executors == 2
         assert set(out["six"]) == {PINNED}
         assert out["python"].nunique() == 1 and out["python"][0].startswith(str(cache))
         # load_context runs once per host (a prefork host's serving children, whose pids
