@@ -57,6 +57,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from spark_pyfunc._batching import Batcher, Handler
 from spark_pyfunc._config import (
@@ -87,6 +88,11 @@ from spark_pyfunc._wire import (
     tune_socket,
 )
 from spark_pyfunc.errors import HostError
+
+try:  # optional (the ``title`` extra): prefork children get a title of their own in ps
+    import setproctitle
+except ImportError:  # pragma: no cover - depends on the environment
+    setproctitle = None
 
 logger = logging.getLogger("spark_pyfunc._host")
 
@@ -178,6 +184,15 @@ def peer_uid(conn: socket.socket) -> int | None:
     return struct.unpack("3i", creds)[1]
 
 
+def _release_free_memory() -> None:
+    """Hand the memory a finished connection freed back to the kernel: glibc's malloc and
+    Arrow's pool keep freed pages for reuse, and in a prefork child every such page is
+    private to it, so an idle child would hold its last task's working buffers."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+    pa.default_memory_pool().release_unused()
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """Make a forked child die with the host (Linux), so no child outlives it."""
     with contextlib.suppress(OSError, AttributeError):
@@ -185,6 +200,22 @@ def _die_with_parent(parent_pid: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the host died before prctl took effect
         os._exit(1)
+
+
+def _set_title(what: str) -> None:
+    """Tell a forked child apart from its parent in ``ps``, ``top`` and ``pgrep``, which
+    otherwise show the same command line for both.
+
+    The kernel's thread name (``/proc/PID/comm``, 15 bytes: ``ps -o comm``, ``top``) is
+    always set; with setproctitle installed the whole command line shown by ``ps aux``
+    becomes the host's with ``what`` appended, so ``grep spark_pyfunc._host`` still finds
+    every process of the host.
+    """
+    if setproctitle is not None:
+        setproctitle.setproctitle(f"{setproctitle.getproctitle()} [{what}]")
+    with contextlib.suppress(OSError, AttributeError):  # after: setproctitle sets it too
+        pr_set_name = 15
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_name, b"spf-host-child", 0, 0, 0)
 
 
 class _Watch:
@@ -254,7 +285,8 @@ class Host:
         self.children: set[int] = set()
         # prefork: slot -> pid of the serving process in it
         self.workers: dict[int, int] = {}
-        self.activity = _Activity(self.processes if mode == "prefork" else 0)
+        # prefork only: the other modes see every connection in this process
+        self.activity = _Activity(self.processes) if mode == "prefork" else None
         self.batcher = batcher
 
     def bind(self) -> None:
@@ -368,6 +400,7 @@ class Host:
     # ------------------------------------------------------------------------- prefork
 
     def _spawn(self, slot: int) -> None:
+        assert self.activity is not None
         self.activity.set(slot, 0)
         self.workers[slot] = self._fork(lambda: self._serve_slot(slot), "serving process")
 
@@ -386,8 +419,9 @@ class Host:
         """A prefork child: accept on the shared socket, one connection at a time while
         another child is free; a connection left waiting means every child is busy, so this
         one takes it on a thread rather than keep a worker waiting for its greeting."""
-        assert self.listener is not None
-        listener = self.listener
+        assert self.listener is not None and self.activity is not None
+        activity, listener = self.activity, self.listener
+        _set_title(f"serving process {slot + 1}/{self.processes} of host {os.getppid()}")
         listener.settimeout(0)  # several processes accept: one wins, the others get EAGAIN
         wake_r, wake_w = os.pipe()
         active: set[threading.Thread] = set()
@@ -397,6 +431,7 @@ class Host:
             try:
                 self.server.serve_connection(conn)
             finally:
+                _release_free_memory()
                 os.write(wake_w, b"x")
 
         logger.info("serving process %d ready (slot %d)", os.getpid(), slot)
@@ -405,7 +440,7 @@ class Host:
             if wake_r in readable:
                 os.read(wake_r, 64)
             active = {t for t in active if t.is_alive()}
-            self.activity.set(slot, len(active))
+            activity.set(slot, len(active))
             if listener not in readable:
                 waiting_since = None
                 continue
@@ -425,7 +460,7 @@ class Host:
             thread = threading.Thread(target=serve, args=(conn,), daemon=True)
             thread.start()
             active.add(thread)
-            self.activity.set(slot, len(active))
+            activity.set(slot, len(active))
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -436,7 +471,8 @@ class Host:
                 if os.waitpid(pid, os.WNOHANG)[0] == 0:
                     continue
             self.children.discard(pid)
-        return len(self.threads) + len(self.children) + self.activity.total()
+        children_serving = self.activity.total() if self.activity is not None else 0
+        return len(self.threads) + len(self.children) + children_serving
 
     def close(self) -> None:
         """Remove the socket (if it is still ours), stop children, and remove the socket

@@ -27,6 +27,7 @@ from host_models import PARAMS, Counting, Threaded
 from udf_models import Blocking, Gate
 
 from spark_pyfunc import _client as client_module
+from spark_pyfunc import _host as _host_module
 from spark_pyfunc import load_model, save_model
 from spark_pyfunc._client import HostSpec, ModelHostClient, host_key
 from spark_pyfunc._host import Host, ModelServer, _Watch, choose_mode
@@ -228,6 +229,10 @@ def test_model_error_is_a_prediction_error_and_the_host_keeps_serving(
         assert "ValueError" in str(info.value)
         assert "host_models.py" in info.value.remote_traceback
         assert "Traceback (most recent call last)" in str(info.value)
+        # the model's message once: the traceback's closing line repeats the first line
+        assert str(info.value).count("predict refused: on purpose") == 1, str(info.value)
+        assert "host_models.py" in str(info.value)  # the frames stay
+        assert info.value.remote_traceback.rstrip().endswith("predict refused: on purpose")
         # the package's own errors keep their type
         with pytest.raises(SchemaEnforcementError, match="b"):
             client.predict(FRAME[["a"]])
@@ -595,6 +600,45 @@ def test_more_connections_than_serving_processes_are_all_answered(
         pd.testing.assert_frame_equal(first.predict(FRAME), expected(model_dir))
         pd.testing.assert_frame_equal(second.predict(FRAME), expected(model_dir))
         assert first.host_pid == second.host_pid
+
+
+def test_prefork_children_are_told_apart_from_their_host(hosts: Hosts, model_dir: str) -> None:
+    """ps, top and pgrep show a serving child as such: its kernel name always, and with
+    setproctitle (the ``title`` extra) its command line, which keeps the host's own so that
+    ``grep spark_pyfunc._host`` still finds every process of the host."""
+    spec = hosts.spec(model_dir, mode="prefork", processes=2)
+    with hosts.client(spec) as client:
+        client.predict(FRAME)
+        host = client.host_pid
+        assert wait_until(lambda: len(serving_children(host)) == 2, 10)
+        parent = Path(f"/proc/{host}/comm").read_text().strip()
+        assert parent != "spf-host-child"
+        for child in serving_children(host):
+            assert Path(f"/proc/{child.pid}/comm").read_text().strip() == "spf-host-child"
+            title = Path(f"/proc/{child.pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            assert b"spark_pyfunc._host" in title and str(socket_path(spec.key)).encode() in title
+            if _host_module.setproctitle is not None:
+                assert f"of host {host}]".encode() in title, title
+        assert b"serving process" not in Path(f"/proc/{host}/cmdline").read_bytes()
+
+
+def test_only_prefork_shares_connection_counts_with_children() -> None:
+    """The other modes see every connection in the host process itself: no shared map."""
+
+    def host(mode: str) -> Host:
+        return Host(
+            ModelServer(SimpleNamespace(invoke=None)),
+            socket_file="unused.sock",
+            mode=mode,
+            idle_timeout=1.0,
+            watch=_Watch(None),
+            processes=2,
+        )
+
+    assert host("thread").activity is None and host("fork").activity is None
+    prefork = host("prefork")
+    assert prefork.activity is not None and prefork.activity.total() == 0
+    assert prefork._open_connections() == 0 == host("thread")._open_connections()
 
 
 @pytest.fixture(scope="module")
