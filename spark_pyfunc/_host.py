@@ -9,7 +9,8 @@ client.py), and answers batches over a Unix socket private to the user::
         --mode auto|prefork|thread|fork --processes P \\
         [--batching --batch-max-wait-ms MS --batch-max-rows R]
 
-The command line names spark_pyfunc so that operators find the process with ``ps``.
+The command line names spark_pyfunc so that operators find the process with ``ps``; a prefork
+host's serving processes are named apart from it (:func:`_name_child`).
 
 Modes:
 
@@ -88,11 +89,6 @@ from spark_pyfunc._wire import (
     tune_socket,
 )
 from spark_pyfunc.errors import HostError
-
-try:  # optional (the ``title`` extra): prefork children get a title of their own in ps
-    import setproctitle
-except ImportError:  # pragma: no cover - depends on the environment
-    setproctitle = None
 
 logger = logging.getLogger("spark_pyfunc._host")
 
@@ -202,18 +198,15 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _set_title(what: str) -> None:
-    """Tell a forked child apart from its parent in ``ps``, ``top`` and ``pgrep``, which
-    otherwise show the same command line for both.
+def _name_child() -> None:
+    """Tell a forked child apart from its parent in ``ps -o pid,ppid,comm``, ``top`` and
+    ``pgrep``: the kernel's name of the process (``/proc/PID/comm``), which a fork copies.
 
-    The kernel's thread name (``/proc/PID/comm``, 15 bytes: ``ps -o comm``, ``top``) is
-    always set; with setproctitle installed the whole command line shown by ``ps aux``
-    becomes the host's with ``what`` appended, so ``grep spark_pyfunc._host`` still finds
-    every process of the host.
+    The command line (``ps aux``) stays the host's, so ``grep spark_pyfunc._host`` finds
+    every process of a host. Rewriting it (setproctitle) was tried: with it, a Spark job
+    through a prefork host timed out in tests/test_host.py and passed without it.
     """
-    if setproctitle is not None:
-        setproctitle.setproctitle(f"{setproctitle.getproctitle()} [{what}]")
-    with contextlib.suppress(OSError, AttributeError):  # after: setproctitle sets it too
+    with contextlib.suppress(OSError, AttributeError):
         pr_set_name = 15
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_name, b"spf-host-child", 0, 0, 0)
 
@@ -421,7 +414,7 @@ class Host:
         one takes it on a thread rather than keep a worker waiting for its greeting."""
         assert self.listener is not None and self.activity is not None
         activity, listener = self.activity, self.listener
-        _set_title(f"serving process {slot + 1}/{self.processes} of host {os.getppid()}")
+        _name_child()
         listener.settimeout(0)  # several processes accept: one wins, the others get EAGAIN
         wake_r, wake_w = os.pipe()
         active: set[threading.Thread] = set()
