@@ -6,19 +6,25 @@ started through the real client API (HostSpec/ModelHostClient), and fit every an
 it prints rows/s (median of the rounds), the K=2/K=1 ratio, the CPU seconds per request of
 the host (parent and serving children) and of a client (the worker's share of the path), and
 the host's cores busy (its CPU seconds per wall second: above 1 only if it runs in parallel).
-Then, for prefork, the serving children's private dirty memory (smaps Private_Dirty) after 10
-and after 1,000 requests: copy-on-write discipline.
+Then, for prefork, memory: the serving children's private dirty memory (smaps Private_Dirty)
+and the PSS of the whole host (parent and children) after 10 and after 1,000 requests, with as
+many clients as serving processes (copy-on-write discipline, and what the host costs an
+executor of that many cores); ``--smaps`` adds where each process's memory lies (the mappings
+with the most PSS or private dirty pages).
 
 Models (written with spark_pyfunc.save_model, no MLflow):
 
 - ``linear``: y = X @ w over 8 double features: per-request cost is all framework.
 - ``table``: a 256 MiB float64 table of 8-wide rows; predict gathers ``table[id]`` with numpy
   indexing and reduces it against the features.
+- ``sklearn`` (memory only): scripts/bench_models.py's MLflow-written random forest (about
+  200 MiB pickled; needs the ``bench`` extra), the model of bench.py's memory goal.
 
 Usage::
 
     python scripts/host_scaling.py [--modes auto thread fork] [--models linear table]
         [--rounds 5] [--requests 60] [--processes 2] [--memory-requests 1000]
+        [--memory-model table|sklearn] [--memory-processes 4] [--smaps] [--model-cache DIR]
         [--omp-threads 1]
 """
 
@@ -73,16 +79,29 @@ class TableModel(PythonModel):
         return (rows * model_input[FEATURES].to_numpy(dtype=np.float64)).sum(axis=1)
 
 
-def build_models(root: Path) -> dict[str, Path]:
-    """Both models under ``root`` (the classes are pickled by value: this is __main__)."""
-    linear = root / "linear"
-    save_model(str(linear), python_model=LinearModel(np.linspace(-1.0, 1.0, 8)))
-    npy = root / "table.npy"
-    np.save(npy, np.random.default_rng(0).standard_normal((TABLE_ROWS, 8)))
-    table = root / "table"
-    save_model(str(table), python_model=TableModel(), artifacts={"table": str(npy)})
-    npy.unlink()
-    return {"linear": linear, "table": table}
+def build_model(name: str, cache: Path | None, scratch: Path) -> Path:
+    """The model ``name`` under ``cache`` (reused when already there) or ``scratch``.
+
+    linear and table are this script's classes, pickled by value (this is __main__); sklearn
+    is bench.py's forest, written by MLflow.
+    """
+    path = (cache or scratch) / name
+    if (path / "MLmodel").exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if name == "linear":
+        save_model(str(path), python_model=LinearModel(np.linspace(-1.0, 1.0, 8)))
+    elif name == "table":
+        npy = scratch / "table.npy"
+        np.save(npy, np.random.default_rng(0).standard_normal((TABLE_ROWS, 8)))
+        save_model(str(path), python_model=TableModel(), artifacts={"table": str(npy)})
+        npy.unlink()
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_models
+
+        bench_models.build_sklearn(path, scratch)
+    return path
 
 
 def request_batch(seed: int) -> pa.RecordBatch:
@@ -163,16 +182,39 @@ def measure(spec: HostSpec, clients: int, requests: int, rounds: int) -> dict[st
 # ------------------------------------------------------------------------------ memory
 
 
-def private_dirty(pid: int) -> int:
-    """Private_Dirty bytes of a process (smaps_rollup): pages it no longer shares."""
+def rollup(pid: int) -> dict[str, int]:
+    """A process's smaps_rollup totals in bytes (Pss, Private_Dirty, ...)."""
+    sizes = {}
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
-            if line.startswith("Private_Dirty:"):
-                return int(line.split()[1]) * 1024
-    return 0
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                sizes[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return sizes
 
 
-def _sender(spec: HostSpec, seed: int, requests: int, go, done) -> None:
+def mappings(pid: int, field: str) -> dict[str, int]:
+    """``field`` (Pss, Private_Dirty) in bytes per mapping name of a process: a file's
+    basename, [heap], [stack] or [anon] (anonymous memory: malloc arenas, Arrow's pool,
+    numpy's large arrays, thread stacks)."""
+    totals: dict[str, int] = {}
+    name = "?"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=6)
+            if "-" in head[0] and len(head) >= 5 and ":" not in head[0]:  # a mapping's line
+                name = os.path.basename(head[5].strip()) if len(head) > 5 else "[anon]"
+            elif head[0] == f"{field}:":
+                totals[name] = totals.get(name, 0) + int(head[1]) * 1024
+    return totals
+
+
+def _top(sizes: dict[str, int], n: int = 8) -> str:
+    largest = sorted(sizes.items(), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"{k} {v / 2**20:.1f}" for k, v in largest if v >= 2**19)
+
+
+def _sender(spec: HostSpec, seed: int, requests: list[int], go, done) -> None:
     batch = request_batch(seed)
     with ModelHostClient(spec) as client:
         for step in requests:
@@ -180,13 +222,20 @@ def _sender(spec: HostSpec, seed: int, requests: int, go, done) -> None:
             for _ in range(step):
                 predict_arrow(client, batch, "predict", None, DoubleType())
             done.wait()
+        go.wait()  # the connection stays open until the last snapshot is taken
 
 
-def cow_memory(spec: HostSpec, clients: int, steps: list[int]) -> list[dict[int, int]]:
-    """Children's Private_Dirty after each cumulative step of requests per client."""
+def host_memory(
+    spec: HostSpec, clients: int, steps: list[int], smaps: bool = False
+) -> list[dict[str, Any]]:
+    """The host's memory after each cumulative step of requests (in all, over ``clients``
+    connected clients), then once more when the clients have closed their connections (the
+    host idle between tasks): PSS of the parent and of every serving child, and their
+    Private_Dirty; with ``smaps``, where it lies."""
     ctx = multiprocessing.get_context("fork")
     go, done = ctx.Barrier(clients + 1), ctx.Barrier(clients + 1)
-    increments = [b - a for a, b in zip([0, *steps[:-1]], steps, strict=True)]
+    per_client = [max(s // clients, 1) for s in steps]
+    increments = [b - a for a, b in zip([0, *per_client[:-1]], per_client, strict=True)]
     procs = [
         ctx.Process(target=_sender, args=(spec, 11 + i, increments, go, done))
         for i in range(clients)
@@ -200,10 +249,49 @@ def cow_memory(spec: HostSpec, clients: int, steps: list[int]) -> list[dict[int,
     for _ in increments:
         go.wait()
         done.wait()
-        snapshots.append({c.pid: private_dirty(c.pid) for c in host.children()})
+        children = host.children()
+        snap: dict[str, Any] = {
+            "parent": rollup(host.pid),
+            "children": {c.pid: rollup(c.pid) for c in children},
+        }
+        if smaps:
+            snap["parent_pss"] = mappings(host.pid, "Pss")
+            snap["child_dirty"] = [mappings(c.pid, "Private_Dirty") for c in children]
+        snapshots.append(snap)
+    go.wait()  # the clients close their connections
     for p in procs:
         p.join(60)
+    # Idle: every connection closed, so each child's connection thread has ended.
+    deadline = time.monotonic() + 60
+    while any(c.num_threads() > 1 for c in host.children()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = host.children()
+    snapshots.append(
+        {"parent": rollup(host.pid), "children": {c.pid: rollup(c.pid) for c in children}}
+    )
+    snapshots[-1]["host"] = host
     return snapshots
+
+
+def report_memory(name: str, steps: list[int], snapshots: list[dict[str, Any]]) -> None:
+    mib = 2**20
+    labels = [f"after {step} requests" for step in steps] + ["idle, connections closed"]
+    for label, snap in zip(labels, snapshots, strict=True):
+        children = snap["children"].values()
+        dirty = [c["Private_Dirty"] for c in children]
+        tree = snap["parent"]["Pss"] + sum(c["Pss"] for c in children)
+        print(
+            f"prefork {name}, {len(dirty)} serving processes, {label}: host PSS "
+            f"{tree / mib:.1f} MiB (parent {snap['parent']['Pss'] / mib:.1f}, children "
+            f"{sum(c['Pss'] for c in children) / mib:.1f}); children's Private_Dirty "
+            f"{sum(dirty) / mib:.1f} MiB ({', '.join(f'{d / mib:.1f}' for d in dirty)} each); "
+            f"parent Private_Dirty {snap['parent']['Private_Dirty'] / mib:.1f} MiB",
+            flush=True,
+        )
+        if "parent_pss" in snap:
+            print(f"  parent PSS by mapping (MiB): {_top(snap['parent_pss'])}")
+            for i, child in enumerate(snap["child_dirty"]):
+                print(f"  child {i} Private_Dirty by mapping (MiB): {_top(child)}")
 
 
 # -------------------------------------------------------------------------------- main
@@ -237,11 +325,26 @@ def _log_choice(spec: HostSpec, state: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--modes", nargs="+", default=["auto", "thread", "fork"])
-    p.add_argument("--models", nargs="+", default=["linear", "table"])
+    p.add_argument(
+        "--models", nargs="*", default=["linear", "table"], help="none: the memory check only"
+    )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--requests", type=int, default=60, help="per client per round")
     p.add_argument("--processes", type=int, default=2, help="prefork serving processes")
     p.add_argument("--memory-requests", type=int, default=1000, help="0 skips the memory check")
+    p.add_argument("--memory-model", choices=["table", "sklearn"], default="table")
+    p.add_argument(
+        "--memory-processes",
+        type=int,
+        help="serving processes (and clients) of the memory check (default: --processes)",
+    )
+    p.add_argument("--smaps", action="store_true", help="memory by mapping, per process")
+    p.add_argument(
+        "--model-cache",
+        type=Path,
+        help="keep the built models in this directory and reuse them (the forest takes a "
+        "minute to train)",
+    )
     p.add_argument(
         "--omp-threads",
         default="1",
@@ -260,12 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="host_scaling-") as tmp:
         root = Path(tmp)
-        models = build_models(root)
+        models = {name: build_model(name, args.model_cache, root) for name in args.models}
         header = f"{'model':7} {'mode':7} {'K=1 rows/s':>11} {'K=2 rows/s':>11} {'K2/K1':>6}"
-        print(
-            header + f" {'host ms/req':>11} {'client ms/req':>13} {'host cores':>10}  chosen",
-            flush=True,
-        )
+        if args.models:
+            print(
+                header + f" {'host ms/req':>11} {'client ms/req':>13} {'host cores':>10}  chosen",
+                flush=True,
+            )
         for name in args.models:
             for mode in args.modes:
                 spec = _spec(models[name], mode, args.processes, root / "state")
@@ -281,24 +385,15 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 _stop(one["host"])
-        if args.memory_requests and "table" in args.models:
-            spec = _spec(models["table"], "prefork", args.processes, root / "state")
+        if args.memory_requests:
+            if args.memory_model not in models:
+                models[args.memory_model] = build_model(args.memory_model, args.model_cache, root)
+            processes = args.memory_processes or args.processes
+            spec = _spec(models[args.memory_model], "prefork", processes, root / "state")
             steps = [10, args.memory_requests]
-            # each of 2 clients sends half: both serving children get requests
-            after = cow_memory(spec, 2, [max(s // 2, 1) for s in steps])
-            with ModelHostClient(spec) as probe:
-                probe.predict(request_batch(1).slice(0, 10))
-                host = psutil.Process(probe.host_pid)
-            mib = 2**20
-            for step, snap in zip(steps, after, strict=True):
-                per_child = ", ".join(f"{v / mib:.1f}" for v in snap.values())
-                print(
-                    f"prefork table: children's Private_Dirty after {step} requests: "
-                    f"{sum(snap.values()) / mib:.1f} MiB ({per_child} MiB each); "
-                    f"host parent RSS {host.memory_info().rss / mib:.0f} MiB",
-                    flush=True,
-                )
-            _stop(host)
+            snapshots = host_memory(spec, processes, steps, smaps=args.smaps)
+            report_memory(args.memory_model, steps, snapshots)
+            _stop(snapshots[-1]["host"])
     return 0
 
 

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -181,9 +182,24 @@ def _remote_error(reply: dict, method: str, host_pid: int | None) -> Exception:
         return exc
     return PredictionError(
         f"the model's {method} raised {name}: {message}\n"
-        f"--- traceback in the model host (pid {host_pid}) ---\n{remote_tb}",
+        f"--- traceback in the model host (pid {host_pid}) ---\n"
+        f"{_frames_only(remote_tb, name, message)}",
         remote_traceback=remote_tb,
     )
+
+
+def _frames_only(remote_tb: str, name: str, message: str) -> str:
+    """The traceback without its closing ``Type: message`` line(s), which the error's first
+    line already says: a Spark stack trace then shows the model's message once."""
+    text = remote_tb.rstrip("\n")
+    closing = f"{name}: {message}" if message else name
+    if not text.endswith(closing):
+        return text
+    head = text[: len(text) - len(closing)]
+    qualifier = head[head.rfind("\n") + 1 :]  # "pkg.module." of a class outside builtins
+    if qualifier and not re.fullmatch(r"[\w.]*\.", qualifier):
+        return text
+    return head[: len(head) - len(qualifier)].rstrip("\n")
 
 
 def _defines_init(cls: type) -> bool:

@@ -9,7 +9,8 @@ client.py), and answers batches over a Unix socket private to the user::
         --mode auto|prefork|thread|fork --processes P \\
         [--batching --batch-max-wait-ms MS --batch-max-rows R]
 
-The command line names spark_pyfunc so that operators find the process with ``ps``.
+The command line names spark_pyfunc so that operators find the process with ``ps``; a prefork
+host's serving processes are named apart from it (:func:`_name_child`).
 
 Modes:
 
@@ -57,6 +58,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from spark_pyfunc._batching import Batcher, Handler
 from spark_pyfunc._config import (
@@ -178,6 +180,15 @@ def peer_uid(conn: socket.socket) -> int | None:
     return struct.unpack("3i", creds)[1]
 
 
+def _release_free_memory() -> None:
+    """Hand the memory a finished connection freed back to the kernel: glibc's malloc and
+    Arrow's pool keep freed pages for reuse, and in a prefork child every such page is
+    private to it, so an idle child would hold its last task's working buffers."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+    pa.default_memory_pool().release_unused()
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """Make a forked child die with the host (Linux), so no child outlives it."""
     with contextlib.suppress(OSError, AttributeError):
@@ -185,6 +196,19 @@ def _die_with_parent(parent_pid: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the host died before prctl took effect
         os._exit(1)
+
+
+def _name_child() -> None:
+    """Tell a forked child apart from its parent in ``ps -o pid,ppid,comm``, ``top`` and
+    ``pgrep``: the kernel's name of the process (``/proc/PID/comm``), which a fork copies.
+
+    The command line (``ps aux``) stays the host's, so ``grep spark_pyfunc._host`` finds
+    every process of a host. Rewriting it (setproctitle) was tried: with it, a Spark job
+    through a prefork host timed out in tests/test_host.py and passed without it.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_name = 15
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_name, b"spf-host-child", 0, 0, 0)
 
 
 class _Watch:
@@ -254,7 +278,8 @@ class Host:
         self.children: set[int] = set()
         # prefork: slot -> pid of the serving process in it
         self.workers: dict[int, int] = {}
-        self.activity = _Activity(self.processes if mode == "prefork" else 0)
+        # prefork only: the other modes see every connection in this process
+        self.activity = _Activity(self.processes) if mode == "prefork" else None
         self.batcher = batcher
 
     def bind(self) -> None:
@@ -368,6 +393,7 @@ class Host:
     # ------------------------------------------------------------------------- prefork
 
     def _spawn(self, slot: int) -> None:
+        assert self.activity is not None
         self.activity.set(slot, 0)
         self.workers[slot] = self._fork(lambda: self._serve_slot(slot), "serving process")
 
@@ -386,8 +412,9 @@ class Host:
         """A prefork child: accept on the shared socket, one connection at a time while
         another child is free; a connection left waiting means every child is busy, so this
         one takes it on a thread rather than keep a worker waiting for its greeting."""
-        assert self.listener is not None
-        listener = self.listener
+        assert self.listener is not None and self.activity is not None
+        activity, listener = self.activity, self.listener
+        _name_child()
         listener.settimeout(0)  # several processes accept: one wins, the others get EAGAIN
         wake_r, wake_w = os.pipe()
         active: set[threading.Thread] = set()
@@ -397,6 +424,7 @@ class Host:
             try:
                 self.server.serve_connection(conn)
             finally:
+                _release_free_memory()
                 os.write(wake_w, b"x")
 
         logger.info("serving process %d ready (slot %d)", os.getpid(), slot)
@@ -405,7 +433,7 @@ class Host:
             if wake_r in readable:
                 os.read(wake_r, 64)
             active = {t for t in active if t.is_alive()}
-            self.activity.set(slot, len(active))
+            activity.set(slot, len(active))
             if listener not in readable:
                 waiting_since = None
                 continue
@@ -425,7 +453,7 @@ class Host:
             thread = threading.Thread(target=serve, args=(conn,), daemon=True)
             thread.start()
             active.add(thread)
-            self.activity.set(slot, len(active))
+            activity.set(slot, len(active))
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -436,7 +464,8 @@ class Host:
                 if os.waitpid(pid, os.WNOHANG)[0] == 0:
                     continue
             self.children.discard(pid)
-        return len(self.threads) + len(self.children) + self.activity.total()
+        children_serving = self.activity.total() if self.activity is not None else 0
+        return len(self.threads) + len(self.children) + children_serving
 
     def close(self) -> None:
         """Remove the socket (if it is still ours), stop children, and remove the socket

@@ -147,12 +147,25 @@ def batch_to_arrow_bytes(
     return _ipc_stream(batch)
 
 
+#: From this many bytes of data, a stream is measured first and written into one buffer of
+#: its exact size: a growing buffer would copy a 10,000-row request several times over.
+_PRESIZE_FROM = 64 * 1024
+
+
 def _ipc_stream(data: pa.Table | pa.RecordBatch) -> pa.Buffer:
     """``data`` as one Arrow IPC stream in memory."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, data.schema) as writer:
+    if data.nbytes < _PRESIZE_FROM:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, data.schema) as writer:
+            writer.write(data)
+        return sink.getvalue()
+    size = pa.MockOutputStream()  # counts the bytes, copies none
+    with pa.ipc.new_stream(size, data.schema) as writer:
         writer.write(data)
-    return sink.getvalue()
+    buf = pa.allocate_buffer(size.size())
+    with pa.ipc.new_stream(pa.FixedSizeBufferWriter(buf), data.schema) as writer:
+        writer.write(data)
+    return buf
 
 
 def arrow_bytes_to_table(buf: Buffer) -> pa.Table:

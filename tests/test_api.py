@@ -168,6 +168,35 @@ def test_an_error_from_the_host_is_rebuilt_by_the_documented_rule(name, rebuilt)
         assert f"raised {name}" in str(exc) and "(pid 1234)" in str(exc)
 
 
+@pytest.mark.parametrize(
+    ("closing", "name"),
+    [
+        ("ValueError: bad\nsecond line", "ValueError"),
+        ("models.Refused: bad\nsecond line", "Refused"),
+    ],
+)
+def test_a_model_error_says_its_message_once(closing: str, name: str) -> None:
+    """The traceback's closing ``Type: message`` repeats the error's first line: a Spark
+    stack trace shows it once, and ``remote_traceback`` keeps it whole."""
+    from spark_pyfunc._client import _remote_error
+
+    tb = f'Traceback (most recent call last):\n  File "m.py", line 3, in predict\n{closing}\n'
+    reply = {"error": name, "message": "bad\nsecond line", "traceback": tb}
+    text = str(_remote_error(reply, "predict", 7))
+    assert text.count("bad\nsecond line") == 1, text
+    assert text.startswith(f"the model's predict raised {name}: bad\nsecond line\n")
+    assert text.endswith('File "m.py", line 3, in predict'), text
+    assert _remote_error(reply, "predict", 7).remote_traceback == tb
+
+
+def test_a_traceback_that_ends_otherwise_is_kept_whole() -> None:
+    from spark_pyfunc._client import _remote_error
+
+    tb = "Traceback (most recent call last):\nValueError: other text"
+    reply = {"error": "ValueError", "message": "bad", "traceback": tb}
+    assert str(_remote_error(reply, "predict", 7)).endswith(tb)
+
+
 def test_an_error_raised_here_has_no_remote_traceback() -> None:
     assert errors.SchemaError("x").remote_traceback is None
     assert errors.PredictionError("x").remote_traceback is None

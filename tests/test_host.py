@@ -228,6 +228,10 @@ def test_model_error_is_a_prediction_error_and_the_host_keeps_serving(
         assert "ValueError" in str(info.value)
         assert "host_models.py" in info.value.remote_traceback
         assert "Traceback (most recent call last)" in str(info.value)
+        # the model's message once: the traceback's closing line repeats the first line
+        assert str(info.value).count("predict refused: on purpose") == 1, str(info.value)
+        assert "host_models.py" in str(info.value)  # the frames stay
+        assert info.value.remote_traceback.rstrip().endswith("predict refused: on purpose")
         # the package's own errors keep their type
         with pytest.raises(SchemaEnforcementError, match="b"):
             client.predict(FRAME[["a"]])
@@ -595,6 +599,39 @@ def test_more_connections_than_serving_processes_are_all_answered(
         pd.testing.assert_frame_equal(first.predict(FRAME), expected(model_dir))
         pd.testing.assert_frame_equal(second.predict(FRAME), expected(model_dir))
         assert first.host_pid == second.host_pid
+
+
+def test_prefork_children_are_told_apart_from_their_host(hosts: Hosts, model_dir: str) -> None:
+    """ps -o comm, top and pgrep name a serving child as such; ps aux still shows the host's
+    command line for it, so that grep spark_pyfunc._host finds every process of a host."""
+    spec = hosts.spec(model_dir, mode="prefork", processes=2)
+    with hosts.client(spec) as client:
+        client.predict(FRAME)
+        host = client.host_pid
+        assert wait_until(lambda: len(serving_children(host)) == 2, 10)
+        assert Path(f"/proc/{host}/comm").read_text().strip() != "spf-host-child"
+        for child in serving_children(host):
+            assert Path(f"/proc/{child.pid}/comm").read_text().strip() == "spf-host-child"
+            assert child.cmdline() == psutil.Process(host).cmdline()
+
+
+def test_only_prefork_shares_connection_counts_with_children() -> None:
+    """The other modes see every connection in the host process itself: no shared map."""
+
+    def host(mode: str) -> Host:
+        return Host(
+            ModelServer(SimpleNamespace(invoke=None)),
+            socket_file="unused.sock",
+            mode=mode,
+            idle_timeout=1.0,
+            watch=_Watch(None),
+            processes=2,
+        )
+
+    assert host("thread").activity is None and host("fork").activity is None
+    prefork = host("prefork")
+    assert prefork.activity is not None and prefork.activity.total() == 0
+    assert prefork._open_connections() == 0 == host("thread")._open_connections()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,6 +17,8 @@ from hypothesis import strategies as st
 from spark_pyfunc._wire import (
     PeerClosed,
     arrow_bytes_to_frame,
+    arrow_bytes_to_table,
+    batch_to_arrow_bytes,
     frame_to_arrow_bytes,
     prediction_to_frame,
     recv_message,
@@ -239,3 +242,19 @@ def test_dict_of_arrays_and_list_of_dicts() -> None:
 def test_outputs_without_rows_are_refused(bad: object) -> None:
     with pytest.raises(ResultTypeError, match="the model returned"):
         prediction_to_frame(bad)
+
+
+@pytest.mark.parametrize("rows", [10, 10_000])
+def test_a_request_is_the_same_arrow_stream_whatever_its_size(rows: int) -> None:
+    """Large batches are written into a buffer of their measured size: the bytes are those
+    of a plain stream, nothing more (no slack from a growing buffer), nothing less."""
+    rng = np.random.default_rng(0)
+    batch = pa.RecordBatch.from_pydict(
+        {"id": np.arange(rows), "x": rng.uniform(size=rows), "s": [str(i) for i in range(rows)]}
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write(batch)
+    body = batch_to_arrow_bytes(batch)
+    assert body.equals(sink.getvalue())
+    assert arrow_bytes_to_table(body).to_batches()[0].equals(batch)
