@@ -105,13 +105,20 @@ class App:
     first_result_s: float = float("nan")
     warm_rps: list[float] = field(default_factory=list)
     error: str | None = None
+    phases: dict[str, float] = field(default_factory=dict)
 
 
-def _session(cluster: Any, cores: int, tmp: Path, cache: Path, tag: str) -> Any:
+def _session(
+    cluster: Any, cores: int, tmp: Path, cache: Path, tag: str, phases: Path | None = None
+) -> Any:
     from pyspark.sql import SparkSession
 
+    builder = SparkSession.builder
+    if phases is not None:  # the workers log spark_pyfunc's DEBUG lines; hosts log there
+        builder = builder.config("spark.executorEnv.PYTHONPATH", str(phases.parent))
+        builder = builder.config("spark.pyfunc.host.logDir", str(phases))
     spark = (
-        SparkSession.builder.master(cluster.master_url)
+        builder.master(cluster.master_url)
         .appName(f"bench_env {tag}")
         .config("spark.executor.cores", str(cores))
         .config("spark.cores.max", str(cores))
@@ -168,14 +175,22 @@ def run_app(cfg: argparse.Namespace, cluster: Any, model: Path, app: App, cache:
     tmp.mkdir()
     tag = f"{app.system}-{app.manager}-{app.round}-{app.app}-{uuid.uuid4().hex[:6]}"
     before = _spf_builds(cache)
-    spark = _session(cluster, cfg.cores, tmp, cache, tag)
+    phases = None
+    if cfg.phases and app.system == "spark_pyfunc":
+        phases = _phase_logging(cfg.root) / tag
+    spark = _session(cluster, cfg.cores, tmp, cache, tag, phases)
     app_id = spark.sparkContext.applicationId
     partitions = cfg.cores * 2
     try:
-        started = time.monotonic()
+        started, wall = time.monotonic(), time.time()
         col = _udf(spark, app.system, app.manager, model)
+        built = time.monotonic() - started
         first = _features(spark, 1000, partitions).select(col.alias("p")).collect()
         app.first_result_s = time.monotonic() - started
+        if phases is not None:
+            app.phases = {"spark_udf (driver)": built}
+            app.phases.update(_phase_breakdown(cluster.root / "work" / app_id, phases, wall))
+            app.phases["first result (driver)"] = app.first_result_s
         expected = _expected(1000)
         got = np.array([r["p"] for r in first])
         if not np.allclose(np.sort(got), np.sort(expected)):
@@ -210,6 +225,102 @@ def _expected(rows: int) -> np.ndarray:
     ids = np.arange(rows)
     x = np.stack([(ids % (i + 7)) / 7.0 for i in range(8)], axis=1)
     return x @ np.arange(1.0, 9.0)
+
+
+# ----------------------------------------------------------------------------- phases
+
+_SITECUSTOMIZE = """\
+# bench_env.py --phases: spark_pyfunc's DEBUG lines, with epoch timestamps, on the executor's
+# stderr; and when this Python started (the workers are forked from the daemon it becomes).
+import logging, os, sys, time
+_h = logging.StreamHandler(sys.stderr)
+_h.setFormatter(logging.Formatter("PHASE %(created).3f %(process)d %(name)s: %(message)s"))
+_l = logging.getLogger("spark_pyfunc")
+_l.addHandler(_h)
+_l.setLevel(logging.DEBUG)
+print(f"PHASE {time.time():.3f} {os.getpid()} python: started", file=sys.stderr, flush=True)
+_seen = set()
+def _imports(event, args):
+    if event == "import" and args[0] in ("pyspark.worker", "pandas", "spark_pyfunc._udf"):
+        if (os.getpid(), args[0]) not in _seen:
+            _seen.add((os.getpid(), args[0]))
+            print(f"PHASE {time.time():.3f} {os.getpid()} import: {args[0]}", file=sys.stderr)
+sys.addaudithook(_imports)
+"""
+
+# (phase name, regex on a PHASE line of the executor's stderr or a host log line)
+_EVENTS = {
+    "python daemon up": r"python: started",
+    "worker imports pandas": r"import: pandas$",
+    "worker imports spark_pyfunc": r"import: spark_pyfunc._udf",
+    "model unpacked": r"model .* unpacked in",
+    "env lookup done": r"model environment .* ready in",
+    "host launched": r"starting the model host",
+    "host imports done": r"model host starting",
+    "model loaded": r"model .* loaded in",
+    "host serving": r"serving .* mode",
+}
+
+
+def _phase_logging(root: Path) -> Path:
+    site = root / "phases"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    return site
+
+
+def _event_times(lines: list[tuple[float, str]]) -> dict[str, float]:
+    import re
+
+    found: dict[str, float] = {}
+    for when, text in sorted(lines):
+        for name, pattern in _EVENTS.items():
+            if name not in found and re.search(pattern, text):
+                found[name] = when
+    return found
+
+
+def _phase_breakdown(app_dir: Path, host_logs: Path, wall: float) -> dict[str, float]:
+    """Seconds from the UDF's creation on the driver to each first executor-side event (the
+    workers' DEBUG lines on the executor's stderr, the host's own log), same clock."""
+    from datetime import datetime
+
+    lines: list[tuple[float, str]] = []
+    for stderr in app_dir.glob("*/stderr"):
+        for line in stderr.read_text(errors="replace").splitlines():
+            if line.startswith("PHASE "):
+                _, when, text = line.split(" ", 2)
+                lines.append((float(when), text))
+    for log in host_logs.glob("*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            except ValueError:
+                continue
+            lines.append((stamp, line[24:]))
+    for when, text in sorted(lines):  # the whole story, for the reader of the run's output
+        print(f"  {when - wall:8.3f}  {text[:160]}")
+    return {name: when - wall for name, when in _event_times(lines).items()}
+
+
+def phase_table(apps: list[App]) -> str:
+    """Medians of the phases, in seconds after spark_udf was called, per (manager, app)."""
+    out = [
+        "| env_manager | app | "
+        + " | ".join(["spark_udf (driver)", *_EVENTS, "first result (driver)"])
+        + " |"
+    ]
+    out.append("|---|---|" + "---|" * (len(_EVENTS) + 2))
+    for manager in sorted({a.manager for a in apps if a.phases}):
+        for n in (1, 2):
+            runs = [a for a in apps if a.phases and (a.manager, a.app) == (manager, n)]
+            if not runs:
+                continue
+            cells = []
+            for name in ["spark_udf (driver)", *_EVENTS, "first result (driver)"]:
+                cells.append(f"{_median([a.phases.get(name, float('nan')) for a in runs]):.2f}")
+            out.append(f"| {manager} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------- report
@@ -276,6 +387,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--managers", default="uv,virtualenv")
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     parser.add_argument("--debug", action="store_true", help="print a failed app's executor log")
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="also time spark_pyfunc's phases to the first result (executor DEBUG logs)",
+    )
     return parser.parse_args(argv)
 
 
@@ -315,6 +431,11 @@ def main(argv: list[str] | None = None) -> int:
             table(apps, skipped),
             "",
             *ratios(apps),
+            *(
+                ["", "Phases (s after spark_udf was called; medians):", "", phase_table(apps)]
+                if cfg.phases
+                else []
+            ),
         ]
     )
     print(text)

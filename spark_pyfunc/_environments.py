@@ -61,6 +61,7 @@ __all__ = [
     "EnvSpec",
     "default_cache_dir",
     "ensure_env",
+    "host_environment",
     "pack_env",
     "package_path",
     "read_environment",
@@ -360,12 +361,16 @@ def _base_python(spec: EnvSpec) -> tuple[str, str]:
 def _run(cmd: list[str], log: Any, timeout: float) -> None:
     log.write(f"$ {' '.join(cmd)}\n".encode())
     log.flush()
+    started = time.perf_counter()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.pop("VIRTUAL_ENV", None)
     proc = subprocess.run(
         cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         timeout=timeout, check=False,
     )  # fmt: skip
+    took = time.perf_counter() - started
+    log.write(f"# {took:.3f}s, exit code {proc.returncode}\n".encode())
+    _log.debug("%s %s: %.3fs", Path(cmd[0]).name, " ".join(cmd[1:3]), took)
     if proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, cmd)
 
@@ -540,7 +545,20 @@ def _write_marker(env_dir: Path, spec: EnvSpec, key: str, version: str) -> None:
     (env_dir / MARKER).write_text(json.dumps(info, indent=1), encoding="utf-8")
 
 
-# ------------------------------------------------------------------ the host's PYTHONPATH
+# ------------------------------------------------------------------ the host's variables
+
+
+def host_environment(cache_dir: str | os.PathLike[str] | None) -> dict[str, str]:
+    """The environment variables a host in a restored environment starts with.
+
+    Its PYTHONPATH is spark_pyfunc alone (:func:`package_path`). It writes bytecode even
+    where the executors set PYTHONDONTWRITEBYTECODE (an empty value turns it off): the
+    environment is ours, so the first host on the machine compiles the modules it imports
+    (pandas, pyarrow, the model's) and every later host loads them about 3x faster, at no
+    cost to the build (``uv --compile-bytecode`` compiles every installed file instead: ~7x
+    the build time here).
+    """
+    return {"PYTHONPATH": package_path(cache_dir), "PYTHONDONTWRITEBYTECODE": ""}
 
 
 def package_path(cache_dir: str | os.PathLike[str] | None) -> str:

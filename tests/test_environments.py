@@ -163,7 +163,10 @@ def test_the_cache_key_covers_python_requirements_and_spark_pyfunc_version(monke
 # ------------------------------------------------------------------ building
 
 
-def test_uv_builds_once_and_the_host_runs_in_the_environment(tmp_path):
+def test_uv_builds_once_and_the_host_runs_in_the_environment(tmp_path, monkeypatch):
+    # Executors that forbid bytecode (as this machine's shell does): the host in the
+    # model's environment writes it all the same, so that later hosts start faster.
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     model = six_model(tmp_path / "m")
     cache = tmp_path / "cache"
     spec = envs.read_environment(model, "uv")
@@ -176,8 +179,10 @@ def test_uv_builds_once_and_the_host_runs_in_the_environment(tmp_path):
         key="envtest1",
         state_dir=str(tmp_path / "state"),
         python=python,
-        env={"PYTHONPATH": envs.package_path(cache)},
+        env=envs.host_environment(cache),
     )
+    site = Path(python).parent.parent / "lib"
+    assert not list(site.glob("python*/site-packages/pandas/__pycache__/*.pyc"))
     # This interpreter has another six (pandas' python-dateutil needs one) or none at all: the
     # host's comes from the environment.
     here = subprocess.run(
@@ -191,6 +196,10 @@ def test_uv_builds_once_and_the_host_runs_in_the_environment(tmp_path):
         os.kill(client.host_pid, signal.SIGTERM)
     assert set(out["six"]) == {PINNED}
     assert set(out["python"]) == {python}
+    # What the host imported is compiled in the environment now (the model's six among it).
+    assert list(site.glob("python*/site-packages/pandas/__pycache__/*.pyc"))
+    assert list(site.glob("python*/site-packages/pyarrow/__pycache__/*.pyc"))
+    assert list(site.glob("python*/site-packages/__pycache__/six.*.pyc"))
 
 
 def test_a_failed_build_raises_the_log_tail_and_leaves_no_environment(tmp_path):
