@@ -140,6 +140,18 @@ def _session(
 
 
 def _udf(spark: Any, system: str, manager: str, model: Path) -> Any:
+    if system == "pandas_udf":  # Spark's own floor: the same sum in the worker, no model
+        from pyspark.sql.functions import pandas_udf
+
+        @pandas_udf("double")
+        def weighted(
+            f0: pd.Series, f1: pd.Series, f2: pd.Series, f3: pd.Series,
+            f4: pd.Series, f5: pd.Series, f6: pd.Series, f7: pd.Series,
+        ) -> pd.Series:  # fmt: skip
+            x = np.stack([f0, f1, f2, f3, f4, f5, f6, f7], axis=1)
+            return pd.Series(x @ np.arange(1.0, 9.0))
+
+        return weighted(*FEATURES)
     if system == "spark_pyfunc":
         from spark_pyfunc import spark_udf
 
@@ -383,7 +395,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=200_000, help="rows per warm job")
     parser.add_argument("--repeats", type=int, default=3, help="warm jobs per application")
     parser.add_argument("--cores", type=int, default=2, help="the executor's cores")
-    parser.add_argument("--systems", default="spark_pyfunc,mlflow")
+    parser.add_argument(
+        "--systems",
+        default="spark_pyfunc,mlflow,pandas_udf",
+        help="pandas_udf: a plain pandas UDF, no model or environment (Spark's own floor)",
+    )
     parser.add_argument("--managers", default="uv,virtualenv")
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     parser.add_argument("--debug", action="store_true", help="print a failed app's executor log")
@@ -405,12 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     if "mlflow" in systems and "virtualenv" in managers and shutil.which("pyenv") is None:
         skipped["mlflow virtualenv"] = "MLflow's virtualenv manager needs pyenv, absent here"
     apps: list[App] = []
+    import spark_pyfunc  # noqa: F401 - imported before the clock, as save_model imports mlflow
+
     try:
         model = save_model(root / "model")
         with sa.standalone_cluster(cfg.cores, memory="3g", root=root / "cluster") as cluster:
             for rnd in range(1, cfg.runs + 1):
                 for system in systems:
-                    for manager in managers:
+                    for manager in managers if system != "pandas_udf" else ["none"]:
                         if f"{system} {manager}" in skipped:
                             continue
                         cache = root / f"cache-{system}-{manager}-{rnd}"

@@ -375,7 +375,19 @@ def _run(cmd: list[str], log: Any, timeout: float) -> None:
         raise subprocess.CalledProcessError(proc.returncode, cmd)
 
 
-def _build(spec: EnvSpec, staging: Path, log: Any, timeout: float) -> str:
+def _offline(install: list[str], log: Any, timeout: float) -> bool:
+    """Whether uv installed everything from its cache alone (``--offline``). Most of an online
+    install with a warm cache is the index's round trips; a requirement the cache cannot
+    satisfy fails resolution, before anything is installed, and the caller goes online."""
+    try:
+        _run([*install, "--offline"], log, timeout)
+    except subprocess.CalledProcessError:
+        log.write(b"# not everything is in uv's cache: installing from the index\n")
+        return False
+    return True
+
+
+def _build(spec: EnvSpec, staging: Path, log: Any, timeout: float, offline_first: bool) -> str:
     """Build ``spec`` into ``staging``; return the Python version it got."""
     reqs = staging.parent / f"{staging.name}.requirements.txt"
     reqs.write_text(
@@ -400,7 +412,9 @@ def _build(spec: EnvSpec, staging: Path, log: Any, timeout: float) -> str:
                 uv = _find_uv()
                 _run([uv, "venv", "--quiet", "--python", base, str(staging)], log, timeout)
                 install = [uv, "pip", "install", "--python", str(_env_python(staging))]
-                _run([*install, "-r", str(reqs)], log, timeout)
+                install += ["-r", str(reqs)]
+                if not offline_first or not _offline(install, log, timeout):
+                    _run(install, log, timeout)
             else:
                 try:
                     import virtualenv  # noqa: F401
@@ -457,12 +471,18 @@ def _locked(cache: Path, key: str, timeout: float) -> filelock.BaseFileLock:
     return filelock.FileLock(str(cache / f"{key}.lock"), timeout=timeout)
 
 
-def ensure_env(spec: EnvSpec, cache_dir: str | os.PathLike[str] | None, timeout: float) -> str:
+def ensure_env(
+    spec: EnvSpec,
+    cache_dir: str | os.PathLike[str] | None,
+    timeout: float,
+    offline_first: bool = True,
+) -> str:
     """The interpreter of ``spec``'s environment on this machine, built once if missing.
 
     Concurrent callers (every Python worker of every executor of the machine) serialise on
     a file lock; the one that holds it first builds in a temporary directory beside the
-    cache entry and renames it into place, the others find it done.
+    cache entry and renames it into place, the others find it done. ``offline_first``: uv
+    tries its cache alone before the package index (``spark.pyfunc.env.uvOfflineFirst``).
 
     Raises:
         EnvironmentSetupError: the build failed (with the tail of its log; nothing of the
@@ -473,7 +493,7 @@ def ensure_env(spec: EnvSpec, cache_dir: str | os.PathLike[str] | None, timeout:
     key = spec.key(version or platform.python_version())
 
     def build(target: Path, staging: Path) -> None:
-        _build_into(spec, cache, key, target, staging, timeout)
+        _build_into(spec, cache, key, target, staging, timeout, offline_first)
 
     return _once(
         cache, key, timeout, build, f"another worker's build of the model environment {key}"
@@ -509,7 +529,13 @@ def _once(
 
 
 def _build_into(
-    spec: EnvSpec, cache: Path, key: str, target: Path, staging: Path, timeout: float
+    spec: EnvSpec,
+    cache: Path,
+    key: str,
+    target: Path,
+    staging: Path,
+    timeout: float,
+    offline_first: bool,
 ) -> None:
     log_path = cache / f"{key}.log"
     started = time.monotonic()
@@ -520,7 +546,7 @@ def _build_into(
     _log.info("building the model environment %s with %s (log %s)", target, spec.manager, log_path)
     try:
         with open(log_path, "wb") as log:
-            version = _build(spec, where, log, timeout)
+            version = _build(spec, where, log, timeout, offline_first)
         _write_marker(where, spec, key, version)
         if where is staging:
             staging.chmod(0o755)  # mkdtemp's 0o700 would hide it from the other executors' users

@@ -94,6 +94,7 @@ class _Plan:
     prebuilt_env: ShippedModel | None = None
     env_cache_dir: str | None = None
     env_build_timeout: float = _config.ENV_BUILD_TIMEOUT.default
+    env_uv_offline_first: bool = _config.ENV_UV_OFFLINE_FIRST.default
 
 
 _PROCESS_MODELS: dict[tuple[str, str, str], PyFuncModel] = {}
@@ -250,7 +251,9 @@ def _restored_environment(plan: _Plan) -> dict[str, Any]:
         )
     else:
         assert plan.env is not None
-        python = _environments.ensure_env(plan.env, plan.env_cache_dir, plan.env_build_timeout)
+        python = _environments.ensure_env(
+            plan.env, plan.env_cache_dir, plan.env_build_timeout, plan.env_uv_offline_first
+        )
     logger.debug("model environment %s ready in %.3fs", python, time.perf_counter() - started)
     return {"python": python, "env": _environments.host_environment(plan.env_cache_dir)}
 
@@ -647,6 +650,7 @@ def spark_udf(
         prebuilt_env=prebuilt,
         env_cache_dir=_setting(spark, _config.ENV_CACHE_DIR),
         env_build_timeout=_setting(spark, _config.ENV_BUILD_TIMEOUT),
+        env_uv_offline_first=_setting(spark, _config.ENV_UV_OFFLINE_FIRST),
     )
     logger.info(
         "spark_udf: model %s (%d bytes) -> %s, scope=%s, result type %s, env_manager=%s",
