@@ -254,9 +254,14 @@ print(f"PHASE {time.time():.3f} {os.getpid()} python: started", file=sys.stderr,
 _seen = set()
 def _imports(event, args):
     if event == "import" and args[0] in ("pyspark.worker", "pandas", "spark_pyfunc._udf"):
-        if (os.getpid(), args[0]) not in _seen:
-            _seen.add((os.getpid(), args[0]))
-            print(f"PHASE {time.time():.3f} {os.getpid()} import: {args[0]}", file=sys.stderr)
+        what = f"import: {args[0]}"
+    elif event == "pickle.find_class" and args[1] == "_Plan":
+        what = "unpickled: the UDF's plan"
+    else:
+        return
+    if (os.getpid(), what) not in _seen:
+        _seen.add((os.getpid(), what))
+        print(f"PHASE {time.time():.3f} {os.getpid()} {what}", file=sys.stderr)
 sys.addaudithook(_imports)
 """
 
@@ -265,6 +270,7 @@ _EVENTS = {
     "python daemon up": r"python: started",
     "worker imports pandas": r"import: pandas$",
     "worker imports spark_pyfunc": r"import: spark_pyfunc._udf",
+    "worker unpickles the UDF": r"unpickled: the UDF's plan",
     "model unpacked": r"model .* unpacked in",
     "env lookup done": r"model environment .* ready in",
     "host launched": r"starting the model host",
