@@ -341,6 +341,64 @@ def phase_table(apps: list[App]) -> str:
     return "\n".join(out)
 
 
+# ----------------------------------------------------------------------------- steps
+
+
+def steps(cfg: argparse.Namespace) -> str:
+    """The environment's own steps without Spark, side by side, ``--runs`` rounds, medians:
+    ``uv pip install`` of the bench model's requirements and the host's (uv's wheel cache
+    warm) against the index, from the cache alone (``--offline``) and with
+    ``--compile-bytecode``; then the host's imports in the environment without and with .pyc.
+    """
+    import subprocess
+
+    from spark_pyfunc import _environments as envs
+
+    uv = envs._find_uv()
+    reqs = cfg.root / "requirements.txt"
+    reqs.write_text("\n".join([PIN, "cloudpickle", "pandas<3", "numpy", *envs.HOST_REQUIREMENTS]))
+    quiet = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    imports = "import spark_pyfunc._host, spark_pyfunc._loading, six"
+    pkg = {"PYTHONPATH": envs.package_path(cfg.root / "pkg")}
+
+    def timed(cmd: list[str], env: dict[str, str]) -> float:
+        t0 = time.monotonic()
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        return time.monotonic() - t0
+
+    ways = {
+        "index": [],
+        "offline (cache alone)": ["--offline"],
+        "offline + --compile-bytecode": ["--offline", "--compile-bytecode"],
+    }
+    seconds: dict[str, list[float]] = {}
+    for rnd in range(cfg.runs):
+        for way, flags in ways.items():
+            venv = cfg.root / f"steps-{rnd}-{len(way)}"
+            subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+            python = str(venv / "bin" / "python")
+            install = [uv, "pip", "install", "-q", "--python", python, "-r", str(reqs), *flags]
+            seconds.setdefault(f"uv pip install, {way}", []).append(timed(install, quiet))
+            if way == "index":
+                nopyc = {**quiet, **pkg, "PYTHONDONTWRITEBYTECODE": "1"}
+                seconds.setdefault("host imports, no .pyc", []).append(
+                    timed([python, "-c", imports], nopyc)
+                )
+                first = {**quiet, **pkg, "PYTHONDONTWRITEBYTECODE": ""}
+                seconds.setdefault("host imports, writing .pyc (first host)", []).append(
+                    timed([python, "-c", imports], first)
+                )
+                seconds.setdefault("host imports, from .pyc (later hosts)", []).append(
+                    timed([python, "-c", imports], nopyc)
+                )
+            shutil.rmtree(venv, ignore_errors=True)
+    lines = ["| step | median s | rounds |", "|---|---|---|"]
+    for what, values in seconds.items():
+        runs = ", ".join(f"{v:.2f}" for v in values)
+        lines.append(f"| {what} | {statistics.median(values):.2f} | {runs} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -414,6 +472,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also time spark_pyfunc's phases to the first result (executor DEBUG logs)",
     )
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="only time the environment's steps, without Spark (uv install ways, host imports)",
+    )
     return parser.parse_args(argv)
 
 
@@ -426,6 +489,14 @@ def main(argv: list[str] | None = None) -> int:
     skipped = {}
     if "mlflow" in systems and "virtualenv" in managers and shutil.which("pyenv") is None:
         skipped["mlflow virtualenv"] = "MLflow's virtualenv manager needs pyenv, absent here"
+    if cfg.steps:
+        try:
+            text = f"`{' '.join(['python', 'scripts/bench_env.py', *(argv or sys.argv[1:])])}`"
+            text += f", {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n\n" + steps(cfg)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print(text)
+        return 0
     apps: list[App] = []
     import spark_pyfunc  # noqa: F401 - imported before the clock, as save_model imports mlflow
 
