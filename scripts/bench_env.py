@@ -24,8 +24,21 @@ requirements (``mlflow`` among them) into each environment and serves the model 
 scoring server: over HTTP where ``nc`` is on the executors' PATH (MLflow checks ports with it),
 else through stdin and a file it polls every second.
 
+A plain pandas UDF computing the same sum in the workers (system ``pandas_udf``: no model,
+no environment, no host) gives Spark's own floor: a fresh application's first Python job.
+
+``--phases`` also times spark_pyfunc's way to its first result: a ``sitecustomize`` on the
+executors' PYTHONPATH turns on spark_pyfunc's DEBUG log in the Python workers and notes when
+the Python daemon starts and when a worker unpickles the UDF and imports pandas; the hosts
+log to a directory of the bench. Every line is printed, in seconds after ``spark_udf`` was
+called, and a table of medians follows. ``--steps`` times the environment's own steps
+without Spark (``uv pip install`` from the index, from uv's cache alone, with
+``--compile-bytecode``; the host's imports without and with bytecode).
+
 Run:  .venv/bin/python scripts/bench_env.py                 (~10-20 min on 2 shared cores)
-      .venv/bin/python scripts/bench_env.py --runs 1 --rows 20000 --systems spark_pyfunc
+      .venv/bin/python scripts/bench_env.py --runs 3 --rows 20000 --repeats 1 --managers uv \
+          --phases                                          (first results: ~25 min, loaded)
+      .venv/bin/python scripts/bench_env.py --runs 5 --steps          (no Spark, ~1 min)
 """
 
 from __future__ import annotations
