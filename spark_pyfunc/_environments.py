@@ -22,6 +22,10 @@ The cache (``spark.pyfunc.env.cacheDir``, default ``~/.cache/spark_pyfunc/envs``
 
 The key hashes the Python version, the requirements, the packages the host itself needs and
 spark_pyfunc's version: a model with the same environment reuses it across applications.
+uv installs from its own cache alone first (``--offline``: no index round trips) and from
+the index only when that fails; the first host in an environment writes its bytecode there
+(:func:`host_environment`), so later hosts start faster. Each phase is logged at DEBUG with
+its seconds, and each build command in the build log.
 The driver reads the model's files (:func:`read_environment`) and ships the result in the
 UDF; executors only build (:func:`ensure_env`) or unpack a prebuilt archive
 (:func:`restore_prebuilt`, made by :func:`pack_env`, ``spark-pyfunc build-env``).
@@ -370,7 +374,8 @@ def _run(cmd: list[str], log: Any, timeout: float) -> None:
     )  # fmt: skip
     took = time.perf_counter() - started
     log.write(f"# {took:.3f}s, exit code {proc.returncode}\n".encode())
-    _log.debug("%s %s: %.3fs", Path(cmd[0]).name, " ".join(cmd[1:3]), took)
+    what = " ".join([Path(cmd[0]).name, *cmd[1:3], *(f for f in cmd if f == "--offline")])
+    _log.debug("%s: %.3fs, exit code %d", what, took, proc.returncode)
     if proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, cmd)
 
