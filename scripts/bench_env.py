@@ -24,8 +24,21 @@ requirements (``mlflow`` among them) into each environment and serves the model 
 scoring server: over HTTP where ``nc`` is on the executors' PATH (MLflow checks ports with it),
 else through stdin and a file it polls every second.
 
+A plain pandas UDF computing the same sum in the workers (system ``pandas_udf``: no model,
+no environment, no host) gives Spark's own floor: a fresh application's first Python job.
+
+``--phases`` also times spark_pyfunc's way to its first result: a ``sitecustomize`` on the
+executors' PYTHONPATH turns on spark_pyfunc's DEBUG log in the Python workers and notes when
+the Python daemon starts and when a worker unpickles the UDF and imports pandas; the hosts
+log to a directory of the bench. Every line is printed, in seconds after ``spark_udf`` was
+called, and a table of medians follows. ``--steps`` times the environment's own steps
+without Spark (``uv pip install`` from the index, from uv's cache alone, with
+``--compile-bytecode``; the host's imports without and with bytecode).
+
 Run:  .venv/bin/python scripts/bench_env.py                 (~10-20 min on 2 shared cores)
-      .venv/bin/python scripts/bench_env.py --runs 1 --rows 20000 --systems spark_pyfunc
+      .venv/bin/python scripts/bench_env.py --runs 3 --rows 20000 --repeats 1 --managers uv \
+          --phases                                          (first results: ~25 min, loaded)
+      .venv/bin/python scripts/bench_env.py --runs 5 --steps          (no Spark, ~1 min)
 """
 
 from __future__ import annotations
@@ -105,13 +118,20 @@ class App:
     first_result_s: float = float("nan")
     warm_rps: list[float] = field(default_factory=list)
     error: str | None = None
+    phases: dict[str, float] = field(default_factory=dict)
 
 
-def _session(cluster: Any, cores: int, tmp: Path, cache: Path, tag: str) -> Any:
+def _session(
+    cluster: Any, cores: int, tmp: Path, cache: Path, tag: str, phases: Path | None = None
+) -> Any:
     from pyspark.sql import SparkSession
 
+    builder = SparkSession.builder
+    if phases is not None:  # the workers log spark_pyfunc's DEBUG lines; hosts log there
+        builder = builder.config("spark.executorEnv.PYTHONPATH", str(phases.parent))
+        builder = builder.config("spark.pyfunc.host.logDir", str(phases))
     spark = (
-        SparkSession.builder.master(cluster.master_url)
+        builder.master(cluster.master_url)
         .appName(f"bench_env {tag}")
         .config("spark.executor.cores", str(cores))
         .config("spark.cores.max", str(cores))
@@ -133,6 +153,18 @@ def _session(cluster: Any, cores: int, tmp: Path, cache: Path, tag: str) -> Any:
 
 
 def _udf(spark: Any, system: str, manager: str, model: Path) -> Any:
+    if system == "pandas_udf":  # Spark's own floor: the same sum in the worker, no model
+        from pyspark.sql.functions import pandas_udf
+
+        @pandas_udf("double")
+        def weighted(
+            f0: pd.Series, f1: pd.Series, f2: pd.Series, f3: pd.Series,
+            f4: pd.Series, f5: pd.Series, f6: pd.Series, f7: pd.Series,
+        ) -> pd.Series:  # fmt: skip
+            x = np.stack([f0, f1, f2, f3, f4, f5, f6, f7], axis=1)
+            return pd.Series(x @ np.arange(1.0, 9.0))
+
+        return weighted(*FEATURES)
     if system == "spark_pyfunc":
         from spark_pyfunc import spark_udf
 
@@ -168,14 +200,22 @@ def run_app(cfg: argparse.Namespace, cluster: Any, model: Path, app: App, cache:
     tmp.mkdir()
     tag = f"{app.system}-{app.manager}-{app.round}-{app.app}-{uuid.uuid4().hex[:6]}"
     before = _spf_builds(cache)
-    spark = _session(cluster, cfg.cores, tmp, cache, tag)
+    phases = None
+    if cfg.phases and app.system == "spark_pyfunc":
+        phases = _phase_logging(cfg.root) / tag
+    spark = _session(cluster, cfg.cores, tmp, cache, tag, phases)
     app_id = spark.sparkContext.applicationId
     partitions = cfg.cores * 2
     try:
-        started = time.monotonic()
+        started, wall = time.monotonic(), time.time()
         col = _udf(spark, app.system, app.manager, model)
+        built = time.monotonic() - started
         first = _features(spark, 1000, partitions).select(col.alias("p")).collect()
         app.first_result_s = time.monotonic() - started
+        if phases is not None:
+            app.phases = {"spark_udf (driver)": built}
+            app.phases.update(_phase_breakdown(cluster.root / "work" / app_id, phases, wall))
+            app.phases["first result (driver)"] = app.first_result_s
         expected = _expected(1000)
         got = np.array([r["p"] for r in first])
         if not np.allclose(np.sort(got), np.sort(expected)):
@@ -210,6 +250,166 @@ def _expected(rows: int) -> np.ndarray:
     ids = np.arange(rows)
     x = np.stack([(ids % (i + 7)) / 7.0 for i in range(8)], axis=1)
     return x @ np.arange(1.0, 9.0)
+
+
+# ----------------------------------------------------------------------------- phases
+
+_SITECUSTOMIZE = """\
+# bench_env.py --phases: spark_pyfunc's DEBUG lines, with epoch timestamps, on the executor's
+# stderr; and when this Python started (the workers are forked from the daemon it becomes).
+import logging, os, sys, time
+_h = logging.StreamHandler(sys.stderr)
+_h.setFormatter(logging.Formatter("PHASE %(created).3f %(process)d %(name)s: %(message)s"))
+_l = logging.getLogger("spark_pyfunc")
+_l.addHandler(_h)
+_l.setLevel(logging.DEBUG)
+print(f"PHASE {time.time():.3f} {os.getpid()} python: started", file=sys.stderr, flush=True)
+_seen = set()
+def _imports(event, args):
+    if event == "import" and args[0] in ("pyspark.worker", "pandas", "spark_pyfunc._udf"):
+        what = f"import: {args[0]}"
+    elif event == "pickle.find_class" and args[1] == "_Plan":
+        what = "unpickled: the UDF's plan"
+    else:
+        return
+    if (os.getpid(), what) not in _seen:
+        _seen.add((os.getpid(), what))
+        print(f"PHASE {time.time():.3f} {os.getpid()} {what}", file=sys.stderr)
+sys.addaudithook(_imports)
+"""
+
+# (phase name, regex on a PHASE line of the executor's stderr or a host log line)
+_EVENTS = {
+    "python daemon up": r"python: started",
+    "worker imports pandas": r"import: pandas$",
+    "worker imports spark_pyfunc": r"import: spark_pyfunc._udf",
+    "worker unpickles the UDF": r"unpickled: the UDF's plan",
+    "model unpacked": r"model .* unpacked in",
+    "env lookup done": r"model environment .* ready in",
+    "host launched": r"starting the model host",
+    "host imports done": r"model host starting",
+    "model loaded": r"model .* loaded in",
+    "host serving": r"serving .* mode",
+}
+
+
+def _phase_logging(root: Path) -> Path:
+    site = root / "phases"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    return site
+
+
+def _event_times(lines: list[tuple[float, str]]) -> dict[str, float]:
+    import re
+
+    found: dict[str, float] = {}
+    for when, text in sorted(lines):
+        for name, pattern in _EVENTS.items():
+            if name not in found and re.search(pattern, text):
+                found[name] = when
+    return found
+
+
+def _phase_breakdown(app_dir: Path, host_logs: Path, wall: float) -> dict[str, float]:
+    """Seconds from the UDF's creation on the driver to each first executor-side event (the
+    workers' DEBUG lines on the executor's stderr, the host's own log), same clock."""
+    from datetime import datetime
+
+    lines: list[tuple[float, str]] = []
+    for stderr in app_dir.glob("*/stderr"):
+        for line in stderr.read_text(errors="replace").splitlines():
+            if line.startswith("PHASE "):
+                _, when, text = line.split(" ", 2)
+                lines.append((float(when), text))
+    for log in host_logs.glob("*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            except ValueError:
+                continue
+            lines.append((stamp, line[24:]))
+    for when, text in sorted(lines):  # the whole story, for the reader of the run's output
+        print(f"  {when - wall:8.3f}  {text[:160]}")
+    return {name: when - wall for name, when in _event_times(lines).items()}
+
+
+def phase_table(apps: list[App]) -> str:
+    """Medians of the phases, in seconds after spark_udf was called, per (manager, app)."""
+    out = [
+        "| env_manager | app | "
+        + " | ".join(["spark_udf (driver)", *_EVENTS, "first result (driver)"])
+        + " |"
+    ]
+    out.append("|---|---|" + "---|" * (len(_EVENTS) + 2))
+    for manager in sorted({a.manager for a in apps if a.phases}):
+        for n in (1, 2):
+            runs = [a for a in apps if a.phases and (a.manager, a.app) == (manager, n)]
+            if not runs:
+                continue
+            cells = []
+            for name in ["spark_udf (driver)", *_EVENTS, "first result (driver)"]:
+                cells.append(f"{_median([a.phases.get(name, float('nan')) for a in runs]):.2f}")
+            out.append(f"| {manager} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def steps(cfg: argparse.Namespace) -> str:
+    """The environment's own steps without Spark, side by side, ``--runs`` rounds, medians:
+    ``uv pip install`` of the bench model's requirements and the host's (uv's wheel cache
+    warm) against the index, from the cache alone (``--offline``) and with
+    ``--compile-bytecode``; then the host's imports in the environment without and with .pyc.
+    """
+    import subprocess
+
+    from spark_pyfunc import _environments as envs
+
+    uv = envs._find_uv()
+    reqs = cfg.root / "requirements.txt"
+    reqs.write_text("\n".join([PIN, "cloudpickle", "pandas<3", "numpy", *envs.HOST_REQUIREMENTS]))
+    quiet = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    imports = "import spark_pyfunc._host, spark_pyfunc._loading, six"
+    pkg = {"PYTHONPATH": envs.package_path(cfg.root / "pkg")}
+
+    def timed(cmd: list[str], env: dict[str, str]) -> float:
+        t0 = time.monotonic()
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        return time.monotonic() - t0
+
+    ways = {
+        "index": [],
+        "offline (cache alone)": ["--offline"],
+        "offline + --compile-bytecode": ["--offline", "--compile-bytecode"],
+    }
+    seconds: dict[str, list[float]] = {}
+    for rnd in range(cfg.runs):
+        for way, flags in ways.items():
+            venv = cfg.root / f"steps-{rnd}-{len(way)}"
+            subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+            python = str(venv / "bin" / "python")
+            install = [uv, "pip", "install", "-q", "--python", python, "-r", str(reqs), *flags]
+            seconds.setdefault(f"uv pip install, {way}", []).append(timed(install, quiet))
+            if way == "index":
+                nopyc = {**quiet, **pkg, "PYTHONDONTWRITEBYTECODE": "1"}
+                seconds.setdefault("host imports, no .pyc", []).append(
+                    timed([python, "-c", imports], nopyc)
+                )
+                first = {**quiet, **pkg, "PYTHONDONTWRITEBYTECODE": ""}
+                seconds.setdefault("host imports, writing .pyc (first host)", []).append(
+                    timed([python, "-c", imports], first)
+                )
+                seconds.setdefault("host imports, from .pyc (later hosts)", []).append(
+                    timed([python, "-c", imports], nopyc)
+                )
+            shutil.rmtree(venv, ignore_errors=True)
+    lines = ["| step | median s | rounds |", "|---|---|---|"]
+    for what, values in seconds.items():
+        runs = ", ".join(f"{v:.2f}" for v in values)
+        lines.append(f"| {what} | {statistics.median(values):.2f} | {runs} |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- report
@@ -272,10 +472,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=200_000, help="rows per warm job")
     parser.add_argument("--repeats", type=int, default=3, help="warm jobs per application")
     parser.add_argument("--cores", type=int, default=2, help="the executor's cores")
-    parser.add_argument("--systems", default="spark_pyfunc,mlflow")
+    parser.add_argument(
+        "--systems",
+        default="spark_pyfunc,mlflow,pandas_udf",
+        help="pandas_udf: a plain pandas UDF, no model or environment (Spark's own floor)",
+    )
     parser.add_argument("--managers", default="uv,virtualenv")
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     parser.add_argument("--debug", action="store_true", help="print a failed app's executor log")
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="also time spark_pyfunc's phases to the first result (executor DEBUG logs)",
+    )
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="only time the environment's steps, without Spark (uv install ways, host imports)",
+    )
     return parser.parse_args(argv)
 
 
@@ -288,13 +502,23 @@ def main(argv: list[str] | None = None) -> int:
     skipped = {}
     if "mlflow" in systems and "virtualenv" in managers and shutil.which("pyenv") is None:
         skipped["mlflow virtualenv"] = "MLflow's virtualenv manager needs pyenv, absent here"
+    if cfg.steps:
+        try:
+            text = f"`{' '.join(['python', 'scripts/bench_env.py', *(argv or sys.argv[1:])])}`"
+            text += f", {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n\n" + steps(cfg)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print(text)
+        return 0
     apps: list[App] = []
+    import spark_pyfunc  # noqa: F401 - imported before the clock, as save_model imports mlflow
+
     try:
         model = save_model(root / "model")
         with sa.standalone_cluster(cfg.cores, memory="3g", root=root / "cluster") as cluster:
             for rnd in range(1, cfg.runs + 1):
                 for system in systems:
-                    for manager in managers:
+                    for manager in managers if system != "pandas_udf" else ["none"]:
                         if f"{system} {manager}" in skipped:
                             continue
                         cache = root / f"cache-{system}-{manager}-{rnd}"
@@ -315,6 +539,11 @@ def main(argv: list[str] | None = None) -> int:
             table(apps, skipped),
             "",
             *ratios(apps),
+            *(
+                ["", "Phases (s after spark_udf was called; medians):", "", phase_table(apps)]
+                if cfg.phases
+                else []
+            ),
         ]
     )
     print(text)

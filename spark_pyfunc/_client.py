@@ -434,7 +434,7 @@ class ModelHostClient:
             if time.monotonic() >= deadline:
                 return None
             time.sleep(delay)
-            delay = min(delay * 2, 0.2)
+            delay = min(delay * 2, 0.05)  # a host is often ready within 1 s: check often
         return None
 
     def _command(self) -> list[str]:

@@ -23,6 +23,7 @@ __all__ = [
     "ENV_BUILD_TIMEOUT",
     "ENV_CACHE_DIR",
     "ENV_MANAGERS",
+    "ENV_UV_OFFLINE_FIRST",
     "HOST_LOG_DIR",
     "HOST_MODE",
     "HOST_PROCESSES",
@@ -135,6 +136,9 @@ BATCH_MAX_ROWS = Setting(
 # worker's build of the same environment before it gives up.
 ENV_CACHE_DIR = Setting("spark.pyfunc.env.cacheDir", None, str, "a directory")
 ENV_BUILD_TIMEOUT = Setting("spark.pyfunc.env.buildTimeout", 1800.0, float, "a number of seconds")
+# uv installs from its cache alone when that satisfies every requirement (no index round
+# trips: ~10x faster), and goes to the index only when it does not; false: always the index.
+ENV_UV_OFFLINE_FIRST = Setting("spark.pyfunc.env.uvOfflineFirst", True, _boolean, "true or false")
 SHIP_PACKAGE = Setting("spark.pyfunc.shipPackage", "auto", _ship, f"one of {list(SHIP_CHOICES)}")
 
 #: Every setting, by key.
@@ -152,6 +156,7 @@ SETTINGS: dict[str, Setting] = {
         BATCH_MAX_ROWS,
         ENV_CACHE_DIR,
         ENV_BUILD_TIMEOUT,
+        ENV_UV_OFFLINE_FIRST,
         SHIP_PACKAGE,
     )
 }

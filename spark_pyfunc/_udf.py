@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
@@ -93,6 +94,7 @@ class _Plan:
     prebuilt_env: ShippedModel | None = None
     env_cache_dir: str | None = None
     env_build_timeout: float = _config.ENV_BUILD_TIMEOUT.default
+    env_uv_offline_first: bool = _config.ENV_UV_OFFLINE_FIRST.default
 
 
 _PROCESS_MODELS: dict[tuple[str, str, str], PyFuncModel] = {}
@@ -207,7 +209,9 @@ def host_variant(plan: _Plan, gpus: tuple[str, ...], processes: int | None) -> d
 def _host_client(plan: _Plan) -> ModelHostClient:
     from pyspark import SparkFiles
 
+    started = time.perf_counter()
     model_dir = materialize(plan.shipped)
+    logger.debug("model %s unpacked in %.3fs", model_dir, time.perf_counter() - started)
     executor_dir = os.path.abspath(SparkFiles.getRootDirectory())
     processes = plan.host_processes or _task_slots(plan.executor_cores)
     kwargs = host_variant(plan, _task_gpus(), processes)
@@ -235,6 +239,7 @@ def _restored_environment(plan: _Plan) -> dict[str, Any]:
     unpacked on this machine first if needed (under a file lock: once per machine)."""
     from spark_pyfunc import _environments
 
+    started = time.perf_counter()
     if plan.prebuilt_env is not None:
         from spark_pyfunc._shipping import fetch_file
 
@@ -246,9 +251,11 @@ def _restored_environment(plan: _Plan) -> dict[str, Any]:
         )
     else:
         assert plan.env is not None
-        python = _environments.ensure_env(plan.env, plan.env_cache_dir, plan.env_build_timeout)
-    path = _environments.package_path(plan.env_cache_dir)
-    return {"python": python, "env": {"PYTHONPATH": path}}
+        python = _environments.ensure_env(
+            plan.env, plan.env_cache_dir, plan.env_build_timeout, plan.env_uv_offline_first
+        )
+    logger.debug("model environment %s ready in %.3fs", python, time.perf_counter() - started)
+    return {"python": python, "env": _environments.host_environment(plan.env_cache_dir)}
 
 
 def _bind(batch: Any, names: tuple[str, ...] | None) -> pd.DataFrame:
@@ -574,7 +581,9 @@ def spark_udf(
     from spark_pyfunc._loading import check_loader
     from spark_pyfunc._uris import resolve_model_uri
 
+    clock = time.perf_counter()
     path = resolve_model_uri(model_uri)
+    resolved = time.perf_counter()
     metadata = read_metadata(path)
     if manager == "local":  # else the loader module comes with the model's environment
         check_loader(metadata, f"model {os.fspath(model_uri)!r}")
@@ -596,8 +605,16 @@ def spark_udf(
         from spark_pyfunc._environments import read_environment
 
         env = read_environment(path, manager)
+    checked = time.perf_counter()
     _ship_package_if_needed(spark)
     shipped = ship_model(spark, path)
+    logger.debug(
+        "spark_udf on the driver: model URI resolved in %.3fs, model and environment read in "
+        "%.3fs, package and model shipped in %.3fs",
+        resolved - clock,
+        checked - resolved,
+        time.perf_counter() - checked,
+    )
     if scope == "auto":
         threshold = _setting(spark, _config.AUTO_THRESHOLD)
         scope = "executor" if shipped.model_size >= threshold else "process"
@@ -633,6 +650,7 @@ def spark_udf(
         prebuilt_env=prebuilt,
         env_cache_dir=_setting(spark, _config.ENV_CACHE_DIR),
         env_build_timeout=_setting(spark, _config.ENV_BUILD_TIMEOUT),
+        env_uv_offline_first=_setting(spark, _config.ENV_UV_OFFLINE_FIRST),
     )
     logger.info(
         "spark_udf: model %s (%d bytes) -> %s, scope=%s, result type %s, env_manager=%s",

@@ -163,7 +163,10 @@ def test_the_cache_key_covers_python_requirements_and_spark_pyfunc_version(monke
 # ------------------------------------------------------------------ building
 
 
-def test_uv_builds_once_and_the_host_runs_in_the_environment(tmp_path):
+def test_uv_builds_once_and_the_host_runs_in_the_environment(tmp_path, monkeypatch):
+    # Executors that forbid bytecode (as this machine's shell does): the host in the
+    # model's environment writes it all the same, so that later hosts start faster.
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     model = six_model(tmp_path / "m")
     cache = tmp_path / "cache"
     spec = envs.read_environment(model, "uv")
@@ -176,8 +179,10 @@ def test_uv_builds_once_and_the_host_runs_in_the_environment(tmp_path):
         key="envtest1",
         state_dir=str(tmp_path / "state"),
         python=python,
-        env={"PYTHONPATH": envs.package_path(cache)},
+        env=envs.host_environment(cache),
     )
+    site = Path(python).parent.parent / "lib"
+    assert not list(site.glob("python*/site-packages/pandas/__pycache__/*.pyc"))
     # This interpreter has another six (pandas' python-dateutil needs one) or none at all: the
     # host's comes from the environment.
     here = subprocess.run(
@@ -191,6 +196,42 @@ def test_uv_builds_once_and_the_host_runs_in_the_environment(tmp_path):
         os.kill(client.host_pid, signal.SIGTERM)
     assert set(out["six"]) == {PINNED}
     assert set(out["python"]) == {python}
+    # What the host imported is compiled in the environment now (the model's six among it).
+    assert list(site.glob("python*/site-packages/pandas/__pycache__/*.pyc"))
+    assert list(site.glob("python*/site-packages/pyarrow/__pycache__/*.pyc"))
+    assert list(site.glob("python*/site-packages/__pycache__/six.*.pyc"))
+
+
+def _installs(cache: Path) -> list[tuple[str, bool]]:
+    """The build log's ``uv pip install`` runs: (how, whether it succeeded), in order."""
+    runs, command = [], ""
+    for line in next(cache.glob("*.log")).read_text().splitlines():
+        if line.startswith("$ "):
+            command = line
+        elif line.startswith("# ") and ", exit code " in line and " pip install " in command:
+            how = "offline" if command.endswith("--offline") else "index"
+            runs.append((how, line.endswith("exit code 0")))
+    return runs
+
+
+def test_uv_installs_from_its_cache_alone_when_it_can(tmp_path, monkeypatch):
+    # An empty uv cache of the test's own, and the model's pin alone (the host's packages
+    # would be a download of ~100 MB), so what the cache holds is known.
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
+    monkeypatch.setattr(envs, "HOST_REQUIREMENTS", ())
+    spec = envs.EnvSpec("uv", None, (f"six=={PINNED}",))
+    for name, offline_first, expected in [
+        ("cold", True, [("offline", False), ("index", True)]),  # not in the cache: the index
+        ("warm", True, [("offline", True)]),  # in the cache now: no index at all
+        ("index", False, [("index", True)]),  # spark.pyfunc.env.uvOfflineFirst=false
+    ]:
+        cache = tmp_path / name
+        python = envs.ensure_env(spec, cache, timeout=600, offline_first=offline_first)
+        assert _installs(cache) == expected, name
+        check = [python, "-c", "import six; print(six.__version__)"]
+        out = subprocess.run(check, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == PINNED
+        assert leftovers(cache) == []
 
 
 def test_a_failed_build_raises_the_log_tail_and_leaves_no_environment(tmp_path):
