@@ -295,3 +295,87 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+# ---------------------------------------------------------------------------- in Spark
+
+DEPTH_CONF = "spark.pyfunc.host.pipelineDepth"
+BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+
+def _scores(spark, model: Path, depth: int, scope: str, result_type: str, columns, frame_of):
+    """The frame ``frame_of(spark)`` scored at ``depth``: several Arrow batches per
+    partition (150 rows), several requests per batch (batch_size 64), empty partitions."""
+    from spark_pyfunc import spark_udf
+
+    spark.conf.set(DEPTH_CONF, str(depth))
+    spark.conf.set(BATCH_CONF, "150")
+    try:
+        predict = spark_udf(spark, model, result_type=result_type, scope=scope, batch_size=64)
+        df = frame_of(spark)
+        return df.select("id", predict(*columns).alias("p")).toPandas().sort_values("id")
+    finally:
+        spark.conf.unset(DEPTH_CONF)
+        spark.conf.unset(BATCH_CONF)
+
+
+def _with_gaps(spark):
+    """3,000 ids in 6 partitions, two of them empty and two partly filtered."""
+    from pyspark.sql import functions as F
+
+    df = spark.range(0, 3000, 1, 6).where("id < 700 or id >= 2400")
+    return df.withColumn("a", F.col("id").cast("double")).withColumn("b", F.col("id") * 0.5 - 3)
+
+
+@pytest.mark.parametrize("scope", ["executor", "process"])
+def test_spark_udf_at_depth_2_gives_what_depth_1_gives(spark, tmp_path: Path, scope: str):
+    """The Arrow relay (scope="executor"; the process scope has no host to pipeline to)."""
+    import pipe_models
+
+    model = tmp_path / "tagged"
+    save_model(
+        str(model),
+        python_model=Tagged(),
+        code_paths=[pipe_models.__file__],
+        input_example=frame(0, 5),
+    )
+    runs = {
+        depth: _scores(spark, model, depth, scope, "y double, z double", ("a", "b"), _with_gaps)
+        for depth in (1, 2)
+    }
+    ids = np.concatenate([np.arange(0, 700), np.arange(2400, 3000)])
+    for depth, result in runs.items():
+        assert result["id"].tolist() == ids.tolist(), depth
+        b = ids * 0.5 - 3
+        np.testing.assert_array_equal([p["y"] for p in result["p"]], 2 * ids + b)
+        np.testing.assert_array_equal([p["z"] for p in result["p"]], b)
+    pd.testing.assert_frame_equal(runs[1], runs[2])
+
+
+@pytest.mark.parametrize("scope", ["executor", "process"])
+def test_spark_udf_on_the_pandas_relay_at_depth_2_gives_what_depth_1_gives(
+    spark, tmp_path: Path, scope: str
+):
+    """A date in the result: scope="executor" relays through a pandas UDF."""
+    import udf_models
+    from pyspark.sql import functions as F
+
+    model = tmp_path / "echo"
+    save_model(str(model), python_model=udf_models.Echo(), code_paths=[udf_models.__file__])
+
+    def dated(spark):
+        return _with_gaps(spark).withColumn(
+            "d", F.date_add(F.lit("2024-01-01").cast("date"), (F.col("id") % 100).cast("int"))
+        )
+
+    runs = {
+        depth: _scores(spark, model, depth, scope, "x double, d date", ("b", "d"), dated)
+        for depth in (1, 2)
+    }
+    ids = np.concatenate([np.arange(0, 700), np.arange(2400, 3000)])
+    for result in runs.values():
+        assert result["id"].tolist() == ids.tolist()
+        np.testing.assert_array_equal([p["x"] for p in result["p"]], ids * 0.5 - 3)
+        days = [(p["d"] - pd.Timestamp("2024-01-01").date()).days for p in result["p"]]
+        assert days == (ids % 100).tolist()
+    pd.testing.assert_frame_equal(runs[1], runs[2])
