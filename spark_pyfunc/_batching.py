@@ -10,12 +10,20 @@ method and params) and whose Arrow schemas are equal share a call.
 
 The batcher works on the wire's Arrow payloads and hands one request to ``handle`` (the
 server's, which converts, predicts and encodes), so it knows nothing of models; ``handle``
-runs one batch at a time, which is what a GPU wants, on the connection thread that found the
-batch ready.
+runs one batch at a time, which is what a GPU wants, on a waiting connection thread that
+found the batch ready.
 
-Not waiting for nothing: every connection has at most one request in flight (the client waits
-for each answer), so once every open connection has a request queued, no other request can
-come, and the batch goes at once rather than after ``max_wait``.
+A connection may have several requests in flight (a pipelining client sends the next before
+it has read the previous answer): the host's reader of the connection ``enqueue``s them as
+they come and its writer ``wait``s for their answers in request order, so a request queues
+for the model's next call while an earlier one of its connection is being answered.
+
+Not waiting for nothing: once every open connection has a request queued, the batch goes at
+once rather than after ``max_wait``: a connection with one request in flight cannot send
+another before its answer, and one with several has its next already queued. The wait is
+counted from the moment the model is free: a request queued during a call (a pipelining
+connection's next) waited for the model, not for company, and the other connections' next
+requests come only once that call's answers are out.
 """
 
 from __future__ import annotations
@@ -100,6 +108,7 @@ class Batcher:
         self._last_connection = 0
         self._stopping = False
         self._busy = False  # a thread is calling the model: one batch at a time
+        self._free_since = time.monotonic()  # when the model's last call ended
         #: How many model calls saw how many rows (logged at exit; read by tests).
         self.sizes: Counter[int] = Counter()
 
@@ -166,6 +175,7 @@ class Batcher:
                 finally:
                     self._cond.acquire()
                     self._busy = False
+                    self._free_since = time.monotonic()
                     self._cond.notify_all()
         return request.reply
 
@@ -189,12 +199,13 @@ class Batcher:
     def _ready(self) -> tuple[list[_Request] | None, float | None]:
         """The batch to run now, taken off the queue; or None and how long to wait (None:
         until notified). A batch is ready once the model is free and the batch is full,
-        every connection has a request queued, or its oldest request waited ``max_wait``."""
+        every connection has a request queued, or its oldest request waited ``max_wait``
+        since it came or the model was last free, whichever is later."""
         if self._busy or not self._queue:
             return None, None
         batch, full = self._gather()
         head = self._queue[0]
-        left = head.arrived + self.max_wait - time.monotonic()
+        left = max(head.arrived, self._free_since) + self.max_wait - time.monotonic()
         queued = {id(r) if r.connection is None else r.connection for r in self._queue}
         everyone = len(queued) >= self._connections
         if not (full or everyone or left <= 0 or self._stopping):

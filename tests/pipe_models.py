@@ -59,3 +59,37 @@ class Tagged(PythonModel):
         if np.any(a < 0):
             raise ValueError(f"negative a: {a[a < 0][0]:g}")
         return pd.DataFrame({"y": 2 * model_input["a"] + model_input["b"], "z": model_input["b"]})
+
+
+class Contained(PythonModel):
+    """y = 2x + id (inputs ``id``, ``x``), for the cluster pipelining tests: host_models.Faulty's
+    gates and evidence, but the ``predict`` gate holds the call that *contains* the row
+    model_config["gate_id"] (a batching host may put its request behind another in one call).
+
+    Records in model_config["gates_dir"]: ``loads`` (a ``<pid>`` line per load) and ``calls``
+    (``<host pid> <ids, comma-separated>`` per call).
+    """
+
+    def load_context(self, context):
+        self.host = os.getpid()  # also in a prefork host's serving children
+        directory = (context.model_config or {}).get("gates_dir")
+        if directory:
+            with open(Path(directory) / "loads", "a") as f:
+                f.write(f"{self.host}\n")
+
+    def predict(self, context, model_input, params=None):
+        config = context.model_config or {}
+        directory = config.get("gates_dir")
+        ids = model_input["id"].to_numpy()
+        if directory:
+            with open(Path(directory) / "calls", "a") as f:
+                f.write(f"{self.host} {','.join(str(int(i)) for i in ids)}\n")
+            if "predict" in config.get("gates", ()) and np.any(ids == config.get("gate_id")):
+                folder = Path(directory)
+                (folder / f"at-predict-{self.host}").write_text(str(os.getpid()))
+                deadline = time.monotonic() + GATE_TIMEOUT
+                while not (folder / "go-predict").exists():
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the predict gate in {folder} was never opened")
+                    time.sleep(0.02)
+        return pd.DataFrame({"y": 2.0 * model_input["x"] + model_input["id"]})
