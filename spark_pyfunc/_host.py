@@ -59,7 +59,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from spark_pyfunc._batching import Batcher, Handler
+from spark_pyfunc._batching import Batcher
 from spark_pyfunc._config import (
     BATCH_MAX_ROWS,
     BATCH_MAX_WAIT_MS,
@@ -158,17 +158,16 @@ class ModelServer:
         """Tell a new client that the host is ready, and its pid."""
         send_message(conn, {"ok": True, "pid": self.host_pid})
 
-    def serve_connection(self, conn: socket.socket, answer: Handler | None = None) -> None:
+    def serve_connection(self, conn: socket.socket) -> None:
         """Greet the client, then answer its requests, one per batch, until it closes the
-        connection. ``answer`` replaces :meth:`handle`. A pipelining client's next requests
-        wait in the socket meanwhile: each is read once the previous answer is out."""
-        answer = answer or self.handle
+        connection. A pipelining client's next requests wait in the socket meanwhile: each
+        is read once the previous answer is out."""
         with conn:
             try:
                 self.greet(conn)
                 while True:
                     header, payload = recv_message(conn)
-                    send_message(conn, *answer(header, payload))
+                    send_message(conn, *self.handle(header, payload))
             except PeerClosed:
                 pass
             except OSError as exc:
