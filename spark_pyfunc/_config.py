@@ -131,10 +131,10 @@ BATCH_MAX_WAIT_MS = Setting(
 BATCH_MAX_ROWS = Setting(
     "spark.pyfunc.host.batching.maxBatchRows", 32768, _positive_int, "a positive integer"
 )
-#: Requests a Python worker keeps in flight to its host (see _client.predict_stream): with
-#: two, the host has the next request while the worker turns an answer into Spark's output;
-#: 1 sends a request only once the previous one is answered.
-PIPELINE_DEPTH = Setting("spark.pyfunc.host.pipelineDepth", 2, _positive_int, "a positive integer")
+#: Requests a Python worker keeps in flight to its host (see _client.predict_stream): the host
+#: has the next requests while the worker turns an answer into Spark's output; 1 sends a
+#: request only once the previous one is answered. 3: the batching harness's figures.
+PIPELINE_DEPTH = Setting("spark.pyfunc.host.pipelineDepth", 3, _positive_int, "a positive integer")
 # Where each executor machine keeps restored model environments (default:
 # ~/.cache/spark_pyfunc/envs of the executor's user), and how long a worker waits for another
 # worker's build of the same environment before it gives up.
