@@ -3,19 +3,25 @@
 A model shaped like a GPU model: every call costs a fixed 5 ms plus a cost per row, and the
 device runs one call at a time (a lock around the cost: a second call waits for the first).
 The costs are sleeps, as a GPU's would be for the CPU. K=2 client processes each send 64-row
-Arrow requests to one host started through the real client API (HostSpec/ModelHostClient),
-batching off and on: two thread hosts (a GPU host always serves on threads), side by side,
-the rounds alternating between them so that both see the same (shared) machine.
+Arrow requests to one host started through the real client API (HostSpec/ModelHostClient,
+``predict_stream`` with up to ``depth`` requests in flight, as the Spark relay sends them),
+batching off and on, at depth 1 (one request in flight: ``predict``) and at ``--depth``
+(default: spark.pyfunc.host.pipelineDepth's): four thread hosts (a GPU host always serves on
+threads), side by side, the rounds alternating between them so that all see the same
+(shared) machine.
 
 Per setting it prints rows/s (median of the rounds), the added latency per request, p50 and
-p95 (a request's round trip minus the median round trip of a 64-row request sent alone to an
-idle host, the same host), the host's CPU time per request (median of the rounds: less
-sensitive to the machine's load than rates), and the batch sizes the model saw (rows: calls).
+p95 (a request's round trip, from the moment the client takes it to the moment its result
+comes back, so at depth 2 including its wait behind the request before it, minus the median
+round trip of a 64-row request sent alone to an idle host, the same host), the host's CPU
+time per request (median of the rounds: less sensitive to the machine's load than rates),
+and the batch sizes the model saw (rows: calls). Then batching on/off at each depth.
 
 Usage::
 
     python scripts/batching_harness.py [--rounds 5] [--requests 100] [--clients 2]
         [--rows 64] [--call-ms 5] [--row-us 2] [--max-wait-ms 5] [--max-batch-rows 32768]
+        [--depth 2]
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import pyarrow as pa
 
 from spark_pyfunc import save_model
 from spark_pyfunc._client import HostSpec, ModelHostClient
-from spark_pyfunc._config import BATCH_MAX_ROWS
+from spark_pyfunc._config import BATCH_MAX_ROWS, PIPELINE_DEPTH
 from spark_pyfunc.python_model import PythonModel
 
 FEATURES = [f"x{i}" for i in range(8)]
@@ -70,28 +76,40 @@ def request(rows: int, seed: int) -> pa.RecordBatch:
     return pa.RecordBatch.from_pandas(frame, preserve_index=False)
 
 
-def _client(spec: HostSpec, rows: int, seed: int, requests: int, rounds: int, start, out) -> None:
-    """A worker: per round, wait for the start, then send ``requests`` requests and report
-    each one's round trip."""
+def _taken(batch: pa.RecordBatch, requests: int, began: list[float]):
+    """``requests`` times ``batch``, noting when the stream takes each (it sends it then)."""
+    for _ in range(requests):
+        began.append(time.perf_counter())
+        yield batch
+
+
+def _client(
+    spec: HostSpec, depth: int, rows: int, seed: int, requests: int, rounds: int, start, out
+) -> None:
+    """A worker: per round, wait for the start, then stream ``requests`` requests with up
+    to ``depth`` in flight and report each one's round trip."""
     batch = request(rows, seed)
     want = batch.to_pandas()[FEATURES].to_numpy().sum(axis=1)
     with ModelHostClient(spec) as client:
         client.predict(batch)  # connected and warm
         for _ in range(rounds):
             start.wait()
+            began: list[float] = []
             trips = []
-            for _ in range(requests):
-                began = time.perf_counter()
-                result = client.predict(batch, arrow=True)
-                trips.append(time.perf_counter() - began)
-            assert np.allclose(result.column(0).to_numpy(), want), "a wrong answer"
+            stream = client.predict_stream(_taken(batch, requests, began), arrow=True, depth=depth)
+            for i, result in enumerate(stream):
+                trips.append(time.perf_counter() - began[i])
+                assert np.allclose(result.column(0).to_numpy(), want), "a wrong answer"
+            assert len(trips) == requests, "a missing answer"
             out.put(trips)
 
 
 class Clients:
     """``--clients`` client processes for one host, waiting for each round's start."""
 
-    def __init__(self, spec: HostSpec, args: argparse.Namespace, host: int | None) -> None:
+    def __init__(
+        self, spec: HostSpec, depth: int, args: argparse.Namespace, host: int | None
+    ) -> None:
         ctx = multiprocessing.get_context("fork")
         self.args = args
         self.host = psutil.Process(host)
@@ -101,7 +119,16 @@ class Clients:
         self.procs = [
             ctx.Process(
                 target=_client,
-                args=(spec, args.rows, 7 + i, args.requests, args.rounds, self.start, self.out),
+                args=(
+                    spec,
+                    depth,
+                    args.rows,
+                    7 + i,
+                    args.requests,
+                    args.rounds,
+                    self.start,
+                    self.out,
+                ),  # fmt: skip
             )
             for i in range(args.clients)
         ]
@@ -163,7 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--row-us", type=float, default=2.0, help="the model's cost per row")
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--max-batch-rows", type=int, default=BATCH_MAX_ROWS.default)
+    p.add_argument(
+        "--depth",
+        type=int,
+        default=PIPELINE_DEPTH.default,
+        help="requests each client keeps in flight, measured beside depth 1",
+    )
     args = p.parse_args(argv)
+    depths = sorted({1, args.depth})
     print(
         f"{psutil.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; model: "
         f"{args.call_ms:g} ms per call + {args.row_us:g} us per row, one call at a time; "
@@ -191,24 +225,26 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         print(
-            f"{'batching':26} {'rows/s':>9} {'alone ms':>8} {'added p50 ms':>12} "
+            f"{'depth':>5} {'batching':26} {'rows/s':>9} {'alone ms':>8} {'added p50 ms':>12} "
             f"{'added p95 ms':>12} {'host CPU ms/req':>15}  batch sizes the model saw "
             "(rows: calls)"
         )
-        # Both hosts run side by side and the rounds alternate between them, so that both
-        # settings see the same (shared, noisy) machine.
+        # All hosts run side by side and the rounds alternate between them, so that every
+        # setting sees the same (shared, noisy) machine.
         settings = {}
-        for batching in (False, True):
-            calls = root / f"calls-{batching}.txt"
-            s = spec(batching, calls)
-            baseline, pid = alone(s, args.rows, max(args.requests, 50))
-            calls.unlink()
-            settings[batching] = (calls, baseline, pid, Clients(s, args, pid))
-        ratios = []
+        for depth in depths:
+            for batching in (False, True):
+                calls = root / f"calls-{depth}-{batching}.txt"
+                s = spec(batching, calls)
+                baseline, pid = alone(s, args.rows, max(args.requests, 50))
+                calls.unlink()
+                settings[depth, batching] = (calls, baseline, pid, Clients(s, depth, args, pid))
+        ratios: dict[int, list[float]] = {depth: [] for depth in depths}
         for _ in range(args.rounds):
-            off, on = (settings[b][3].round() for b in (False, True))
-            ratios.append(on / off)
-        for batching, (calls, baseline, pid, clients) in settings.items():
+            for depth in depths:
+                off, on = (settings[depth, b][3].round() for b in (False, True))
+                ratios[depth].append(on / off)
+        for (depth, batching), (calls, baseline, pid, clients) in settings.items():
             clients.join()
             stop(pid)
             added = np.array(clients.trips) - baseline
@@ -216,15 +252,23 @@ def main(argv: list[str] | None = None) -> int:
             label = f"on, max wait {args.max_wait_ms:g} ms" if batching else "off"
             top = ", ".join(f"{k}: {v}" for k, v in sorted(sizes.items()))
             print(
-                f"{label:26} {statistics.median(clients.rates):9,.0f} {1e3 * baseline:8.2f} "
-                f"{1e3 * np.percentile(added, 50):12.2f} "
+                f"{depth:5d} {label:26} {statistics.median(clients.rates):9,.0f} "
+                f"{1e3 * baseline:8.2f} {1e3 * np.percentile(added, 50):12.2f} "
                 f"{1e3 * np.percentile(added, 95):12.2f} "
                 f"{1e3 * statistics.median(clients.host_cpu):15.2f}  {top}",
                 flush=True,
             )
+        for depth in depths:
+            print(
+                f"depth {depth}: on/off {statistics.median(ratios[depth]):.2f}x (median of the "
+                f"rounds' ratios; rounds: {', '.join(f'{r:.2f}' for r in ratios[depth])})"
+            )
+        top = max(depths)
+        best = statistics.median(settings[top, True][3].rates)
         print(
-            f"on/off: {statistics.median(ratios):.2f}x (median of the rounds' ratios; rounds: "
-            f"{', '.join(f'{r:.2f}' for r in ratios)}); load average {os.getloadavg()[0]:.2f}"
+            f"depth {top} batching on / depth 1 batching off: "
+            f"{best / statistics.median(settings[1, False][3].rates):.2f}x (medians); "
+            f"load average {os.getloadavg()[0]:.2f}"
         )
     return 0
 

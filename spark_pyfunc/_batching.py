@@ -10,12 +10,20 @@ method and params) and whose Arrow schemas are equal share a call.
 
 The batcher works on the wire's Arrow payloads and hands one request to ``handle`` (the
 server's, which converts, predicts and encodes), so it knows nothing of models; ``handle``
-runs one batch at a time, which is what a GPU wants, on the connection thread that found the
-batch ready.
+runs one batch at a time, which is what a GPU wants, on a waiting connection thread that
+found the batch ready.
 
-Not waiting for nothing: every connection has at most one request in flight (the client waits
-for each answer), so once every open connection has a request queued, no other request can
-come, and the batch goes at once rather than after ``max_wait``.
+A connection may have several requests in flight (a pipelining client sends the next before
+it has read the previous answer): the host's reader of the connection ``enqueue``s them as
+they come and its writer ``wait``s for their answers in request order, so a request queues
+for the model's next call while an earlier one of its connection is being answered.
+
+Not waiting for nothing: once every open connection has a request queued, the batch goes at
+once rather than after ``max_wait``: a connection with one request in flight cannot send
+another before its answer, and one with several has its next already queued. The wait is
+counted from the moment the model is free: a request queued during a call (a pipelining
+connection's next) waited for the model, not for company, and the other connections' next
+requests come only once that call's answers are out.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ class _Request:
     rows: int
     table: pa.Table | None
     arrived: float
+    connection: int | None = None  # None: a connection of its own
     answered: bool = False
     reply: tuple[dict, Any] = ({}, b"")
 
@@ -81,8 +90,10 @@ class Batcher:
             still goes alone, whole).
 
     Connection threads call :meth:`connected` / :meth:`disconnected` around their loop and
-    :meth:`submit` per request; the model runs on whichever of them finds a batch ready, one
-    batch at a time. :meth:`stop` refuses further requests.
+    :meth:`submit` per request, or :meth:`enqueue` per request as it arrives and :meth:`wait`
+    for the answers in order (a connection with several requests in flight); the model runs on
+    whichever waiting thread finds a batch ready, one batch at a time. :meth:`stop` refuses
+    further requests.
     """
 
     def __init__(self, handle: Handler, *, max_wait: float, max_rows: int) -> None:
@@ -94,39 +105,64 @@ class Batcher:
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
         self._connections = 0
+        self._last_connection = 0
         self._stopping = False
         self._busy = False  # a thread is calling the model: one batch at a time
+        self._free_since = time.monotonic()  # when the model's last call ended
         #: How many model calls saw how many rows (logged at exit; read by tests).
         self.sizes: Counter[int] = Counter()
 
     # ------------------------------------------------------------- connection threads
 
-    def connected(self) -> None:
+    def connected(self) -> int:
+        """Count a new connection; its number, for :meth:`enqueue` and :meth:`disconnected`."""
         with self._cond:
             self._connections += 1
+            self._last_connection += 1
+            return self._last_connection
 
-    def disconnected(self) -> None:
+    def disconnected(self, connection: int | None = None) -> None:
+        """Count a connection gone; its requests still queued (not in a call) are dropped,
+        answered with an error that nobody reads, so they never reach the model."""
         with self._cond:
             self._connections -= 1
+            if connection is not None:
+                dropped = [r for r in self._queue if r.connection == connection]
+                for request in dropped:
+                    self._queue.remove(request)
+                    request.reply = (_error(ConnectionError("the connection closed"), ""), b"")
+                    request.answered = True
             self._cond.notify_all()  # the others may now be all there is to wait for
 
-    def submit(self, header: dict, payload: Any) -> tuple[dict, Any]:
-        """Queue one request and return its answer (response header, payload).
+    def submit(self, header: dict, payload: Any, connection: int | None = None) -> tuple[dict, Any]:
+        """Queue one request and return its answer (response header, payload)."""
+        return self.wait(self.enqueue(header, payload, connection))
 
-        The calling thread waits for its answer, and meanwhile runs any batch that is ready
-        while the model is free (its own or another's): the thread that completes a batch
-        calls the model at once, with no hand-over to another thread, which on a busy machine
-        costs a wait for the scheduler each time.
-        """
+    def enqueue(self, header: dict, payload: Any, connection: int | None = None) -> _Request:
+        """Queue one request of ``connection`` (None: a connection with one request at a
+        time) without waiting for its answer; :meth:`wait` gets it."""
         try:
             request = self._request(header, payload)
         except Exception as exc:  # a malformed request: answered alone by the server
             logger.debug("request not batchable (%s): answered alone", exc)
             request = _Request(header, payload, None, 0, None, time.monotonic())
+        request.connection = connection
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the batcher is stopped")
             self._queue.append(request)
+            self._cond.notify_all()  # a waiting thread may find its batch ready now
+        return request
+
+    def wait(self, request: _Request) -> tuple[dict, Any]:
+        """The answer to ``request`` (response header, payload).
+
+        The calling thread waits for it, and meanwhile runs any batch that is ready while the
+        model is free (its own or another's): the thread that completes a batch calls the
+        model at once, with no hand-over to another thread, which on a busy machine costs a
+        wait for the scheduler each time.
+        """
+        with self._cond:
             while not request.answered:
                 batch, left = self._ready()
                 if batch is None:
@@ -139,6 +175,7 @@ class Batcher:
                 finally:
                     self._cond.acquire()
                     self._busy = False
+                    self._free_since = time.monotonic()
                     self._cond.notify_all()
         return request.reply
 
@@ -162,13 +199,15 @@ class Batcher:
     def _ready(self) -> tuple[list[_Request] | None, float | None]:
         """The batch to run now, taken off the queue; or None and how long to wait (None:
         until notified). A batch is ready once the model is free and the batch is full,
-        every connection has a request queued, or its oldest request waited ``max_wait``."""
+        every connection has a request queued, or its oldest request waited ``max_wait``
+        since it came or the model was last free, whichever is later."""
         if self._busy or not self._queue:
             return None, None
         batch, full = self._gather()
         head = self._queue[0]
-        left = head.arrived + self.max_wait - time.monotonic()
-        everyone = len(self._queue) >= self._connections
+        left = max(head.arrived, self._free_since) + self.max_wait - time.monotonic()
+        queued = {id(r) if r.connection is None else r.connection for r in self._queue}
+        everyone = len(queued) >= self._connections
         if not (full or everyone or left <= 0 or self._stopping):
             return None, left
         for request in batch:

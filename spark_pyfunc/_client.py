@@ -24,11 +24,15 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,7 @@ from spark_pyfunc._config import (
     DEFAULT_MODE,
     IDLE_TIMEOUT,
     MODES,
+    PIPELINE_DEPTH,
     START_TIMEOUT,
 )
 from spark_pyfunc._rendezvous import (
@@ -213,6 +218,78 @@ class _HostKilled(HostError):
     kind of loss another start can cure."""
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One request, encoded once: sent again as it is if the host is lost before answering."""
+
+    header: dict
+    payload: Any
+
+
+_END = object()  # the end of a stream's input
+
+
+def _request(
+    frame: pd.DataFrame | pa.RecordBatch,
+    method: str,
+    params: dict | None,
+    result_type: pa.DataType | None,
+) -> _Request:
+    """The wire form of one batch; SchemaEnforcementError for what cannot travel."""
+    rows = frame.num_rows if isinstance(frame, pa.RecordBatch) else len(frame)
+    header: dict[str, Any] = {"method": method, "params": params, "rows": rows}
+    if result_type is not None:
+        header["result_type"] = encode_arrow_type(result_type)
+    try:
+        encode_header(header)
+    except (TypeError, ValueError) as exc:
+        raise SchemaEnforcementError(
+            f"params {sorted(params or {})} cannot be sent to the model host: {exc}"
+        ) from exc
+    if isinstance(frame, pa.RecordBatch):
+        payload = batch_to_arrow_bytes(frame, error=SchemaEnforcementError)
+    else:
+        payload = frame_to_arrow_bytes(frame, what="model input", error=SchemaEnforcementError)
+    return _Request(header, payload)
+
+
+class _Sender:
+    """Sends a connection's requests from a thread of its own while the caller reads the
+    answers: a host answers a request before it reads the next one, so a caller that sent
+    a large request while the host sent it a large answer would wait forever on a full
+    socket buffer. A failed send shuts the socket down, so the caller's read fails too."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="spark_pyfunc-sender", daemon=True)
+        self._thread.start()
+
+    def send(self, request: _Request) -> None:
+        self._queue.put(request)
+
+    def _run(self) -> None:
+        while (request := self._queue.get()) is not None:
+            try:
+                send_message(self.sock, request.header, request.payload)
+            except OSError as exc:
+                logger.info("sending a request to the model host failed: %s", exc)
+                self._shutdown()
+                return
+
+    def _shutdown(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self, *, abort: bool) -> None:
+        """End the thread once it has sent what it holds; ``abort``: at once, shutting the
+        connection down (a send blocked on it fails), which the caller then closes."""
+        if abort:
+            self._shutdown()
+        self._queue.put(None)
+        self._thread.join()
+
+
 class ModelHostClient:
     """Scores batches with the executor's model host, starting it if needed.
 
@@ -265,20 +342,7 @@ class ModelHostClient:
         to the result type without pandas. ``result_type`` (the Arrow form of the UDF's result
         type) tells the host the types of nested outputs.
         """
-        rows = frame.num_rows if isinstance(frame, pa.RecordBatch) else len(frame)
-        header: dict[str, Any] = {"method": method, "params": params, "rows": rows}
-        if result_type is not None:
-            header["result_type"] = encode_arrow_type(result_type)
-        try:
-            encode_header(header)
-        except (TypeError, ValueError) as exc:
-            raise SchemaEnforcementError(
-                f"params {sorted(params or {})} cannot be sent to the model host: {exc}"
-            ) from exc
-        if isinstance(frame, pa.RecordBatch):
-            payload = batch_to_arrow_bytes(frame, error=SchemaEnforcementError)
-        else:
-            payload = frame_to_arrow_bytes(frame, what="model input", error=SchemaEnforcementError)
+        request = _request(frame, method, params, result_type)
         failure: Exception | None = None
         for attempt in range(1, ATTEMPTS + 1):
             try:
@@ -293,7 +357,7 @@ class ModelHostClient:
                 )
                 continue
             try:
-                send_message(sock, header, payload)
+                send_message(sock, request.header, request.payload)
                 reply, body = recv_message(sock)
             except OSError as exc:  # the host died or was killed: restart it, send again
                 failure = exc
@@ -306,11 +370,130 @@ class ModelHostClient:
                 )
                 self.close()
                 continue
-            if not reply.get("ok"):
-                raise _remote_error(reply, method, self._host_pid)
-            return arrow_bytes_to_table(body) if arrow else arrow_bytes_to_frame(body)
+            return self._result(reply, body, method, arrow)
+        raise self._lost(failure)
+
+    def predict_stream(
+        self,
+        frames: Iterable[pd.DataFrame | pa.RecordBatch],
+        method: str = "predict",
+        params: dict | None = None,
+        *,
+        arrow: bool = False,
+        result_type: pa.DataType | None = None,
+        depth: int = PIPELINE_DEPTH.default,
+    ) -> Iterator[pd.DataFrame | pa.Table]:
+        """The model's output for each of ``frames``, in order, with up to ``depth`` requests
+        in flight on the one connection.
+
+        With one request in flight, the host and the model wait while this worker turns an
+        answer into its next request (and Spark hands it the next batch); with two, the
+        next request is already at the host, queued (a batching host can put it in the
+        model's next call) or read as soon as the previous answer is out. ``frames`` is
+        read ahead of the results (at most ``depth`` frames), in the caller's thread; the
+        requests are sent from a thread of this client's, so that a large request never
+        waits for a large answer that nobody reads: no host mode can deadlock it.
+
+        A host lost mid-stream (killed, crashed) is restarted as :meth:`predict` does, and
+        the requests it had not answered are sent again to the new host, in order, once
+        per loss; ``ATTEMPTS`` losses in a row without an answer in between fail the
+        stream. An error answer (the model raised) is raised when that request's result is
+        due, after the results of the requests before it; the stream ends there.
+
+        Args:
+            frames: the batches to score (pandas frames or Arrow record batches, as
+                :meth:`predict` takes them), pulled lazily.
+            method, params, arrow, result_type: as for :meth:`predict`, for every batch.
+            depth: requests in flight at most; 1 is :meth:`predict` per batch.
+
+        Returns:
+            An iterator of the results, one per frame, in the order of ``frames``.
+
+        Raises:
+            HostError: the host was lost ``ATTEMPTS`` times in a row, or could not start.
+            PredictionError: the model raised for a batch (the package's own errors, such
+                as SchemaEnforcementError, keep their type).
+
+        Example:
+            >>> with ModelHostClient(spec) as client:  # doctest: +SKIP
+            ...     for result in client.predict_stream(batches, depth=2):
+            ...         write(result)
+        """
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise HostError(f"pipeline depth must be a positive integer, not {depth!r}")
+        if depth == 1:
+            for frame in frames:
+                yield self.predict(frame, method, params, arrow=arrow, result_type=result_type)
+            return
+        source = iter(frames)
+        pending: deque[_Request] = deque()  # sent (or to be sent), not answered, in order
+        sender: _Sender | None = None
+        exhausted = False
+        losses = 0
+        try:
+            while True:
+                while not exhausted and len(pending) < depth:
+                    frame = next(source, _END)
+                    if frame is _END:
+                        exhausted = True
+                        break
+                    pending.append(_request(frame, method, params, result_type))
+                    if sender is not None:
+                        sender.send(pending[-1])
+                if not pending:
+                    return
+                if sender is None:
+                    try:
+                        sender = _Sender(self._connection())
+                    except _HostKilled as exc:  # killed while starting or loading
+                        losses += 1
+                        self._log_loss(exc, losses, len(pending))
+                        if losses >= ATTEMPTS:
+                            raise self._lost(exc) from None
+                        continue
+                    for request in pending:  # a new connection: everything unanswered
+                        sender.send(request)
+                try:
+                    reply, body = recv_message(sender.sock)
+                except OSError as exc:  # the host died or was killed: restart it, resend
+                    losses += 1
+                    self._log_loss(exc, losses, len(pending))
+                    sender.stop(abort=True)
+                    sender = None
+                    self.close()
+                    if losses >= ATTEMPTS:
+                        raise self._lost(exc) from None
+                    continue
+                losses = 0
+                pending.popleft()
+                yield self._result(reply, body, method, arrow)
+        finally:
+            if sender is not None:
+                sender.stop(abort=bool(pending))
+            if pending:  # answers still due on the connection: nobody will read them
+                self.close()
+
+    def _log_loss(self, exc: Exception, losses: int, unanswered: int) -> None:
+        logger.warning(
+            "lost the model host (pid %s) during a request (attempt %d of %d): %s; "
+            "sending the %d unanswered request(s) again",
+            self._host_pid,
+            losses,
+            ATTEMPTS,
+            str(exc).split("\n", 1)[0],
+            unanswered,
+        )
+
+    def _result(
+        self, reply: dict, body: bytearray, method: str, arrow: bool
+    ) -> pd.DataFrame | pa.Table:
+        if not reply.get("ok"):
+            raise _remote_error(reply, method, self._host_pid)
+        return arrow_bytes_to_table(body) if arrow else arrow_bytes_to_frame(body)
+
+    def _lost(self, failure: Exception | None) -> HostError:
         last = str(failure).split("\n", 1)[0]
-        raise HostError(
+        return HostError(
             f"the model host for {self.model_name} was lost {ATTEMPTS} times in a row, "
             f"the last time: {last}",
             log_path=str(self.log_path),

@@ -29,6 +29,7 @@ __all__ = [
     "HOST_PROCESSES",
     "IDLE_TIMEOUT",
     "MODES",
+    "PIPELINE_DEPTH",
     "PROG",
     "SCOPES",
     "SETTINGS",
@@ -131,6 +132,10 @@ BATCH_MAX_WAIT_MS = Setting(
 BATCH_MAX_ROWS = Setting(
     "spark.pyfunc.host.batching.maxBatchRows", 32768, _positive_int, "a positive integer"
 )
+#: Requests a Python worker keeps in flight to its host (see _client.predict_stream): the host
+#: has the next requests while the worker turns an answer into Spark's output; 1 sends a
+#: request only once the previous one is answered. 3: the batching harness's figures.
+PIPELINE_DEPTH = Setting("spark.pyfunc.host.pipelineDepth", 3, _positive_int, "a positive integer")
 # Where each executor machine keeps restored model environments (default:
 # ~/.cache/spark_pyfunc/envs of the executor's user), and how long a worker waits for another
 # worker's build of the same environment before it gives up.
@@ -154,6 +159,7 @@ SETTINGS: dict[str, Setting] = {
         BATCHING,
         BATCH_MAX_WAIT_MS,
         BATCH_MAX_ROWS,
+        PIPELINE_DEPTH,
         ENV_CACHE_DIR,
         ENV_BUILD_TIMEOUT,
         ENV_UV_OFFLINE_FIRST,

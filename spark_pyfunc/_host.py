@@ -45,6 +45,7 @@ import json
 import logging
 import mmap
 import os
+import queue
 import select
 import signal
 import socket
@@ -60,7 +61,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from spark_pyfunc._batching import Batcher, Handler
+from spark_pyfunc._batching import Batcher
 from spark_pyfunc._config import (
     BATCH_MAX_ROWS,
     BATCH_MAX_WAIT_MS,
@@ -155,17 +156,20 @@ class ModelServer:
             }, b""
         return {"ok": True, "rows": len(result)}, body
 
-    def serve_connection(self, conn: socket.socket, answer: Handler | None = None) -> None:
-        """Greet the client (so it knows the host is ready, and its pid), then answer its
-        requests, one per batch, until it closes the connection. ``answer`` replaces
-        :meth:`handle` (a batcher's ``submit``, which calls it for many requests at once)."""
-        answer = answer or self.handle
+    def greet(self, conn: socket.socket) -> None:
+        """Tell a new client that the host is ready, and its pid."""
+        send_message(conn, {"ok": True, "pid": self.host_pid})
+
+    def serve_connection(self, conn: socket.socket) -> None:
+        """Greet the client, then answer its requests, one per batch, until it closes the
+        connection. A pipelining client's next requests wait in the socket meanwhile: each
+        is read once the previous answer is out."""
         with conn:
             try:
-                send_message(conn, {"ok": True, "pid": self.host_pid})
+                self.greet(conn)
                 while True:
                     header, payload = recv_message(conn)
-                    send_message(conn, *answer(header, payload))
+                    send_message(conn, *self.handle(header, payload))
             except PeerClosed:
                 pass
             except OSError as exc:
@@ -365,13 +369,52 @@ class Host:
         self.children.add(pid)
 
     def _serve_batched(self, conn: socket.socket) -> None:
-        """A connection whose requests go through the batcher, with every other one's."""
+        """A connection whose requests go through the batcher, with every other one's.
+
+        A client may send several requests before it reads an answer (pipelining), so this
+        thread reads them as they come and queues each in the batcher at once, where it can
+        join the model's next call while an earlier one is being answered; a writer thread
+        waits for the answers in request order and sends them back. Reading and writing on
+        two threads also means that a large answer never waits for a large request to be
+        read, or the other way round.
+        """
+        batcher = self.batcher
+        assert batcher is not None
+        connection = batcher.connected()
+        answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        writer = threading.Thread(target=self._answer_in_order, args=(conn, answers), daemon=True)
+        with conn:
+            try:
+                self.server.greet(conn)
+                writer.start()
+                while True:
+                    header, payload = recv_message(conn)
+                    answers.put(batcher.enqueue(header, payload, connection))
+            except PeerClosed:
+                pass
+            except OSError as exc:
+                logger.info("connection lost: %s", exc)
+            except RuntimeError as exc:  # the batcher stopped: the host is exiting
+                logger.info("connection closed: %s", exc)
+            finally:
+                batcher.disconnected(connection)  # what it left queued never runs
+                answers.put(None)
+                if writer.is_alive():
+                    writer.join()
+
+    def _answer_in_order(self, conn: socket.socket, answers: queue.SimpleQueue[Any]) -> None:
+        """Send a batched connection's answers in the order of its requests; a failed send
+        shuts the connection down, which ends its reader too."""
         assert self.batcher is not None
-        self.batcher.connected()
-        try:
-            self.server.serve_connection(conn, self.batcher.submit)
-        finally:
-            self.batcher.disconnected()
+        while (request := answers.get()) is not None:
+            reply = self.batcher.wait(request)
+            try:
+                send_message(conn, *reply)
+            except OSError as exc:
+                logger.info("connection lost: %s", exc)
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                return
 
     def _fork(self, work: Any, what: str) -> int:
         """Fork a child that dies with this process, runs ``work`` and exits."""

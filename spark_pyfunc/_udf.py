@@ -10,6 +10,7 @@ per-worker model copy (``scope="process"``) for predictions, and fits them to th
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -17,7 +18,8 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
@@ -85,6 +87,8 @@ class _Plan:
     batching: bool | None = None
     batch_max_wait_ms: float = _config.BATCH_MAX_WAIT_MS.default
     batch_max_rows: int = _config.BATCH_MAX_ROWS.default
+    # Requests a worker keeps in flight to its host (spark.pyfunc.host.pipelineDepth).
+    pipeline_depth: int = _config.PIPELINE_DEPTH.default
     # extra_env: environment variables of the model's process (the worker around load and
     # predict for scope="process", the host's own environment for scope="executor").
     extra_env: dict[str, str] | None = None
@@ -135,6 +139,19 @@ class _InProcess:
         """The model's output as rows (``result_type`` is for the host's Arrow; unused)."""
         with self._environment():
             return prediction_to_frame(self._model.invoke(method, frame, params))
+
+    def predict_stream(
+        self,
+        frames: Iterable[pd.DataFrame],
+        method: str,
+        params: dict | None,
+        *,
+        result_type: pa.DataType | None = None,
+        depth: int = 1,
+    ) -> Iterator[pd.DataFrame]:
+        """:meth:`predict` for each frame, in order (in process, nothing to pipeline)."""
+        for frame in frames:
+            yield self.predict(frame, method, params, result_type=result_type)
 
     def close(self) -> None:
         pass
@@ -309,25 +326,84 @@ def _nested_hint(dtype: DataType) -> pa.DataType | None:
     return None
 
 
+_END = object()
+
+
+def _per_batch(
+    batches: Iterator[Any],
+    split: Callable[[Any], list[Any]],
+    score: Callable[[Iterator[Any]], Iterator[Any]],
+    empty: Callable[[], Any],
+    join: Callable[[list[Any]], Any],
+) -> Iterator[Any]:
+    """One result per Spark batch, in order, from ONE stream of requests over all of them.
+
+    ``split`` turns a batch into its requests (``batch_size`` chunks; none for an empty
+    batch), ``score`` turns the stream of requests into their results, in order, and is
+    called only once there is a request (empty partitions never start or contact a model).
+    One stream across batches is what lets a pipelining client read the next batch from
+    Spark and send it to the host before the previous batch's result is handed back.
+    """
+    shapes: deque[int] = deque()  # requests per batch, in order; filled as they are read
+
+    def requests() -> Iterator[Any]:
+        for batch in batches:
+            parts = split(batch)
+            shapes.append(len(parts))
+            yield from parts
+
+    source = requests()
+    first = next(source, _END)
+    if first is not _END:
+        parts: list[Any] = []
+        with contextlib.closing(score(itertools.chain([first], source))) as results:
+            for result in results:
+                while shapes[0] == 0:
+                    shapes.popleft()
+                    yield empty()
+                parts.append(result)
+                if len(parts) == shapes[0]:
+                    shapes.popleft()
+                    yield parts[0] if len(parts) == 1 else join(parts)
+                    parts = []
+    for _ in shapes:  # empty batches after the last request
+        yield empty()
+
+
 def _score_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pd.Series | pd.DataFrame]:
     scorer: _InProcess | ModelHostClient | None = None
     hint = _nested_hint(plan.result_type)
+
+    def split(batch: Any) -> list[pd.DataFrame]:
+        frame = _bind(batch, plan.input_names)
+        step = plan.batch_size or len(frame) or 1
+        return [frame.iloc[start : start + step] for start in range(0, len(frame), step)]
+
+    def score(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.Series | pd.DataFrame]:
+        nonlocal scorer
+        scorer = _InProcess(plan) if plan.scope == "process" else _host_client(plan)
+        rows: deque[int] = deque()
+
+        def sent() -> Iterator[pd.DataFrame]:
+            for chunk in chunks:
+                rows.append(len(chunk))
+                yield chunk
+
+        stream = scorer.predict_stream(
+            sent(), plan.method, plan.params, result_type=hint, depth=plan.pipeline_depth
+        )
+        with contextlib.closing(stream):
+            for pred in stream:
+                yield fit_prediction(pred, plan.result_type, rows.popleft())
+
     try:
-        for batch in batches:
-            frame = _bind(batch, plan.input_names)
-            rows = len(frame)
-            if rows == 0:
-                yield fit_prediction(pd.DataFrame({"0": []}), plan.result_type, 0)
-                continue
-            if scorer is None:  # lazily: empty partitions never load or contact the model
-                scorer = _InProcess(plan) if plan.scope == "process" else _host_client(plan)
-            step = plan.batch_size or rows
-            parts = []
-            for start in range(0, rows, step):
-                chunk = frame.iloc[start : start + step]
-                pred = scorer.predict(chunk, plan.method, plan.params, result_type=hint)
-                parts.append(fit_prediction(pred, plan.result_type, len(chunk)))
-            yield parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+        yield from _per_batch(
+            batches,
+            split,
+            score,
+            lambda: fit_prediction(pd.DataFrame({"0": []}), plan.result_type, 0),
+            lambda parts: pd.concat(parts, ignore_index=True),
+        )
     finally:
         if scorer is not None:
             scorer.close()
@@ -394,23 +470,43 @@ def predict_arrow(
 
 def _score_arrow_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pa.Array]:
     client: ModelHostClient | None = None
+    hint = _nested_hint(plan.result_type)
+
+    def split(batch: Any) -> list[pa.RecordBatch]:
+        record = _bind_arrow(batch, plan.input_names, plan.timezone)
+        step = plan.batch_size or record.num_rows or 1
+        return [record.slice(start, step) for start in range(0, record.num_rows, step)]
+
+    def score(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.Array]:
+        nonlocal client
+        client = _host_client(plan)
+        rows: deque[int] = deque()
+
+        def sent() -> Iterator[pa.RecordBatch]:
+            for chunk in chunks:
+                rows.append(chunk.num_rows)
+                yield chunk
+
+        stream = client.predict_stream(
+            sent(),
+            plan.method,
+            plan.params,
+            arrow=True,
+            result_type=hint,
+            depth=plan.pipeline_depth,
+        )
+        with contextlib.closing(stream):
+            for table in stream:
+                yield fit_arrow_result(table, plan.result_type, rows.popleft())
+
     try:
-        for batch in batches:
-            record = _bind_arrow(batch, plan.input_names, plan.timezone)
-            rows = record.num_rows
-            if rows == 0:
-                yield pa.array([], type=arrow_type(plan.result_type))
-                continue
-            if client is None:  # lazily: empty partitions never contact the host
-                client = _host_client(plan)
-            step = plan.batch_size or rows
-            parts = []
-            for start in range(0, rows, step):
-                chunk = record.slice(start, step)
-                parts.append(
-                    predict_arrow(client, chunk, plan.method, plan.params, plan.result_type)
-                )
-            yield parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+        yield from _per_batch(
+            batches,
+            split,
+            score,
+            lambda: pa.array([], type=arrow_type(plan.result_type)),
+            pa.concat_arrays,
+        )
     finally:
         if client is not None:
             client.close()
@@ -645,6 +741,7 @@ def spark_udf(
         batching=_setting(spark, _config.BATCHING),
         batch_max_wait_ms=_setting(spark, _config.BATCH_MAX_WAIT_MS),
         batch_max_rows=_setting(spark, _config.BATCH_MAX_ROWS),
+        pipeline_depth=_setting(spark, _config.PIPELINE_DEPTH),
         extra_env=dict(extra_env) if extra_env else None,
         env=env,
         prebuilt_env=prebuilt,

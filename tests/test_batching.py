@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -251,6 +252,86 @@ def test_a_result_with_the_wrong_number_of_rows_fails_the_batch_saying_why() -> 
         assert not reply["ok"]
         assert "returned 1 rows for a batch of 128 rows from 2 requests" in reply["message"]
         assert "spark.pyfunc.host.batching.enabled=false" in reply["message"]
+
+
+def _header(data: pd.DataFrame) -> dict:
+    return {"method": "predict", "params": None, "rows": len(data)}
+
+
+def _held_batcher(max_wait: float) -> tuple[HeldModel, Batcher, int, threading.Thread]:
+    """A batcher whose model is busy (held) with a first 1-row request of connection A, which
+    a thread of its own waits for; returns A's number."""
+    model = HeldModel()
+    batcher = Batcher(ModelServer(model).handle, max_wait=max_wait, max_rows=10_000)
+    a = batcher.connected()
+    first = batcher.enqueue(_header(frame(0, 1)), frame_to_arrow_bytes(frame(0, 1)), a)
+    waiter = threading.Thread(target=batcher.wait, args=(first,), daemon=True)
+    waiter.start()
+    assert model.busy.wait(PATIENCE)
+    return model, batcher, a, waiter
+
+
+def test_a_connections_next_requests_queue_while_its_first_is_answered() -> None:
+    """Pipelining: connection A's next two requests queue while its first is in the model,
+    share the next call (A is the only connection), and come back in A's order."""
+    model, batcher, a, waiter = _held_batcher(max_wait=3600.0)
+    parts = [frame(100, 64), frame(200, 10)]
+    queued = [batcher.enqueue(_header(d), frame_to_arrow_bytes(d), a) for d in parts]
+    assert len(batcher._queue) == 2  # while the first request is still in the model
+    model.release.set()
+    for data, request in zip(parts, queued, strict=True):
+        reply, body = batcher.wait(request)
+        assert reply["ok"] and reply["rows"] == len(data)
+        np.testing.assert_array_equal(arrow_bytes_to_frame(body)["y"].to_numpy(), expected(data))
+    waiter.join(PATIENCE)
+    assert [rows for rows, _ in model.calls] == [1, 74]
+    batcher.stop()
+
+
+def test_a_connection_with_several_requests_queued_counts_once_for_every_connection() -> None:
+    """Connections A and B, A with two requests queued, B with none: not every connection
+    has a request queued, so the batch waits (max_wait is an hour) for B's, then all three
+    share one call; B's answer is B's alone."""
+    model, batcher, a, waiter = _held_batcher(max_wait=3600.0)
+    b = batcher.connected()
+    parts = [frame(100, 64), frame(200, 64)]
+    queued = [batcher.enqueue(_header(d), frame_to_arrow_bytes(d), a) for d in parts]
+    model.release.set()
+    waiter.join(PATIENCE)
+    assert not waiter.is_alive()
+    with batcher._cond:  # the model is free: A's two requests alone are no batch yet
+        assert batcher._ready() == (None, pytest.approx(3600.0, abs=PATIENCE))
+    answers: dict[int, tuple[dict, Any]] = {}
+
+    def wait(n: int, request) -> None:
+        answers[n] = batcher.wait(request)
+
+    waiting = [threading.Thread(target=wait, args=nr, daemon=True) for nr in enumerate(queued)]
+    for thread in waiting:
+        thread.start()
+    late = frame(300, 32)
+    reply, body = batcher.submit(_header(late), frame_to_arrow_bytes(late), b)
+    np.testing.assert_array_equal(arrow_bytes_to_frame(body)["y"].to_numpy(), expected(late))
+    for thread in waiting:
+        thread.join(PATIENCE)
+    assert [rows for rows, _ in model.calls] == [1, 160]
+    for n, data in enumerate(parts):
+        np.testing.assert_array_equal(
+            arrow_bytes_to_frame(answers[n][1])["y"].to_numpy(), expected(data)
+        )
+    batcher.stop()
+
+
+def test_a_closed_connections_queued_requests_never_reach_the_model() -> None:
+    model, batcher, a, waiter = _held_batcher(max_wait=3600.0)
+    request = batcher.enqueue(_header(frame(100, 64)), frame_to_arrow_bytes(frame(100, 64)), a)
+    batcher.disconnected(a)
+    reply, _ = batcher.wait(request)
+    assert not reply["ok"] and reply["error"] == "ConnectionError"
+    model.release.set()
+    waiter.join(PATIENCE)
+    assert [rows for rows, _ in model.calls] == [1]
+    batcher.stop()
 
 
 # ------------------------------------------------------------------- a real model host
