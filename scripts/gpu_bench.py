@@ -64,6 +64,7 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 import standalone as sa  # noqa: E402
 
 from spark_pyfunc import save_model  # noqa: E402
+from spark_pyfunc._config import PIPELINE_DEPTH  # noqa: E402
 from spark_pyfunc.python_model import PythonModel  # noqa: E402
 
 
@@ -319,8 +320,9 @@ def _relaying_worker(spec: Any, args: argparse.Namespace, seed: int, batches: in
         out.put((seed, client.predict(batch, arrow=True).column(0).to_numpy()))  # warm
         for _ in range(args.runs):
             go.wait()
-            for _ in range(batches):
-                client.predict(batch, arrow=True)
+            # As the relay streams a task's batches: up to --depth requests in flight.
+            for _ in client.predict_stream([batch] * batches, arrow=True, depth=args.depth):
+                pass
             out.put(None)
 
 
@@ -435,6 +437,12 @@ def main(argv: list[str] | None = None) -> int:
         default="cuda",
         help="cpu: a dry run of the whole script on a machine without a GPU (the Worker still "
         "offers GPU --gpu, a fake one; memory is not sampled; rows/s say nothing about GPUs)",
+    )
+    p.add_argument(
+        "--depth",
+        type=int,
+        default=PIPELINE_DEPTH.default,
+        help="--without-spark: requests in flight per worker (spark.pyfunc.host.pipelineDepth)",
     )
     p.add_argument(
         "--without-spark",
