@@ -89,7 +89,8 @@ class TorchMLP(PythonModel):
     def predict(self, context, model_input, params=None):  # noqa: ANN001
         import torch
 
-        x = torch.from_numpy(model_input.to_numpy(dtype=np.float32)).to(self.device)
+        # torch.tensor copies: Arrow-backed input is read-only, which from_numpy warns about.
+        x = torch.tensor(model_input.to_numpy(dtype=np.float32), device=self.device)
         with torch.inference_mode():
             y = self.net(x)
         return y[:, 0].double().cpu().numpy()
