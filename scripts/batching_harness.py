@@ -45,7 +45,7 @@ import pyarrow as pa
 
 from spark_pyfunc import save_model
 from spark_pyfunc._client import HostSpec, ModelHostClient
-from spark_pyfunc._config import BATCH_MAX_ROWS, PIPELINE_DEPTH
+from spark_pyfunc._config import BATCH_CALLS, BATCH_MAX_ROWS, PIPELINE_DEPTH
 from spark_pyfunc.python_model import PythonModel
 
 FEATURES = [f"x{i}" for i in range(8)]
@@ -191,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--max-batch-rows", type=int, default=BATCH_MAX_ROWS.default)
     p.add_argument(
+        "--calls",
+        type=int,
+        default=BATCH_CALLS.default,
+        help="batched model calls at once (spark.pyfunc.host.batching.concurrentCalls)",
+    )
+    p.add_argument(
         "--depth",
         type=int,
         default=PIPELINE_DEPTH.default,
@@ -222,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 batching=batching,
                 batch_max_wait_ms=args.max_wait_ms,
                 batch_max_rows=args.max_batch_rows,
+                batch_calls=args.calls,
             )
 
         print(

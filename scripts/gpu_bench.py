@@ -64,7 +64,7 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 import standalone as sa  # noqa: E402
 
 from spark_pyfunc import save_model  # noqa: E402
-from spark_pyfunc._config import PIPELINE_DEPTH  # noqa: E402
+from spark_pyfunc._config import BATCH_CALLS, PIPELINE_DEPTH  # noqa: E402
 from spark_pyfunc.python_model import PythonModel  # noqa: E402
 
 
@@ -364,6 +364,7 @@ def run_without_spark(
             mode="thread",
             env={"CUDA_VISIBLE_DEVICES": args.gpu} if args.device == "cuda" else None,
             batching="batching on" in approach,
+            batch_calls=args.batch_calls,
         )
         target, first = _relaying_worker, spec
     else:
@@ -444,6 +445,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=PIPELINE_DEPTH.default,
         help="--without-spark: requests in flight per worker (spark.pyfunc.host.pipelineDepth)",
+    )
+    p.add_argument(
+        "--batch-calls",
+        type=int,
+        default=BATCH_CALLS.default,
+        help="--without-spark: spark.pyfunc.host.batching.concurrentCalls of the batching host",
     )
     p.add_argument(
         "--without-spark",

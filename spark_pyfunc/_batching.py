@@ -10,8 +10,10 @@ method and params) and whose Arrow schemas are equal share a call.
 
 The batcher works on the wire's Arrow payloads and hands one request to ``handle`` (the
 server's, which converts, predicts and encodes), so it knows nothing of models; ``handle``
-runs one batch at a time, which is what a GPU wants, on a waiting connection thread that
-found the batch ready.
+runs on a waiting connection thread that found the batch ready, one batch at a time by
+default. ``max_calls=2`` lets a second batch start while the first is in ``handle``: its
+conversions (which hold the GIL) then run while the device computes the first, which a model
+whose batches fill the device needs to keep it busy (docs/benchmark.md, GPUs).
 
 A connection may have several requests in flight (a pipelining client sends the next before
 it has read the previous answer): the host's reader of the connection ``enqueue``s them as
@@ -21,7 +23,7 @@ for the model's next call while an earlier one of its connection is being answer
 Not waiting for nothing: once every open connection has a request queued, the batch goes at
 once rather than after ``max_wait``: a connection with one request in flight cannot send
 another before its answer, and one with several has its next already queued. The wait is
-counted from the moment the model is free: a request queued during a call (a pipelining
+counted from the moment a call is free: a request queued during a call (a pipelining
 connection's next) waited for the model, not for company, and the other connections' next
 requests come only once that call's answers are out.
 """
@@ -88,27 +90,36 @@ class Batcher:
         max_wait: seconds the oldest queued request may wait for company.
         max_rows: rows a batch may reach by adding requests (a larger single request
             still goes alone, whole).
+        max_calls: batches that may be in ``handle`` at once. 1: one at a time. 2: the next
+            batch is converted (Arrow to pandas, the model's input to the device) while the
+            model computes the current one; a model on a device then holds two batches.
 
     Connection threads call :meth:`connected` / :meth:`disconnected` around their loop and
     :meth:`submit` per request, or :meth:`enqueue` per request as it arrives and :meth:`wait`
     for the answers in order (a connection with several requests in flight); the model runs on
-    whichever waiting thread finds a batch ready, one batch at a time. :meth:`stop` refuses
-    further requests.
+    whichever waiting thread finds a batch ready, up to ``max_calls`` batches at a time.
+    :meth:`stop` refuses further requests.
     """
 
-    def __init__(self, handle: Handler, *, max_wait: float, max_rows: int) -> None:
-        if max_wait < 0 or max_rows < 1:
-            raise ValueError(f"max_wait={max_wait!r} and max_rows={max_rows!r} are out of range")
+    def __init__(
+        self, handle: Handler, *, max_wait: float, max_rows: int, max_calls: int = 1
+    ) -> None:
+        if max_wait < 0 or max_rows < 1 or max_calls < 1:
+            raise ValueError(
+                f"max_wait={max_wait!r}, max_rows={max_rows!r} and max_calls={max_calls!r} "
+                "are out of range"
+            )
         self.handle = handle
         self.max_wait = max_wait
         self.max_rows = max_rows
+        self.max_calls = max_calls
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
         self._connections = 0
         self._last_connection = 0
         self._stopping = False
-        self._busy = False  # a thread is calling the model: one batch at a time
-        self._free_since = time.monotonic()  # when the model's last call ended
+        self._calls = 0  # batches in handle now, at most max_calls
+        self._free_since = time.monotonic()  # when a call last ended
         #: How many model calls saw how many rows (logged at exit; read by tests).
         self.sizes: Counter[int] = Counter()
 
@@ -168,13 +179,13 @@ class Batcher:
                 if batch is None:
                     self._cond.wait(left)
                     continue
-                self._busy = True
+                self._calls += 1
                 self._cond.release()
                 try:
                     self._answer(batch)
                 finally:
                     self._cond.acquire()
-                    self._busy = False
+                    self._calls -= 1
                     self._free_since = time.monotonic()
                     self._cond.notify_all()
         return request.reply
@@ -198,10 +209,10 @@ class Batcher:
 
     def _ready(self) -> tuple[list[_Request] | None, float | None]:
         """The batch to run now, taken off the queue; or None and how long to wait (None:
-        until notified). A batch is ready once the model is free and the batch is full,
+        until notified). A batch is ready once a call is free and the batch is full,
         every connection has a request queued, or its oldest request waited ``max_wait``
         since it came or the model was last free, whichever is later."""
-        if self._busy or not self._queue:
+        if self._calls >= self.max_calls or not self._queue:
             return None, None
         batch, full = self._gather()
         head = self._queue[0]

@@ -43,6 +43,7 @@ import pyarrow as pa
 
 from spark_pyfunc import errors
 from spark_pyfunc._config import (
+    BATCH_CALLS,
     BATCH_MAX_ROWS,
     BATCH_MAX_WAIT_MS,
     DEFAULT_MODE,
@@ -103,7 +104,8 @@ class HostSpec:
     (``extra_env``, ``CUDA_VISIBLE_DEVICES``); ``python`` is the interpreter that runs it (a
     restored model environment's; None: the worker's own). ``batching`` makes the host answer
     the requests of all workers in batches of up to ``batch_max_rows`` rows, waiting at most
-    ``batch_max_wait_ms`` for company (see _batching.py).
+    ``batch_max_wait_ms`` for company, running up to ``batch_calls`` batches at once (see
+    _batching.py).
     """
 
     model_dir: str
@@ -122,6 +124,7 @@ class HostSpec:
     batching: bool = False
     batch_max_wait_ms: float = BATCH_MAX_WAIT_MS.default
     batch_max_rows: int = BATCH_MAX_ROWS.default
+    batch_calls: int = BATCH_CALLS.default
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -642,6 +645,7 @@ class ModelHostClient:
                 "--batching",
                 "--batch-max-wait-ms", repr(float(spec.batch_max_wait_ms)),
                 "--batch-max-rows", str(int(spec.batch_max_rows)),
+                "--batch-calls", str(int(spec.batch_calls)),
             ]  # fmt: skip
         return cmd
 

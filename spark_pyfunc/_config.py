@@ -16,6 +16,7 @@ from spark_pyfunc.errors import InvalidArgumentError
 __all__ = [
     "AUTO_THRESHOLD",
     "BATCHING",
+    "BATCH_CALLS",
     "BATCH_MAX_ROWS",
     "BATCH_MAX_WAIT_MS",
     "DEFAULT_MODE",
@@ -132,6 +133,11 @@ BATCH_MAX_WAIT_MS = Setting(
 BATCH_MAX_ROWS = Setting(
     "spark.pyfunc.host.batching.maxBatchRows", 32768, _positive_int, "a positive integer"
 )
+#: Batched model calls that may run at once: 2 lets the next batch's conversions run while the
+#: device computes the current one, at the cost of two batches' memory on the device.
+BATCH_CALLS = Setting(
+    "spark.pyfunc.host.batching.concurrentCalls", 1, _positive_int, "a positive integer"
+)
 #: Requests a Python worker keeps in flight to its host (see _client.predict_stream): the host
 #: has the next requests while the worker turns an answer into Spark's output; 1 sends a
 #: request only once the previous one is answered. 3: the batching harness's figures.
@@ -159,6 +165,7 @@ SETTINGS: dict[str, Setting] = {
         BATCHING,
         BATCH_MAX_WAIT_MS,
         BATCH_MAX_ROWS,
+        BATCH_CALLS,
         PIPELINE_DEPTH,
         ENV_CACHE_DIR,
         ENV_BUILD_TIMEOUT,

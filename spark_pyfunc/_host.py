@@ -7,7 +7,7 @@ client.py), and answers batches over a Unix socket private to the user::
     python -m spark_pyfunc._host --model-dir D --socket S --log L --pid-file P \\
         --model-config JSON --watch-pid N --idle-timeout SECONDS \\
         --mode auto|prefork|thread|fork --processes P \\
-        [--batching --batch-max-wait-ms MS --batch-max-rows R]
+        [--batching --batch-max-wait-ms MS --batch-max-rows R --batch-calls C]
 
 The command line names spark_pyfunc so that operators find the process with ``ps``; a prefork
 host's serving processes are named apart from it (:func:`_name_child`).
@@ -63,6 +63,7 @@ import pyarrow as pa
 
 from spark_pyfunc._batching import Batcher
 from spark_pyfunc._config import (
+    BATCH_CALLS,
     BATCH_MAX_ROWS,
     BATCH_MAX_WAIT_MS,
     DEFAULT_MODE,
@@ -658,6 +659,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="batching: rows a batch may reach by adding requests",
     )
     parser.add_argument(
+        "--batch-calls",
+        type=int,
+        default=BATCH_CALLS.default,
+        help="batching: batched model calls that may run at once",
+    )
+    parser.add_argument(
         "--detach",
         action="store_true",
         help="fork: the parent prints the host's pid on stdout and exits at once, so the "
@@ -761,10 +768,11 @@ def main(argv: list[str] | None = None) -> int:
                     server.handle,
                     max_wait=args.batch_max_wait_ms / 1000.0,
                     max_rows=args.batch_max_rows,
+                    max_calls=args.batch_calls,
                 )
                 why += (
                     f"; batching requests up to {args.batch_max_rows} rows, waiting at most "
-                    f"{args.batch_max_wait_ms:g} ms"
+                    f"{args.batch_max_wait_ms:g} ms, {args.batch_calls} call(s) at once"
                 )
             if mode in ("prefork", "fork") and threads_after > threads_before:
                 logger.warning(

@@ -87,6 +87,7 @@ class _Plan:
     batching: bool | None = None
     batch_max_wait_ms: float = _config.BATCH_MAX_WAIT_MS.default
     batch_max_rows: int = _config.BATCH_MAX_ROWS.default
+    batch_calls: int = _config.BATCH_CALLS.default
     # Requests a worker keeps in flight to its host (spark.pyfunc.host.pipelineDepth).
     pipeline_depth: int = _config.PIPELINE_DEPTH.default
     # extra_env: environment variables of the model's process (the worker around load and
@@ -220,6 +221,7 @@ def host_variant(plan: _Plan, gpus: tuple[str, ...], processes: int | None) -> d
         variant["batching"] = True
         variant["batch_max_wait_ms"] = plan.batch_max_wait_ms
         variant["batch_max_rows"] = plan.batch_max_rows
+        variant["batch_calls"] = plan.batch_calls
     return variant
 
 
@@ -741,6 +743,7 @@ def spark_udf(
         batching=_setting(spark, _config.BATCHING),
         batch_max_wait_ms=_setting(spark, _config.BATCH_MAX_WAIT_MS),
         batch_max_rows=_setting(spark, _config.BATCH_MAX_ROWS),
+        batch_calls=_setting(spark, _config.BATCH_CALLS),
         pipeline_depth=_setting(spark, _config.PIPELINE_DEPTH),
         extra_env=dict(extra_env) if extra_env else None,
         env=env,

@@ -254,6 +254,61 @@ def test_a_result_with_the_wrong_number_of_rows_fails_the_batch_saying_why() -> 
         assert "spark.pyfunc.host.batching.enabled=false" in reply["message"]
 
 
+class CountingModel:
+    """Counts the calls inside predict at once; each call waits until a second one has come
+    in or ``PATIENCE`` / 20 has passed, so that calls allowed to overlap do overlap."""
+
+    def __init__(self) -> None:
+        self.inside = 0
+        self.most = 0
+        self.lock = threading.Lock()
+        self.company = threading.Event()
+
+    def invoke(self, method: str, data: pd.DataFrame, params: dict | None = None):
+        with self.lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+            if self.inside > 1:
+                self.company.set()
+        self.company.wait(PATIENCE / 20)
+        with self.lock:
+            self.inside -= 1
+        return pd.DataFrame({"y": 2 * data["a"] + data["b"]})
+
+
+@pytest.mark.parametrize("max_calls", [1, 2])
+def test_max_calls_bounds_the_batches_in_the_model_at_once(max_calls: int) -> None:
+    """Two requests of different params never share a call: with max_calls=2 both calls run
+    at once (a batch's conversions overlap the other's predict); with 1, one after the other."""
+    model = CountingModel()
+    batcher = Batcher(ModelServer(model).handle, max_wait=0.0, max_rows=10_000, max_calls=max_calls)
+    replies: dict[int, tuple[dict, Any]] = {}
+
+    def send(n: int) -> None:
+        data = frame(100 * n)
+        header = {"method": "predict", "params": {"n": n}, "rows": len(data)}
+        replies[n] = batcher.submit(header, frame_to_arrow_bytes(data))
+
+    for _ in range(2):
+        batcher.connected()
+    threads = [threading.Thread(target=send, args=(n,), daemon=True) for n in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(PATIENCE)
+    batcher.stop()
+    assert model.most == max_calls
+    for n in (1, 2):
+        reply, body = replies[n]
+        assert reply["ok"], reply
+        np.testing.assert_array_equal(arrow_bytes_to_frame(body)["y"], expected(frame(100 * n)))
+
+
+def test_max_calls_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_calls=0"):
+        Batcher(ModelServer(CountingModel()).handle, max_wait=0.0, max_rows=1, max_calls=0)
+
+
 def _header(data: pd.DataFrame) -> dict:
     return {"method": "predict", "params": None, "rows": len(data)}
 
@@ -403,7 +458,11 @@ def test_host_spec_passes_batching_to_the_host_command_line(tmp_path: Path) -> N
     )
     cmd = ModelHostClient(spec)._command()
     at = cmd.index("--batching")
-    assert cmd[at + 1 : at + 5] == ["--batch-max-wait-ms", "7.5", "--batch-max-rows", "300"]
+    assert cmd[at + 1 : at + 7] == [
+        "--batch-max-wait-ms", "7.5", "--batch-max-rows", "300", "--batch-calls", "1",
+    ]  # fmt: skip
+    two = ModelHostClient(HostSpec(**dict(spec.__dict__, batch_calls=2)))._command()
+    assert two[two.index("--batch-calls") + 1] == "2"
     plain = ModelHostClient(HostSpec(model_dir="m", key="k", state_dir=str(tmp_path)))._command()
     assert "--batching" not in plain
 
@@ -436,6 +495,7 @@ def test_predict_errors_reach_every_client_as_prediction_errors(tmp_path) -> Non
         ("spark.pyfunc.host.batching.maxWaitMs", "0", 0.0),
         ("spark.pyfunc.host.batching.maxWaitMs", "2.5", 2.5),
         ("spark.pyfunc.host.batching.maxBatchRows", "4096", 4096),
+        ("spark.pyfunc.host.batching.concurrentCalls", "2", 2),
     ],
 )
 def test_batching_settings_are_parsed(key: str, text: str, expected: object) -> None:
@@ -451,6 +511,7 @@ def test_batching_settings_are_parsed(key: str, text: str, expected: object) -> 
         ("spark.pyfunc.host.batching.maxWaitMs", "-1", "a number of milliseconds"),
         ("spark.pyfunc.host.batching.maxWaitMs", "nan", "a number of milliseconds"),
         ("spark.pyfunc.host.batching.maxBatchRows", "0", "a positive integer"),
+        ("spark.pyfunc.host.batching.concurrentCalls", "0", "a positive integer"),
     ],
 )
 def test_a_bad_batching_setting_names_its_key_and_value(key, text, expected) -> None:
