@@ -2,7 +2,7 @@
 
 K client processes (K = 1, 2) each send prebuilt 10,000-row Arrow requests to one host,
 started through the real client API (HostSpec/ModelHostClient), and fit every answer to a
-``double`` result the way the Arrow UDF's worker does (udf.predict_arrow). Per mode and model
+``double`` result the way the Arrow UDF's worker does (``fit_arrow_result``). Per mode and model
 it prints rows/s (median of the rounds), the K=2/K=1 ratio, the CPU seconds per request of
 the host (parent and serving children) and of a client (the worker's share of the path), and
 the host's cores busy (its CPU seconds per wall second: above 1 only if it runs in parallel).
@@ -49,7 +49,7 @@ from pyspark.sql.types import DoubleType
 
 from spark_pyfunc import save_model
 from spark_pyfunc._client import HostSpec, ModelHostClient
-from spark_pyfunc._udf import predict_arrow
+from spark_pyfunc._result_types import fit_arrow_result
 from spark_pyfunc.python_model import PythonModel
 
 ROWS = 10_000
@@ -115,16 +115,22 @@ def request_batch(seed: int) -> pa.RecordBatch:
 # ----------------------------------------------------------------------------- clients
 
 
+def predict_arrow(client: ModelHostClient, batch: pa.RecordBatch) -> pa.Array:
+    """One relayed request, its answer fitted to ``double`` in Arrow, as the Arrow UDF does."""
+    table = client.predict(batch, "predict", None, arrow=True)
+    return fit_arrow_result(table, DoubleType(), batch.num_rows)
+
+
 def _client(spec: HostSpec, seed: int, requests: int, rounds: int, start, done, out) -> None:
     """A worker: per round, wait for the start, send ``requests`` batches, report its CPU."""
     batch = request_batch(seed)
     with ModelHostClient(spec) as client:
-        predict_arrow(client, batch, "predict", None, DoubleType())  # connected and warm
+        predict_arrow(client, batch)  # connected and warm
         for _ in range(rounds):
             start.wait()
             cpu = time.process_time()
             for _ in range(requests):
-                result = predict_arrow(client, batch, "predict", None, DoubleType())
+                result = predict_arrow(client, batch)
             assert len(result) == ROWS
             out.put(time.process_time() - cpu)
             done.wait()
@@ -220,7 +226,7 @@ def _sender(spec: HostSpec, seed: int, requests: list[int], go, done) -> None:
         for step in requests:
             go.wait()
             for _ in range(step):
-                predict_arrow(client, batch, "predict", None, DoubleType())
+                predict_arrow(client, batch)
             done.wait()
         go.wait()  # the connection stays open until the last snapshot is taken
 

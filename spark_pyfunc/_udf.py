@@ -372,9 +372,38 @@ def _per_batch(
         yield empty()
 
 
+def _fitted(
+    scorer: _InProcess | ModelHostClient,
+    plan: _Plan,
+    chunks: Iterator[Any],
+    rows_of: Callable[[Any], int],
+    fit: Callable[[Any, Any, int], Any],
+    **stream: Any,
+) -> Iterator[Any]:
+    """``scorer``'s results for ``chunks``, pipelined, each fitted to the UDF's result type
+    with the row count of the chunk it answers (read off each chunk as it is sent)."""
+    rows: deque[int] = deque()
+
+    def sent() -> Iterator[Any]:
+        for chunk in chunks:
+            rows.append(rows_of(chunk))
+            yield chunk
+
+    results = scorer.predict_stream(
+        sent(),
+        plan.method,
+        plan.params,
+        result_type=_nested_hint(plan.result_type),
+        depth=plan.pipeline_depth,
+        **stream,
+    )
+    with contextlib.closing(results):
+        for result in results:
+            yield fit(result, plan.result_type, rows.popleft())
+
+
 def _score_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pd.Series | pd.DataFrame]:
     scorer: _InProcess | ModelHostClient | None = None
-    hint = _nested_hint(plan.result_type)
 
     def split(batch: Any) -> list[pd.DataFrame]:
         frame = _bind(batch, plan.input_names)
@@ -384,19 +413,7 @@ def _score_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pd.Series | 
     def score(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.Series | pd.DataFrame]:
         nonlocal scorer
         scorer = _InProcess(plan) if plan.scope == "process" else _host_client(plan)
-        rows: deque[int] = deque()
-
-        def sent() -> Iterator[pd.DataFrame]:
-            for chunk in chunks:
-                rows.append(len(chunk))
-                yield chunk
-
-        stream = scorer.predict_stream(
-            sent(), plan.method, plan.params, result_type=hint, depth=plan.pipeline_depth
-        )
-        with contextlib.closing(stream):
-            for pred in stream:
-                yield fit_prediction(pred, plan.result_type, rows.popleft())
+        return _fitted(scorer, plan, chunks, len, fit_prediction)
 
     try:
         yield from _per_batch(
@@ -456,23 +473,8 @@ def _bind_arrow(batch: Any, names: tuple[str, ...] | None, timezone: str | None)
     )
 
 
-def predict_arrow(
-    client: ModelHostClient,
-    chunk: pa.RecordBatch,
-    method: str,
-    params: dict | None,
-    result_type: DataType,
-) -> pa.Array:
-    """One relayed request: the host's result fitted to ``result_type`` in Arrow, through
-    pandas only where the type needs it (used by the Arrow UDF and scripts/host_scaling.py)."""
-    hint = _nested_hint(result_type)
-    table = client.predict(chunk, method, params, arrow=True, result_type=hint)
-    return fit_arrow_result(table, result_type, chunk.num_rows)
-
-
 def _score_arrow_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pa.Array]:
     client: ModelHostClient | None = None
-    hint = _nested_hint(plan.result_type)
 
     def split(batch: Any) -> list[pa.RecordBatch]:
         record = _bind_arrow(batch, plan.input_names, plan.timezone)
@@ -482,24 +484,7 @@ def _score_arrow_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pa.Arr
     def score(chunks: Iterator[pa.RecordBatch]) -> Iterator[pa.Array]:
         nonlocal client
         client = _host_client(plan)
-        rows: deque[int] = deque()
-
-        def sent() -> Iterator[pa.RecordBatch]:
-            for chunk in chunks:
-                rows.append(chunk.num_rows)
-                yield chunk
-
-        stream = client.predict_stream(
-            sent(),
-            plan.method,
-            plan.params,
-            arrow=True,
-            result_type=hint,
-            depth=plan.pipeline_depth,
-        )
-        with contextlib.closing(stream):
-            for table in stream:
-                yield fit_arrow_result(table, plan.result_type, rows.popleft())
+        return _fitted(client, plan, chunks, lambda c: c.num_rows, fit_arrow_result, arrow=True)
 
     try:
         yield from _per_batch(
