@@ -94,9 +94,9 @@ class Batcher:
             batch is converted (Arrow to pandas, the model's input to the device) while the
             model computes the current one; a model on a device then holds two batches.
 
-    Connection threads call :meth:`connected` / :meth:`disconnected` around their loop and
-    :meth:`submit` per request, or :meth:`enqueue` per request as it arrives and :meth:`wait`
-    for the answers in order (a connection with several requests in flight); the model runs on
+    Connection threads call :meth:`connected` / :meth:`disconnected` around their loop,
+    :meth:`enqueue` per request as it arrives and :meth:`wait` for the answers in order (a
+    connection may have several requests in flight); the model runs on
     whichever waiting thread finds a batch ready, up to ``max_calls`` batches at a time.
     :meth:`stop` refuses further requests.
     """
@@ -144,10 +144,6 @@ class Batcher:
                     request.reply = (_error(ConnectionError("the connection closed"), ""), b"")
                     request.answered = True
             self._cond.notify_all()  # the others may now be all there is to wait for
-
-    def submit(self, header: dict, payload: Any, connection: int | None = None) -> tuple[dict, Any]:
-        """Queue one request and return its answer (response header, payload)."""
-        return self.wait(self.enqueue(header, payload, connection))
 
     def enqueue(self, header: dict, payload: Any, connection: int | None = None) -> _Request:
         """Queue one request of ``connection`` (None: a connection with one request at a

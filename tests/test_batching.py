@@ -89,7 +89,7 @@ class Scene:
             payload = batch_to_arrow_bytes(batch.replace_schema_metadata(None))
 
         def run() -> None:
-            reply, body = self.batcher.submit(header, payload)
+            reply, body = self.batcher.wait(self.batcher.enqueue(header, payload))
             self.replies[n] = (reply, arrow_bytes_to_frame(body) if reply.get("ok") else None)
             self.batcher.disconnected()
 
@@ -287,7 +287,7 @@ def test_max_calls_bounds_the_batches_in_the_model_at_once(max_calls: int) -> No
     def send(n: int) -> None:
         data = frame(100 * n)
         header = {"method": "predict", "params": {"n": n}, "rows": len(data)}
-        replies[n] = batcher.submit(header, frame_to_arrow_bytes(data))
+        replies[n] = batcher.wait(batcher.enqueue(header, frame_to_arrow_bytes(data)))
 
     for _ in range(2):
         batcher.connected()
@@ -365,7 +365,7 @@ def test_a_connection_with_several_requests_queued_counts_once_for_every_connect
     for thread in waiting:
         thread.start()
     late = frame(300, 32)
-    reply, body = batcher.submit(_header(late), frame_to_arrow_bytes(late), b)
+    reply, body = batcher.wait(batcher.enqueue(_header(late), frame_to_arrow_bytes(late), b))
     np.testing.assert_array_equal(arrow_bytes_to_frame(body)["y"].to_numpy(), expected(late))
     for thread in waiting:
         thread.join(PATIENCE)
