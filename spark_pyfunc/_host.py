@@ -194,6 +194,32 @@ def _release_free_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
+#: glibc's mallopt() parameters (malloc.h) and the values the host sets: where glibc's own
+#: adaptive thresholds end up once a process has freed blocks of up to 32 MiB.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD, _TRIM_THRESHOLD = 32 << 20, 64 << 20
+#: Environment variables by which a user sets those thresholds: theirs win.
+_MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+
+
+def _keep_request_buffers() -> None:
+    """Let glibc's malloc reuse one request's freed buffers for the next request.
+
+    A request's batch, its pandas columns and the model's arrays are blocks of hundreds of KiB.
+    With glibc's default thresholds such blocks are mmap()ed, or trimmed off the heap's top,
+    when freed, so every request faults its pages in again: a sixth of a serving process's CPU
+    per request of the benchmark's table model (scripts/host_scaling.py; docs/benchmark.md).
+    Fixed thresholds keep them in the heap while a connection lasts;
+    :func:`_release_free_memory` still hands them back when it ends.
+    """
+    if any(name in os.environ for name in _MALLOC_SETTINGS):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """Make a forked child die with the host (Linux), so no child outlives it."""
     with contextlib.suppress(OSError, AttributeError):
@@ -730,6 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.detach:
         _detach(args.log)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _keep_request_buffers()
     _setup_logging(args.log)
     logger.info(
         "model host starting: pid=%d python=%s (%s) args=%s",
