@@ -81,10 +81,9 @@ from spark_pyfunc._rendezvous import (
 )
 from spark_pyfunc._wire import (
     PeerClosed,
-    arrow_bytes_to_frame,
     decode_arrow_type,
     frame_to_arrow_bytes,
-    prediction_to_frame,
+    prediction_to_arrow_bytes,
     recv_message,
     request_to_frame,
     send_message,
@@ -138,12 +137,11 @@ class ModelServer:
             if len(frame) != rows:
                 raise ValueError(f"request says {rows} rows but its batch has {len(frame)}")
             output = self.model.invoke(method, frame, header.get("params"))
-            result = prediction_to_frame(output)
             # The UDF's result type, when the request carries it, types the nested outputs
             # (a column of dicts is a map, not a struct of every key seen).
             hint = header.get("result_type")
-            body = frame_to_arrow_bytes(
-                result,
+            count, body = prediction_to_arrow_bytes(
+                output,
                 what=f"output of the model's {method}",
                 result_type=decode_arrow_type(hint) if hint else None,
             )
@@ -155,7 +153,7 @@ class ModelServer:
                 "message": str(exc),
                 "traceback": traceback.format_exc(),
             }, b""
-        return {"ok": True, "rows": len(result)}, body
+        return {"ok": True, "rows": count}, body
 
     def greet(self, conn: socket.socket) -> None:
         """Tell a new client that the host is ready, and its pid."""
@@ -635,8 +633,9 @@ def _warm_up_wire() -> None:
     frame = pd.DataFrame(
         {"i": np.arange(4, dtype=np.int64), "x": np.linspace(0, 1, 4), "s": list("abcd")}
     )
-    back = arrow_bytes_to_frame(frame_to_arrow_bytes(frame))
-    frame_to_arrow_bytes(prediction_to_frame(back["x"].to_numpy()), what="warm-up")
+    back = request_to_frame(frame_to_arrow_bytes(frame))
+    prediction_to_arrow_bytes(back["x"].to_numpy(), what="warm-up")
+    prediction_to_arrow_bytes(back, what="warm-up")
 
 
 def default_processes() -> int:

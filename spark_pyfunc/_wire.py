@@ -175,12 +175,14 @@ def arrow_bytes_to_table(buf: Buffer) -> pa.Table:
         return reader.read_all()
 
 
-def table_to_frame(table: pa.Table) -> pd.DataFrame:
-    """An Arrow table as a DataFrame (default index, column names kept)."""
-    # split_blocks: one block per column, so numeric columns without nulls are views of the
-    # Arrow buffers instead of being copied into one 2-D block (read-only, as in a pandas UDF).
-    # Maps become dicts, as PySpark gives them to a pandas UDF and as models return them.
-    return table.to_pandas(use_threads=False, split_blocks=True, maps_as_pydicts="strict")
+def table_to_frame(table: pa.Table, *, split_blocks: bool = True) -> pd.DataFrame:
+    """An Arrow table as a DataFrame (default index, column names kept).
+
+    ``split_blocks``: one block per column, so numeric columns without nulls are views of the
+    Arrow buffers (read-only) instead of being copied into one 2-D block per dtype. Maps
+    become dicts, as PySpark gives them to a pandas UDF and as models return them.
+    """
+    return table.to_pandas(use_threads=False, split_blocks=split_blocks, maps_as_pydicts="strict")
 
 
 def arrow_bytes_to_frame(buf: Buffer) -> pd.DataFrame:
@@ -199,9 +201,14 @@ def struct_rows(fields: pd.DataFrame) -> pd.Series:
 
 def request_to_frame(buf: Buffer) -> pd.DataFrame:
     """A request's batch as the model's input: struct columns (a struct passed beside other
-    columns) become :func:`struct_rows` of their fields, as in ``scope="process"``."""
+    columns) become :func:`struct_rows` of their fields, as in ``scope="process"``.
+
+    Columns of one dtype share one 2-D block, as in the frame ``scope="process"`` builds from
+    Spark's columns: most models turn their input into a matrix (``to_numpy()``, sklearn's
+    ``check_array``), which from one block is a single copy instead of a gather of columns.
+    """
     table = arrow_bytes_to_table(buf)
-    frame = table_to_frame(table)
+    frame = table_to_frame(table, split_blocks=False)
     for i, column in enumerate(table.columns):
         if pa.types.is_struct(column.type):
             chunk = column.combine_chunks()
@@ -332,6 +339,21 @@ def _dict_to_frame(output: dict) -> pd.DataFrame:
             f"the model returned a dict that is not one value per row in each of "
             f"{sorted(columns)}: {exc}"
         ) from exc
+
+
+def prediction_to_arrow_bytes(
+    output: Any, *, what: str = "model output", result_type: pa.DataType | None = None
+) -> tuple[int, pa.Buffer]:
+    """A model's raw output as rows in an Arrow IPC stream, and how many rows there are.
+
+    The same rows as :func:`prediction_to_frame` then :func:`frame_to_arrow_bytes` (which
+    see); a 1-D numeric array, what most models' ``predict`` returns, goes to Arrow without a
+    DataFrame on the way.
+    """
+    if isinstance(output, np.ndarray) and output.ndim == 1 and output.dtype.kind in "biuf":
+        return len(output), _ipc_stream(pa.Table.from_arrays([pa.array(output)], names=["0"]))
+    frame = prediction_to_frame(output)
+    return len(frame), frame_to_arrow_bytes(frame, what=what, result_type=result_type)
 
 
 def prediction_to_frame(output: Any) -> pd.DataFrame:

@@ -106,8 +106,25 @@ def _as_frame(data: Any, schema: Schema) -> pd.DataFrame:
     )
 
 
+def _already_enforced(frame: pd.DataFrame, specs: list[ColSpec]) -> bool:
+    """Whether ``frame`` holds exactly the signature's columns, in its order, each already of
+    the numpy dtype its scalar type converts to (what Spark's batches of numeric features
+    are): enforcement would return every column unchanged, so it need not look at them."""
+    if list(frame.columns) != [s.name for s in specs]:
+        return False
+    return all(
+        isinstance(s.type, DataType)
+        and s.type is not DataType.datetime
+        and dtype != OBJECT_DTYPE
+        and dtype == s.type.to_numpy()
+        for s, dtype in zip(specs, frame.dtypes, strict=True)
+    )
+
+
 def _enforce_columns(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     specs: list[ColSpec] = schema.inputs  # type: ignore[assignment]
+    if schema.has_input_names() and _already_enforced(frame, specs):
+        return frame.copy(deep=False)
     if schema.has_input_names():
         _check_names(list(frame.columns), schema)
         out = {
