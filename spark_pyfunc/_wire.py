@@ -199,22 +199,79 @@ def struct_rows(fields: pd.DataFrame) -> pd.Series:
     return fields.apply(lambda row: row.to_dict(), axis=1)
 
 
-def request_to_frame(buf: Buffer) -> pd.DataFrame:
-    """A request's batch as the model's input: struct columns (a struct passed beside other
-    columns) become :func:`struct_rows` of their fields, as in ``scope="process"``.
+def _holds_timestamp(kind: pa.DataType) -> bool:
+    """Whether ``kind`` is a timestamp or holds one at any depth (lists, maps, structs)."""
+    return pa.types.is_timestamp(kind) or any(
+        _holds_timestamp(kind.field(i).type) for i in range(kind.num_fields)
+    )
 
-    Columns of one dtype share one 2-D block, as in the frame ``scope="process"`` builds from
-    Spark's columns: most models turn their input into a matrix (``to_numpy()``, sklearn's
-    ``check_array``), which from one block is a single copy instead of a gather of columns.
+
+def _as_pyspark_gives(value: Any, kind: pa.DataType) -> Any:
+    """A nested value as a pandas UDF gets it from PySpark (its ``_create_converter_to_pandas``):
+    a timestamp as a naive ``pd.Timestamp`` in wall-clock time of the session time zone (the
+    zone Spark puts in the Arrow type), arrays as numpy arrays, maps and structs as dicts."""
+    if value is None:
+        return None
+    if pa.types.is_timestamp(kind):
+        stamp = pd.Timestamp(value)
+        if kind.tz is None:  # TIMESTAMP_NTZ, or already wall-clock time
+            return stamp
+        if stamp.tzinfo is None:  # Arrow hands nested instants over as UTC
+            stamp = stamp.tz_localize("UTC")
+        return stamp.tz_convert(kind.tz).tz_localize(None)
+    if pa.types.is_map(kind):
+        return {
+            _as_pyspark_gives(k, kind.key_type): _as_pyspark_gives(v, kind.item_type)
+            for k, v in value.items()
+        }
+    if pa.types.is_struct(kind):
+        return {f.name: _as_pyspark_gives(value.get(f.name), f.type) for f in kind}
+    if kind.num_fields == 1:  # list, large list, fixed-size list
+        items = [_as_pyspark_gives(v, kind.value_type) for v in value]
+        return np.array(items) if isinstance(value, np.ndarray) else items
+    return value
+
+
+def _column_as_pyspark_gives(values: pd.Series, kind: pa.DataType) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    for row, value in enumerate(values):
+        out[row] = _as_pyspark_gives(value, kind)
+    return out
+
+
+def _struct_fields_frame(column: pa.ChunkedArray) -> pd.DataFrame:
+    """A struct column's fields as the columns of a frame, as PySpark gives a pandas UDF a
+    struct: timestamp fields in wall-clock time, nested ones as :func:`_as_pyspark_gives`."""
+    kind = column.type
+    table = pa.Table.from_arrays(column.combine_chunks().flatten(), names=[f.name for f in kind])
+    fields = table_to_frame(table)
+    for i, f in enumerate(kind):
+        if pa.types.is_timestamp(f.type):
+            if f.type.tz is not None:
+                fields.isetitem(i, fields.iloc[:, i].dt.tz_convert(f.type.tz).dt.tz_localize(None))
+        elif f.type.num_fields and _holds_timestamp(f.type):
+            fields.isetitem(i, _column_as_pyspark_gives(fields.iloc[:, i], f.type))
+    return fields
+
+
+def request_to_frame(buf: Buffer) -> pd.DataFrame:
+    """A request's batch as the model's input, as ``scope="process"`` gives it: a struct
+    column (a struct passed beside other columns) becomes :func:`struct_rows` of its fields,
+    and timestamps inside arrays, maps and structs are wall-clock ``pd.Timestamp`` values.
+
+    Arrow would give nested timestamps as UTC instants; top-level timestamp columns come in
+    wall-clock time already (the Spark worker converts them). Columns of one dtype share one
+    2-D block, as in the frame ``scope="process"`` builds from Spark's columns: most models
+    turn their input into a matrix (``to_numpy()``, sklearn's ``check_array``), which from
+    one block is a single copy instead of a gather of columns.
     """
     table = arrow_bytes_to_table(buf)
     frame = table_to_frame(table, split_blocks=False)
     for i, column in enumerate(table.columns):
         if pa.types.is_struct(column.type):
-            chunk = column.combine_chunks()
-            names = [column.type.field(j).name for j in range(column.type.num_fields)]
-            fields = table_to_frame(pa.Table.from_arrays(chunk.flatten(), names=names))
-            frame[frame.columns[i]] = struct_rows(fields)
+            frame.isetitem(i, struct_rows(_struct_fields_frame(column)))
+        elif column.type.num_fields and _holds_timestamp(column.type):
+            frame.isetitem(i, _column_as_pyspark_gives(frame.iloc[:, i], column.type))
     return frame
 
 

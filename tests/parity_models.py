@@ -57,6 +57,8 @@ class Parity(mlflow.pyfunc.PythonModel):
             return pd.DataFrame(
                 {"a": [cells[int(a) % 3] for a in x], "b": x.to_numpy(dtype=np.float64)}
             )
+        if self.case == "described":  # the second input's values, with their types
+            return pd.Series([_describe(v) for v in df.iloc[:, 1]])
         if self.case == "datetime":
             return pd.Series([f"{type(t).__name__}:{t}" for t in df["t"]])
         if self.case == "array_struct":  # per row, a list of dicts
@@ -68,3 +70,12 @@ class Parity(mlflow.pyfunc.PythonModel):
         if self.case == "env":
             return pd.Series([os.environ.get(ENV_NAME, "<unset>")] * n)
         raise ValueError(self.case)
+
+
+def _describe(value) -> str:
+    """A value with the types of everything in it: what the model was handed, exactly."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in sorted(value.items())) + "}"
+    if isinstance(value, (list, np.ndarray)):
+        return f"{type(value).__name__}[" + ", ".join(_describe(v) for v in value) + "]"
+    return f"{type(value).__name__}:{value}"

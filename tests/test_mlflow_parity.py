@@ -210,6 +210,49 @@ def test_datetime_inputs_in_both_scopes(spark, models, frame):
     assert rows == [f"Timestamp:{start + dt.timedelta(hours=i)}" for i in range(ROWS)]
 
 
+@pytest.fixture
+def new_york(spark):
+    """A session time zone with an offset, so that a timestamp left in UTC shows."""
+    before = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "America/New_York")
+    yield
+    spark.conf.set("spark.sql.session.timeZone", before)
+
+
+@pytest.mark.parametrize(
+    ("column", "shape"),
+    [
+        (lambda: F.struct("t", "u"), "{{t: Timestamp:{t}, u: int:{i}}}"),
+        (
+            lambda: F.array("t", F.lit(None).cast("timestamp")),
+            "ndarray[Timestamp:{t}, NaTType:NaT]",
+        ),
+        (lambda: F.create_map(F.lit("k"), "t"), "{{k: Timestamp:{t}}}"),
+        (lambda: F.array(F.struct("t", "u")), "ndarray[{{t: Timestamp:{t}, u: int:{i}}}]"),
+        (
+            lambda: F.struct(F.array("t").alias("a"), "u"),
+            "{{a: ndarray[Timestamp:{t}], u: int:{i}}}",
+        ),
+    ],
+    ids=["struct", "array", "map", "array-of-structs", "struct-of-arrays"],
+)
+def test_timestamps_nested_in_inputs_in_both_scopes(spark, models, frame, new_york, column, shape):
+    # Arrow hands nested timestamps over as UTC instants; PySpark gives the model wall-clock
+    # Timestamps of the session time zone, and so must the host.
+    timed = frame.selectExpr(
+        "id",
+        "x",
+        "u",
+        "timestamp'2024-03-10 01:30:00' + make_interval(0, 0, 0, 0, cast(id as int)) as t",
+    )
+    kind, rows = _same_everywhere(
+        spark, models("described"), timed, [F.col("x"), column()], result_type="string"
+    )
+    start = pd.Timestamp("2024-03-10 01:30", tz="America/New_York")  # the DST change at 02:00
+    stamps = [(start + pd.Timedelta(hours=i)).tz_localize(None) for i in range(ROWS)]
+    assert rows == [shape.format(t=stamps[i], i=i) for i in range(ROWS)]
+
+
 def test_arrays_of_structs_and_maps_as_results_in_both_scopes(spark, models, frame):
     kind, rows = _same_everywhere(
         spark, models("array_struct"), frame, ["x"], result_type="array<struct<n:bigint,s:string>>"
