@@ -92,6 +92,7 @@ class Run:
     total: float
     warm_start: float = 0.0  # time.monotonic() bounds of the warm runs (memory sampling)
     warm_end: float = 0.0
+    warm_cpu: dict[str, float] = field(default_factory=dict)  # CPU s of the warm runs, by kind
 
     @property
     def rows_per_s(self) -> list[float]:
@@ -293,8 +294,10 @@ def score(
     runs: int,
     cores: int,
     reference: np.ndarray,
+    cpu: Callable[[], dict[str, float]] | None = None,
 ) -> Run:
-    """Cold job (UDF built + first job), prediction check, then ``runs`` warm repeats."""
+    """Cold job (UDF built + first job), prediction check, then ``runs`` warm repeats
+    (with ``cpu``, the executor's CPU seconds by process kind are read around them)."""
     from pyspark.sql import functions as F
 
     partitions = cores * cfg.partitions_per_core
@@ -323,14 +326,18 @@ def score(
             f"check rows {list(bad)} got {got[bad].tolist() if len(bad) else got.shape} "
             f"expected {expected[bad].tolist() if len(bad) else expected.shape}"
         )
-    warm, warm_start = [], time.monotonic()
+    warm, warm_start, cpu_before = [], time.monotonic(), cpu() if cpu else {}
     for _ in range(runs):
         t0 = time.monotonic()
         again, _n = job()
         warm.append(time.monotonic() - t0)
         if not np.isclose(again, total, rtol=1e-7):
             raise Mismatch(f"{approach} on {model}: warm run summed to {again}, cold to {total}")
-    return Run(model, approach, cores, rows, cold, warm, float(total), warm_start, time.monotonic())
+    warm_end, cpu_after = time.monotonic(), cpu() if cpu else {}
+    warm_cpu = {k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after}
+    return Run(
+        model, approach, cores, rows, cold, warm, float(total), warm_start, warm_end, warm_cpu
+    )
 
 
 def run_app(
@@ -353,7 +360,16 @@ def run_app(
         for model in models:
             app.runs.append(
                 score(
-                    cfg, spark, approach, model, paths[model], rows[model], runs, cores, refs[model]
+                    cfg,
+                    spark,
+                    approach,
+                    model,
+                    paths[model],
+                    rows[model],
+                    runs,
+                    cores,
+                    refs[model],
+                    sampler.cpu_seconds if sampler is not None else None,
                 )
             )
         if sampler is not None:
@@ -486,7 +502,7 @@ def goals(fig: Figures) -> list[tuple[str, str, str]]:
 def markdown(fig: Figures, command: str, wall_s: float, notes: list[str]) -> str:
     """BENCHMARK.md: the setup, then one section per figure, each from its own function."""
     lines = _md_setup(fig, command, wall_s)
-    lines += _md_throughput(fig) + _md_ratios(fig) + _md_cold_start(fig)
+    lines += _md_throughput(fig) + _md_ratios(fig) + _md_cpu(fig) + _md_cold_start(fig)
     if fig.cfg.local_cluster:
         lines += _md_memory(fig)
     lines += _md_host_modes(fig)
@@ -557,6 +573,36 @@ def _md_ratios(fig: Figures) -> list[str]:
             for base in ("mlflow", "noop"):
                 r = fig.ratio(model, approach, base)
                 cells.append("-" if r is None else f"{r:.2f}")
+        lines.append(f"| {approach} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _md_cpu(fig: Figures) -> list[str]:
+    """Where the executor's CPU goes: at full load rows/s is cores / CPU per row, so this says
+    which process an approach's rows/s is lost in."""
+    cfg, main = fig.cfg, fig.cfg.main_cores
+    lines = [
+        "",
+        f"### Executor CPU per 10,000 rows during the warm runs ({main} cores; ms: "
+        "executor JVM + Python workers + model host = total)",
+        "",
+        "| approach | " + " | ".join(cfg.models) + " |",
+        "|---" * (len(cfg.models) + 1) + "|",
+    ]
+    for approach in cfg.approaches:
+        cells = []
+        for model in cfg.models:
+            run = fig.runs.get((model, approach, main))
+            if run is None or not run.warm_cpu:
+                cells.append("-")
+                continue
+            per = {
+                k: v * 1e3 * 10_000 / (run.rows * len(run.warm_s)) for k, v in run.warm_cpu.items()
+            }
+            cells.append(
+                f"{per['jvm']:.1f} + {per['workers']:.1f} + {per['host']:.1f} = "
+                f"{sum(per.values()):.1f}"
+            )
         lines.append(f"| {approach} | " + " | ".join(cells) + " |")
     return lines
 

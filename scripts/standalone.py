@@ -316,6 +316,37 @@ class PssSampler:
                     procs[proc.pid] = proc
         return list(procs.values())
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by the executor's processes, by kind: ``jvm`` (the executor
+        JVM, all its threads), ``workers`` (PySpark's daemon and Python workers) and ``host``
+        (model hosts and their serving children). A process's reaped children count too
+        (``children_user``), so a worker or forked child that has exited is not lost."""
+        self._scan_roots()
+        totals = {"jvm": 0.0, "workers": 0.0, "host": 0.0}
+        seen: set[int] = set()
+        for root in self._roots:
+            try:
+                family = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for proc in family:
+                if proc.pid in seen:
+                    continue
+                seen.add(proc.pid)
+                try:
+                    kind = (
+                        "jvm"
+                        if _is_java(proc)
+                        else "host"
+                        if HOST_MARKER in _cmdline(proc)
+                        else "workers"
+                    )
+                    t = proc.cpu_times()
+                except (psutil.Error, OSError):
+                    continue
+                totals[kind] += t.user + t.system + t.children_user + t.children_system
+        return totals
+
     def sample(self) -> tuple[int, int]:
         total, count = 0, 0
         for proc in self.python_processes():
