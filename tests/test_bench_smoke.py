@@ -56,6 +56,17 @@ def test_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
     ):
         assert f"| {approach} |" in table, approach
     assert "## Goals" in table
+    # CPU per 10,000 rows by process: only the approaches with a model host have host CPU.
+    cpu = table.split("### Executor CPU per 10,000 rows")[1].split("###")[0]
+    parts = {}
+    for line in cpu.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 2 and "=" in cells[1]:
+            jvm, workers, host = (float(v) for v in cells[1].split("=")[0].split("+"))
+            parts[cells[0]] = (jvm, workers, host)
+    assert parts["spf-executor-thread"][2] > 0 and parts["spf-executor-fork"][2] > 0, parts
+    assert parts["noop"][2] == parts["mlflow"][2] == parts["spf-process"][2] == 0.0, parts
+    assert all(jvm > 0 and workers > 0 for jvm, workers, _ in parts.values()), parts
     assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "ABORTED" not in proc.stderr
     assert "left processes behind" not in table
