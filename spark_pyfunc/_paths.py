@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 from spark_pyfunc.errors import InvalidArgumentError
 
@@ -54,6 +53,10 @@ def local_path(uri_or_path: str | os.PathLike) -> Path:
             raise InvalidArgumentError(
                 f"{text!r} is a file: URI on host {parsed.netloc!r}; only local files can be used"
             )
+        # Imported here: urllib.request brings http.client, email and ssl (about 2 MiB in
+        # every Spark worker and model host that imports this module, for a driver-side call).
+        from urllib.request import url2pathname
+
         text = url2pathname(parsed.path)
     elif is_remote(text):
         raise InvalidArgumentError(

@@ -8,6 +8,8 @@ a new module has to be placed. Imports inside functions and ``if TYPE_CHECKING:`
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -209,3 +211,16 @@ def test_every_module_of_a_checked_folder_needs_a_layer(tmp_path: Path) -> None:
     graph = import_graph(package, ["sub"])
     assert graph == {"pkg.sub": {"pkg.low"}, "pkg.sub.leaf": {"pkg.low"}}
     assert sorted(import_graph(package, [""])) == ["pkg", "pkg.low", "pkg.sub", "pkg.sub.leaf"]
+
+
+def test_a_relaying_worker_and_the_host_import_no_network_stack() -> None:
+    # Every Python worker of an executor imports _udf to relay, and every model host _host:
+    # urllib.request (http.client, email, ssl) costs about 2 MiB in each, for a driver-side
+    # URI helper, so it is imported where it is used.
+    code = (
+        "import sys, spark_pyfunc._udf, spark_pyfunc._host, spark_pyfunc._loading; "
+        "print(sorted(m for m in ('ssl', 'http.client', 'email', 'urllib.request') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
