@@ -577,18 +577,26 @@ def _md_ratios(fig: Figures) -> list[str]:
     return lines
 
 
+def _per_model_table(title: str, models: list[str]) -> list[str]:
+    """A section's title and the head of its table: one row per approach, a column per model."""
+    return [
+        "",
+        title,
+        "",
+        "| approach | " + " | ".join(models) + " |",
+        "|---" * (len(models) + 1) + "|",
+    ]
+
+
 def _md_cpu(fig: Figures) -> list[str]:
     """Where the executor's CPU goes: at full load rows/s is cores / CPU per row, so this says
     which process an approach's rows/s is lost in."""
     cfg, main = fig.cfg, fig.cfg.main_cores
-    lines = [
-        "",
+    lines = _per_model_table(
         f"### Executor CPU per 10,000 rows during the warm runs ({main} cores; ms: "
         "executor JVM + Python workers + model host = total)",
-        "",
-        "| approach | " + " | ".join(cfg.models) + " |",
-        "|---" * (len(cfg.models) + 1) + "|",
-    ]
+        cfg.models,
+    )
     for approach in cfg.approaches:
         cells = []
         for model in cfg.models:
@@ -609,14 +617,11 @@ def _md_cpu(fig: Figures) -> list[str]:
 
 def _md_cold_start(fig: Figures) -> list[str]:
     cfg, main = fig.cfg, fig.cfg.main_cores
-    lines = [
-        "",
+    lines = _per_model_table(
         f"### Cold start ({main} cores): first job in seconds, UDF construction and "
         "model load included (warm median in brackets)",
-        "",
-        "| approach | " + " | ".join(cfg.models) + " |",
-        "|---" * (len(cfg.models) + 1) + "|",
-    ]
+        cfg.models,
+    )
     for approach in cfg.approaches:
         cells = []
         for model in cfg.models:

@@ -304,17 +304,19 @@ class PssSampler:
                 roots.append(proc)
         self._roots = roots
 
-    def python_processes(self) -> list[psutil.Process]:
+    def _processes(self) -> list[psutil.Process]:
+        """The roots and all their descendants, each once."""
         procs: dict[int, psutil.Process] = {}
         for root in self._roots:
             try:
                 family = [root, *root.children(recursive=True)]
             except psutil.Error:
                 continue
-            for proc in family:
-                if not _is_java(proc):
-                    procs[proc.pid] = proc
+            procs.update((proc.pid, proc) for proc in family)
         return list(procs.values())
+
+    def python_processes(self) -> list[psutil.Process]:
+        return [proc for proc in self._processes() if not _is_java(proc)]
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds used so far by the executor's processes, by kind: ``jvm`` (the executor
@@ -323,28 +325,19 @@ class PssSampler:
         (``children_user``), so a worker or forked child that has exited is not lost."""
         self._scan_roots()
         totals = {"jvm": 0.0, "workers": 0.0, "host": 0.0}
-        seen: set[int] = set()
-        for root in self._roots:
+        for proc in self._processes():
             try:
-                family = [root, *root.children(recursive=True)]
-            except psutil.Error:
+                kind = (
+                    "jvm"
+                    if _is_java(proc)
+                    else "host"
+                    if HOST_MARKER in _cmdline(proc)
+                    else "workers"
+                )
+                t = proc.cpu_times()
+            except (psutil.Error, OSError):
                 continue
-            for proc in family:
-                if proc.pid in seen:
-                    continue
-                seen.add(proc.pid)
-                try:
-                    kind = (
-                        "jvm"
-                        if _is_java(proc)
-                        else "host"
-                        if HOST_MARKER in _cmdline(proc)
-                        else "workers"
-                    )
-                    t = proc.cpu_times()
-                except (psutil.Error, OSError):
-                    continue
-                totals[kind] += t.user + t.system + t.children_user + t.children_system
+            totals[kind] += t.user + t.system + t.children_user + t.children_system
         return totals
 
     def sample(self) -> tuple[int, int]:
