@@ -407,7 +407,12 @@ def prediction_to_arrow_bytes(
     see); a 1-D numeric array, what most models' ``predict`` returns, goes to Arrow without a
     DataFrame on the way.
     """
-    if isinstance(output, np.ndarray) and output.ndim == 1 and output.dtype.kind in "biuf":
+    if (
+        isinstance(output, np.ndarray)
+        and output.ndim == 1
+        and output.dtype.kind in "biuf"
+        and output.dtype.isnative
+    ):
         return len(output), _ipc_stream(pa.Table.from_arrays([pa.array(output)], names=["0"]))
     frame = prediction_to_frame(output)
     return len(frame), frame_to_arrow_bytes(frame, what=what, result_type=result_type)

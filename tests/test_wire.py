@@ -20,6 +20,7 @@ from spark_pyfunc._wire import (
     arrow_bytes_to_table,
     batch_to_arrow_bytes,
     frame_to_arrow_bytes,
+    prediction_to_arrow_bytes,
     prediction_to_frame,
     recv_message,
     send_message,
@@ -258,3 +259,30 @@ def test_a_request_is_the_same_arrow_stream_whatever_its_size(rows: int) -> None
     body = batch_to_arrow_bytes(batch)
     assert body.equals(sink.getvalue())
     assert arrow_bytes_to_table(body).to_batches()[0].equals(batch)
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        np.linspace(0, 1, 7),
+        np.arange(7, dtype=np.int32),
+        np.array([True, False, True]),
+        np.arange(12.0)[::3],  # strided
+        np.arange(5, dtype=np.float16),
+        np.arange(6.0).reshape(3, 2),
+        pd.Series([1.5, 2.0], name="p"),
+        ["a", None],
+    ],
+    ids=["float64", "int32", "bool", "strided", "float16", "2-D", "series", "list"],
+)
+def test_a_prediction_goes_to_arrow_as_its_rows_would(output):
+    # The 1-D numeric fast path skips the DataFrame; its stream must be the same as the frame's.
+    rows, body = prediction_to_arrow_bytes(output)
+    frame = prediction_to_frame(output)
+    assert rows == len(frame)
+    assert arrow_bytes_to_table(body).equals(arrow_bytes_to_table(frame_to_arrow_bytes(frame)))
+
+
+def test_a_byte_swapped_prediction_is_a_result_type_error():
+    with pytest.raises(ResultTypeError, match="column '0' of the model output"):
+        prediction_to_arrow_bytes(np.arange(3, dtype=">f8"))
