@@ -205,7 +205,7 @@ def _keep_request_buffers() -> None:
 
     A request's batch, its pandas columns and the model's arrays are blocks of hundreds of KiB.
     With glibc's default thresholds such blocks are mmap()ed, or trimmed off the heap's top,
-    when freed, so every request faults its pages in again: a sixth of a serving process's CPU
+    when freed, so every request faults its pages in again: a fifth of a serving process's CPU
     per request of the benchmark's table model (scripts/host_scaling.py; docs/benchmark.md).
     Fixed thresholds keep them in the heap while a connection lasts;
     :func:`_release_free_memory` still hands them back when it ends.
@@ -213,7 +213,7 @@ def _keep_request_buffers() -> None:
     Set once the model is loaded, not before: a model's load frees many blocks of up to tens
     of MiB (an unpickled forest's temporary copies) between the ones it keeps, and in the heap
     those would stay resident. With the thresholds set before the load, a host holding a
-    208 MiB scikit-learn forest held 600 MiB of PSS instead of 380.
+    208 MiB scikit-learn forest held 602 MiB of PSS instead of 394.
     """
     if any(name in os.environ for name in _MALLOC_SETTINGS):
         return
