@@ -577,60 +577,54 @@ def _md_ratios(fig: Figures) -> list[str]:
     return lines
 
 
-def _per_model_table(title: str, models: list[str]) -> list[str]:
-    """A section's title and the head of its table: one row per approach, a column per model."""
-    return [
+def _per_model_table(
+    fig: Figures,
+    title: str,
+    cell: Callable[[Run], str],
+    empty: Callable[[Run], bool] = lambda r: False,
+) -> list[str]:
+    """A section: its title and a table with a row per approach and a column per model, each
+    cell ``cell(run)`` of the main core count's run ("-" where there is none, or ``empty``)."""
+    cfg, main = fig.cfg, fig.cfg.main_cores
+    models = cfg.models
+    lines = [
         "",
         title,
         "",
         "| approach | " + " | ".join(models) + " |",
         "|---" * (len(models) + 1) + "|",
     ]
+    for approach in cfg.approaches:
+        runs = [fig.runs.get((model, approach, main)) for model in models]
+        cells = ["-" if run is None or empty(run) else cell(run) for run in runs]
+        lines.append(f"| {approach} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cpu_cell(run: Run) -> str:
+    per = {k: v * 1e3 * 10_000 / (run.rows * len(run.warm_s)) for k, v in run.warm_cpu.items()}
+    return f"{per['jvm']:.1f} + {per['workers']:.1f} + {per['host']:.1f} = {sum(per.values()):.1f}"
 
 
 def _md_cpu(fig: Figures) -> list[str]:
     """Where the executor's CPU goes: at full load rows/s is cores / CPU per row, so this says
     which process an approach's rows/s is lost in."""
-    cfg, main = fig.cfg, fig.cfg.main_cores
-    lines = _per_model_table(
-        f"### Executor CPU per 10,000 rows during the warm runs ({main} cores; ms: "
+    return _per_model_table(
+        fig,
+        f"### Executor CPU per 10,000 rows during the warm runs ({fig.cfg.main_cores} cores; ms: "
         "executor JVM + Python workers + model host = total)",
-        cfg.models,
+        _cpu_cell,
+        empty=lambda run: not run.warm_cpu,
     )
-    for approach in cfg.approaches:
-        cells = []
-        for model in cfg.models:
-            run = fig.runs.get((model, approach, main))
-            if run is None or not run.warm_cpu:
-                cells.append("-")
-                continue
-            per = {
-                k: v * 1e3 * 10_000 / (run.rows * len(run.warm_s)) for k, v in run.warm_cpu.items()
-            }
-            cells.append(
-                f"{per['jvm']:.1f} + {per['workers']:.1f} + {per['host']:.1f} = "
-                f"{sum(per.values()):.1f}"
-            )
-        lines.append(f"| {approach} | " + " | ".join(cells) + " |")
-    return lines
 
 
 def _md_cold_start(fig: Figures) -> list[str]:
-    cfg, main = fig.cfg, fig.cfg.main_cores
-    lines = _per_model_table(
-        f"### Cold start ({main} cores): first job in seconds, UDF construction and "
+    return _per_model_table(
+        fig,
+        f"### Cold start ({fig.cfg.main_cores} cores): first job in seconds, UDF construction and "
         "model load included (warm median in brackets)",
-        cfg.models,
+        lambda run: f"{run.cold_s:.1f} [{statistics.median(run.warm_s):.1f}]",
     )
-    for approach in cfg.approaches:
-        cells = []
-        for model in cfg.models:
-            run = fig.runs.get((model, approach, main))
-            cells.append(
-                "-" if run is None else f"{run.cold_s:.1f} [{statistics.median(run.warm_s):.1f}]"
-            )
-        lines.append(f"| {approach} | " + " | ".join(cells) + " |")
-    return lines
 
 
 def _md_memory(fig: Figures) -> list[str]:
