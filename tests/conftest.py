@@ -41,6 +41,7 @@ def get_session(master: str, tmp_root: str, conf: dict[str, str] | None = None):
     differs."""
     from pyspark.sql import SparkSession
 
+    _start_gateway_bare()
     wanted = (master, tuple(sorted((conf or {}).items())))
     current = _active.get("session")
     if current is not None and _active.get("key") == wanted:
@@ -165,8 +166,20 @@ def _stop_spark_at_end() -> Iterator[None]:
 
 
 def stop_active_session() -> None:
-    """Stop the shared session (the next fixture use starts a fresh one)."""
+    """Stop the shared session (the next fixture use starts a fresh one), before a test
+    builds its own."""
+    _start_gateway_bare()
     session = _active.pop("session", None)
     _active.clear()
     if session is not None:
         session.stop()
+
+
+def _start_gateway_bare() -> None:
+    """Start PySpark's JVM gateway with no settings of any test's. PySpark starts it with the
+    first session's settings as JVM system properties, which every later SparkConf() loads:
+    a run whose first session set ``spark.executor.cores=1`` gave the fault tests' 2-core
+    cluster two 1-core executors."""
+    from pyspark import SparkContext
+
+    SparkContext._ensure_initialized()
