@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import filelock
 import pandas as pd
 import pyarrow as pa
 
@@ -52,6 +51,7 @@ from spark_pyfunc._config import (
     PIPELINE_DEPTH,
     START_TIMEOUT,
 )
+from spark_pyfunc._locks import file_lock
 from spark_pyfunc._rendezvous import (
     STATUS_ZOMBIE,
     NoSuchProcess,
@@ -539,9 +539,8 @@ class ModelHostClient:
 
     def _connect_or_start(self) -> tuple[socket.socket, int]:
         wait = self.spec.start_timeout + _LOCK_MARGIN
-        lock = filelock.FileLock(str(self.lock_path), timeout=wait)
         try:
-            with lock:
+            with file_lock(self.lock_path, timeout=wait):
                 # Another worker may have started the host while this one waited.
                 conn = self._try_connect()
                 if conn is None:
@@ -549,7 +548,7 @@ class ModelHostClient:
                 if conn is None:
                     conn = self._start()
                 return conn
-        except filelock.Timeout as exc:
+        except TimeoutError as exc:
             raise HostError(
                 f"timed out after {wait:g}s waiting for the lock {self.lock_path}, held by "
                 f"another worker starting the model host for {self.model_name} (host pid "

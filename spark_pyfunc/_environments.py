@@ -53,8 +53,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import filelock
-
+from spark_pyfunc._locks import file_lock
 from spark_pyfunc._shipping import safe_extract
 from spark_pyfunc._version import __version__
 from spark_pyfunc.errors import EnvironmentSetupError, InvalidArgumentError
@@ -75,15 +74,14 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 #: What the host imports besides the model's own packages (spark_pyfunc's runtime
-#: dependencies less pyspark, which the host never imports, and psutil, which it can do
-#: without). spark_pyfunc itself is not installed: the host finds it on PYTHONPATH.
+#: dependencies less pyspark, which the host never imports, and psutil, which Linux does not
+#: need). spark_pyfunc itself is not installed: the host finds it on PYTHONPATH.
 HOST_REQUIREMENTS = (
     "pyarrow>=14",
     "pandas>=2.0,<3",
     "numpy>=1.24",
     "cloudpickle>=2.2",
     "pyyaml>=6",
-    "filelock>=3.12",
 )
 
 #: The file that marks an environment as complete and says what it holds.
@@ -465,7 +463,7 @@ def _prepare(cache: Path, key: str) -> tuple[Path, Path | None]:
     return target, Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache))
 
 
-def _locked(cache: Path, key: str, timeout: float) -> filelock.BaseFileLock:
+def _locked(cache: Path, key: str, timeout: float) -> contextlib.AbstractContextManager[None]:
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -473,7 +471,7 @@ def _locked(cache: Path, key: str, timeout: float) -> filelock.BaseFileLock:
             f"cannot create the environment cache directory {cache}: {exc} "
             "(set spark.pyfunc.env.cacheDir to a writable directory)"
         ) from exc
-    return filelock.FileLock(str(cache / f"{key}.lock"), timeout=timeout)
+    return file_lock(cache / f"{key}.lock", timeout=timeout)
 
 
 def ensure_env(
@@ -522,9 +520,9 @@ def _once(
                 target, staging = _prepare(cache, key)
                 if staging is not None:
                     make(target, staging)
-        except filelock.Timeout as exc:
+        except TimeoutError as exc:
             raise EnvironmentSetupError(
-                f"timed out after {timeout:g}s waiting for {what} (lock {exc.lock_file}); "
+                f"timed out after {timeout:g}s waiting for {what} (lock {cache / key}.lock); "
                 f"see {cache / (key + '.log')}"
             ) from exc
     python = str(_env_python(target))

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-import filelock
-
+from spark_pyfunc._locks import file_lock
 from spark_pyfunc.errors import ShippingError, UnsafePathError
 
 __all__ = [
@@ -335,7 +334,7 @@ def ship_file(spark: Any, path: str | os.PathLike[str], prefix: str) -> ShippedM
     return shipped
 
 
-_PACKAGES_SHIPPED = ("filelock", "yaml")
+_PACKAGES_SHIPPED = ("yaml",)
 
 
 def _zip_package(package_dir: Path, zf: Any) -> None:
@@ -352,7 +351,7 @@ _package_zips: list[Path] = []
 
 def package_zips() -> list[Path]:
     """spark_pyfunc as a zip, and the pure-Python packages its worker side needs that
-    executors may lack (filelock; PyYAML, which loads without its C extension) in another,
+    executors may lack (PyYAML, which loads without its C extension) in another,
     so that a restored environment's host can be given the first alone. Built once per
     process, content-named."""
     with _build_lock:
@@ -388,7 +387,7 @@ def package_zips() -> list[Path]:
 
 
 def ship_package(spark: Any) -> list[str]:
-    """Ship spark_pyfunc (and filelock, PyYAML) to the executors' Python path, once per
+    """Ship spark_pyfunc (and PyYAML) to the executors' Python path, once per
     session: for executors where it is not installed. Returns the zips' names."""
     names = []
     for path in package_zips():
@@ -435,7 +434,7 @@ def materialize(shipped: ShippedModel, root: str | os.PathLike[str] | None = Non
 
     target = base / shipped.stem
     if not target.is_dir():
-        with filelock.FileLock(str(base / f"{shipped.stem}.lock")):
+        with file_lock(base / f"{shipped.stem}.lock"):
             if not target.is_dir():
                 _unpack(shipped, base, target)
     with _memo_lock:

@@ -999,9 +999,11 @@ def test_lock_held_too_long_is_a_host_error_naming_the_lock(
         [
             sys.executable,
             "-c",
-            "import filelock, sys, time\n"
-            "lock = filelock.FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True)\n"
-            "time.sleep(600)",
+            "import sys, time\n"
+            "from spark_pyfunc._locks import file_lock\n"
+            "with file_lock(sys.argv[1]):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(600)",
             str(client.lock_path),
         ],
         stdout=subprocess.PIPE,

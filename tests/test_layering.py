@@ -24,7 +24,7 @@ PACKAGE_DIR = Path(spark_pyfunc.__file__).parent
 #: worker and driver side of the UDF; the batch-scoring library; the console script.
 TIERS: list[list[str]] = [
     ["errors", "_version"],
-    ["_config", "_paths"],
+    ["_config", "_paths", "_locks"],
     ["schema._types", "_wire", "_spark_session", "_uris"],
     ["schema._coerce", "_rendezvous", "_shipping", "_batching"],
     ["schema._specs"],
@@ -211,6 +211,18 @@ def test_every_module_of_a_checked_folder_needs_a_layer(tmp_path: Path) -> None:
     graph = import_graph(package, ["sub"])
     assert graph == {"pkg.sub": {"pkg.low"}, "pkg.sub.leaf": {"pkg.low"}}
     assert sorted(import_graph(package, [""])) == ["pkg", "pkg.low", "pkg.sub", "pkg.sub.leaf"]
+
+
+def test_a_relaying_worker_and_the_host_import_neither_psutil_nor_filelock() -> None:
+    # One relaying worker per core: psutil (0.75 MiB) and filelock 4 (21 modules, 0.6 MiB)
+    # would be paid once per core; Linux's /proc and flock answer the same questions.
+    code = (
+        "import sys, spark_pyfunc._udf, spark_pyfunc._host, spark_pyfunc._loading; "
+        "from spark_pyfunc._client import ModelHostClient; "
+        "print(sorted(m for m in ('psutil', 'filelock') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_a_relaying_worker_and_the_host_import_no_network_stack() -> None:

@@ -313,13 +313,12 @@ def _wait_for(condition, what: str, deadline_s: float = 120.0) -> None:
 def _race(shipped: ShippedModel, root: str, log: str, result: str, workers: int) -> None:
     """One Python worker: count real unpacks, and hold the one in progress until every
     worker is waiting for the unpack lock, so that they provably collide."""
-    real_extract, real_lock = shipping.safe_extract, shipping.filelock.FileLock
+    real_extract, real_lock = shipping.safe_extract, shipping.file_lock
     waiting = Path(log).parent / "waiting"
 
-    class AnnouncedLock(real_lock):  # type: ignore[misc, valid-type]
-        def acquire(self, *args, **kwargs):
-            (waiting / str(os.getpid())).touch()
-            return super().acquire(*args, **kwargs)
+    def announced_lock(*args, **kwargs):
+        (waiting / str(os.getpid())).touch()
+        return real_lock(*args, **kwargs)
 
     def counting(archive, dest):
         with open(log, "a") as handle:
@@ -328,7 +327,7 @@ def _race(shipped: ShippedModel, root: str, log: str, result: str, workers: int)
         real_extract(archive, dest)
 
     shipping.safe_extract = counting
-    shipping.filelock.FileLock = AnnouncedLock
+    shipping.file_lock = announced_lock
     Path(result).write_text(str(materialize(shipped, root)))
 
 
