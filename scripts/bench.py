@@ -116,6 +116,7 @@ class App:
     runs: list[Run] = field(default_factory=list)
     peak_pss: int | None = None
     steady_pss: int | None = None
+    steady_host_pss: int = 0  # the model hosts' share of steady_pss
     python_procs: int = 0
     leaked: list[str] = field(default_factory=list)
 
@@ -374,9 +375,11 @@ def run_app(
             )
         if sampler is not None:
             app.peak_pss = sampler.peak()
-            steady = [sampler.peak(r.warm_start, r.warm_end) for r in app.runs]
-            app.steady_pss = max((p for p in steady if p is not None), default=None)
-            app.python_procs = max((c for _, _, c in sampler.samples), default=0)
+            steady = [sampler.peak_sample(r.warm_start, r.warm_end) for r in app.runs]
+            top = max((s for s in steady if s is not None), key=lambda s: s[1], default=None)
+            if top is not None:
+                app.steady_pss, app.steady_host_pss = top[1], top[3]
+            app.python_procs = max((s[2] for s in sampler.samples), default=0)
     return app
 
 
@@ -657,6 +660,32 @@ def _md_memory(fig: Figures) -> list[str]:
                 else:
                     cells.append(f"{_mib(extra)}; peak {_mib(peak)}")
             lines.append(f"| {model} | {approach} | " + " | ".join(cells) + " |")
+    return lines + _md_memory_split(fig)
+
+
+def _md_memory_split(fig: Figures) -> list[str]:
+    """The steady figure at the largest core count, split: what the Python workers hold above
+    the no-op floor's workers (a relay's imports and buffers, paid once per core) and what
+    the model hosts hold (the model once, and each serving process's private pages)."""
+    top = max(fig.cfg.cores)
+    floor = fig.floor_pss(top)
+    lines = [
+        "",
+        f"### Where it lies at {top} cores: Python workers above the no-op floor's, and model "
+        "hosts (MiB held during the warm runs)",
+        "",
+        "| model | approach | workers | hosts |",
+        "|---|---|---|---|",
+    ]
+    for model in fig.cfg.models:
+        for approach in fig.cfg.approaches[1:]:
+            app = fig.mem.get((model, approach, top))
+            if app is None or app.steady_pss is None or floor is None:
+                continue
+            workers = app.steady_pss - app.steady_host_pss - floor
+            lines.append(
+                f"| {model} | {approach} | {_mib(workers)} | {_mib(app.steady_host_pss)} |"
+            )
     return lines
 
 

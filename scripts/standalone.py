@@ -269,7 +269,8 @@ class PssSampler:
         self.tag = tag
         self.interval = interval
         self.rescan = rescan
-        self.samples: list[tuple[float, int, int]] = []  # (monotonic time, PSS bytes, procs)
+        # (monotonic time, PSS bytes, processes, of which model hosts' PSS bytes)
+        self.samples: list[tuple[float, int, int, int]] = []
         self._seen: dict[tuple[int, float], bool] = {}  # (pid, create time) -> is a root
         self._roots: list[psutil.Process] = []
         self._stop = threading.Event()
@@ -340,15 +341,19 @@ class PssSampler:
             totals[kind] += t.user + t.system + t.children_user + t.children_system
         return totals
 
-    def sample(self) -> tuple[int, int]:
-        total, count = 0, 0
+    def sample(self) -> tuple[int, int, int]:
+        """(PSS of every Python process, how many, PSS of the model hosts among them)."""
+        total, count, host = 0, 0, 0
         for proc in self.python_processes():
             try:
-                total += proc.memory_full_info().pss
-                count += 1
+                pss = proc.memory_full_info().pss
+                is_host = HOST_MARKER in _cmdline(proc)
             except (psutil.Error, OSError):
                 continue  # exited between listing and reading: its pages are gone too
-        return total, count
+            total += pss
+            count += 1
+            host += pss if is_host else 0
+        return total, count, host
 
     def _run(self) -> None:
         last_scan = 0.0
@@ -357,13 +362,20 @@ class PssSampler:
             if now - last_scan >= self.rescan:
                 self._scan_roots()
                 last_scan = now
-            pss, count = self.sample()
-            self.samples.append((time.monotonic(), pss, count))
+            self.samples.append((time.monotonic(), *self.sample()))
             self._stop.wait(self.interval)
 
     def peak(self, start: float = float("-inf"), end: float = float("inf")) -> int | None:
         """Highest summed PSS seen between two ``time.monotonic()`` instants (None: no sample)."""
-        return max((p for t, p, _ in self.samples if start <= t <= end), default=None)
+        top = self.peak_sample(start, end)
+        return None if top is None else top[1]
+
+    def peak_sample(
+        self, start: float = float("-inf"), end: float = float("inf")
+    ) -> tuple[float, int, int, int] | None:
+        """The sample of highest summed PSS between two instants (None: no sample)."""
+        window = [s for s in self.samples if start <= s[0] <= end]
+        return max(window, key=lambda s: s[1], default=None)
 
 
 def reap_tagged(tag: str, timeout: float = 30.0) -> list[str]:

@@ -67,6 +67,15 @@ def test_quick_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
     assert parts["spf-executor-thread"][2] > 0 and parts["spf-executor-fork"][2] > 0, parts
     assert parts["noop"][2] == parts["mlflow"][2] == parts["spf-process"][2] == 0.0, parts
     assert all(jvm > 0 and workers > 0 for jvm, workers, _ in parts.values()), parts
+    # Memory split at the top core count: only a model host's approaches have host PSS.
+    split = table.split("### Where it lies at")[1].split("##")[0]
+    hosts = {}
+    for line in split.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 4 and cells[3].lstrip("-").isdigit():
+            hosts[cells[1]] = int(cells[3])
+    assert hosts["spf-executor-thread"] > 0 and hosts["spf-executor-prefork"] > 0, hosts
+    assert hosts["mlflow"] == hosts["spf-process"] == 0, hosts
     assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "ABORTED" not in proc.stderr
     assert "left processes behind" not in table
