@@ -246,6 +246,7 @@ class Settings:
     root: Path
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     local_cluster: bool = True
+    conf: dict[str, str] = field(default_factory=dict)  # --conf: set on every application
 
 
 @contextmanager
@@ -273,6 +274,8 @@ def session(cfg: Settings, app: App, tag: str, name: str, host_mode: str | None)
     )
     if host_mode is not None:
         builder = builder.config("spark.pyfunc.host.mode", host_mode)
+    for key, value in cfg.conf.items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     try:
@@ -819,6 +822,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="smoke test: trivial model, one core count, 1 warm run, 400k rows",
     )
+    p.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Spark setting for every application, e.g. spark.pyfunc.host.processes=4",
+    )
     p.add_argument("--out", type=Path, default=HERE.parent / "docs")
     args = p.parse_args(argv)
     if args.quick:
@@ -834,6 +844,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.cores = sorted({*args.cores, args.throughput_cores})
     if min(args.cores) < 1 or args.runs < 1 or args.rows < CHECK_ROWS:
         p.error(f"--cores and --runs must be positive and --rows at least {CHECK_ROWS}")
+    if any("=" not in item for item in args.conf):
+        p.error(f"--conf takes KEY=VALUE, not {next(i for i in args.conf if '=' not in i)!r}")
     if "noop" not in args.approaches:
         args.approaches = ["noop", *args.approaches]  # the floor every figure is measured from
     args.approaches = [a for a in APPROACHES if a in args.approaches]
@@ -921,6 +933,7 @@ def _main(args: argparse.Namespace, root: Path, command: str, started: float) ->
         out=args.out,
         root=root,
         local_cluster=args.master is None,
+        conf=dict(item.split("=", 1) for item in args.conf),
     )
     paths, refs, sizes = {}, {}, {}
     models_dir, scratch = root / "models", root / "scratch"

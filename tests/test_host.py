@@ -1077,6 +1077,20 @@ def test_processes_setting_reaches_the_host(spark, probe_dir: str, tmp_path: Pat
     assert "in prefork mode with 3 serving processes (auto mode:" in log
 
 
+def test_no_more_serving_processes_than_cpus_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An executor of 4 task slots on 2 CPUs: 2 serving processes (a third and fourth would add
+    # private pages, not parallelism); spark.pyfunc.host.processes is taken as set.
+    from spark_pyfunc._udf import _serving_processes
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert _serving_processes(None, 4) == 2
+    assert _serving_processes(None, 1) == 1
+    assert _serving_processes(4, 4) == 4
+    assert _serving_processes(None, None) is None  # the host counts its CPUs itself
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert _serving_processes(None, 4) == 4
+
+
 def test_bad_processes_setting_names_the_key(spark, probe_dir: str) -> None:
     from spark_pyfunc import spark_udf
     from spark_pyfunc.errors import SparkPyfuncError
