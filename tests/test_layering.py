@@ -213,26 +213,16 @@ def test_every_module_of_a_checked_folder_needs_a_layer(tmp_path: Path) -> None:
     assert sorted(import_graph(package, [""])) == ["pkg", "pkg.low", "pkg.sub", "pkg.sub.leaf"]
 
 
-def test_a_relaying_worker_and_the_host_import_neither_psutil_nor_filelock() -> None:
-    # One relaying worker per core: psutil (0.75 MiB) and filelock 4 (21 modules, 0.6 MiB)
-    # would be paid once per core; Linux's /proc and flock answer the same questions.
+def test_a_relaying_worker_and_the_host_import_only_what_they_use() -> None:
+    # Every Python worker of an executor imports _udf and _client to relay (one per core),
+    # and every model host _host and _loading, so each import is paid once per core:
+    # urllib.request (http.client, email, ssl: about 2 MiB) for a driver-side URI helper,
+    # psutil (0.75 MiB) and filelock 4 (21 modules, 0.6 MiB) where /proc and flock do.
     code = (
         "import sys, spark_pyfunc._udf, spark_pyfunc._host, spark_pyfunc._loading; "
         "from spark_pyfunc._client import ModelHostClient; "
-        "print(sorted(m for m in ('psutil', 'filelock') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
-
-
-def test_a_relaying_worker_and_the_host_import_no_network_stack() -> None:
-    # Every Python worker of an executor imports _udf to relay, and every model host _host:
-    # urllib.request (http.client, email, ssl) costs about 2 MiB in each, for a driver-side
-    # URI helper, so it is imported where it is used.
-    code = (
-        "import sys, spark_pyfunc._udf, spark_pyfunc._host, spark_pyfunc._loading; "
-        "print(sorted(m for m in ('ssl', 'http.client', 'email', 'urllib.request') "
-        "if m in sys.modules))"
+        "print(sorted(m for m in ('ssl', 'http.client', 'email', 'urllib.request', 'psutil', "
+        "'filelock') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
