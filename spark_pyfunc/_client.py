@@ -99,13 +99,13 @@ class HostSpec:
     host's log. ``watch_pid`` is the process whose end ends the host (the worker's parent: the
     pyspark daemon or the executor). ``model_uri`` is the path the user passed, named in errors
     instead of ``model_dir``, the executor's temporary copy. ``processes`` is how many serving
-    processes a prefork host runs (the executor's task slots; None: the CPUs the host may run
-    on). ``env`` holds environment variables set for the host on top of the worker's own
-    (``extra_env``, ``CUDA_VISIBLE_DEVICES``); ``python`` is the interpreter that runs it (a
-    restored model environment's; None: the worker's own). ``batching`` makes the host answer
-    the requests of all workers in batches of up to ``batch_max_rows`` rows, waiting at most
-    ``batch_max_wait_ms`` for company, running up to ``batch_calls`` batches at once (see
-    _batching.py).
+    processes a prefork host runs (the executor's task slots, at most its CPUs; None: the CPUs
+    the host may run on). ``env`` holds environment variables set for the host on top of the
+    worker's own (``extra_env``, ``CUDA_VISIBLE_DEVICES``); ``python`` is the interpreter that
+    runs it (a restored model environment's; None: the worker's own). ``batching`` makes the
+    host answer the requests of all workers in batches of up to ``batch_max_rows`` rows,
+    waiting at most ``batch_max_wait_ms`` for company, running up to ``batch_calls`` batches at
+    once (see _batching.py).
     """
 
     model_dir: str
