@@ -345,11 +345,16 @@ class PssSampler:
         """(PSS of every Python process, how many, PSS of the model hosts among them)."""
         total, count, host = 0, 0, 0
         for proc in self.python_processes():
+            # The command line first: an exiting process reads as an empty one (a fork host's
+            # child at the end of its connection), and would pass for a worker.
+            cmd = _cmdline(proc)
+            if not cmd:
+                continue
             try:
                 pss = proc.memory_full_info().pss
-                is_host = HOST_MARKER in _cmdline(proc)
             except (psutil.Error, OSError):
                 continue  # exited between listing and reading: its pages are gone too
+            is_host = HOST_MARKER in cmd
             total += pss
             count += 1
             host += pss if is_host else 0
