@@ -7,6 +7,7 @@ cannot reach one of them and not the others. A leaf module: it imports only the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "HOST_LOG_DIR",
     "HOST_MODE",
     "HOST_PROCESSES",
+    "usable_cpus",
     "IDLE_TIMEOUT",
     "MODES",
     "PIPELINE_DEPTH",
@@ -124,6 +126,17 @@ START_TIMEOUT = Setting("spark.pyfunc.host.startTimeout", 600.0, float, "a numbe
 HOST_MODE = Setting("spark.pyfunc.host.mode", None, _mode, f"one of {list(MODES)}")
 HOST_LOG_DIR = Setting("spark.pyfunc.host.logDir", None, str, "a directory")
 HOST_PROCESSES = Setting("spark.pyfunc.host.processes", None, _positive_int, "a positive integer")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity; the machine's count where the system
+    has none): the most serving processes a prefork host runs unless HOST_PROCESSES is set."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - no affinity API (macOS)
+        return os.cpu_count() or 1
+
+
 #: Request batching in the host (see _batching.py). Unset (None): on for a host that serves a
 #: GPU, off otherwise; the worker decides, since only it knows the task's GPU addresses.
 BATCHING = Setting("spark.pyfunc.host.batching.enabled", None, _boolean, "true or false")

@@ -69,6 +69,7 @@ from spark_pyfunc._config import (
     DEFAULT_MODE,
     IDLE_TIMEOUT,
     MODES,
+    usable_cpus,
 )
 from spark_pyfunc._rendezvous import (
     STATUS_ZOMBIE,
@@ -643,14 +644,6 @@ def _warm_up_wire() -> None:
     prediction_to_arrow_bytes(back, what="warm-up")
 
 
-def default_processes() -> int:
-    """Serving processes when none are asked for: the CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 # ------------------------------------------------------------------------------ the main
 
 
@@ -812,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
                     mode,
                     threads_after - threads_before,
                 )
-            processes = args.processes if args.processes is not None else default_processes()
+            processes = args.processes if args.processes is not None else usable_cpus()
             if mode in ("prefork", "fork"):
                 _warm_up_wire()
                 gc.freeze()  # children then leave the loaded objects' pages shared

@@ -189,11 +189,7 @@ def _serving_processes(configured: int | None, executor_cores: int | None) -> in
     if configured is not None:
         return configured
     slots = _task_slots(executor_cores)
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - no affinity API (macOS)
-        cpus = os.cpu_count() or 1
-    return None if slots is None else min(slots, cpus)
+    return None if slots is None else min(slots, _config.usable_cpus())
 
 
 def _task_gpus() -> tuple[str, ...]:
