@@ -671,7 +671,6 @@ def _md_memory_split(fig: Figures) -> list[str]:
     the no-op floor's workers (a relay's imports and buffers, paid once per core) and what
     the model hosts hold (the model once, and each serving process's private pages)."""
     top = max(fig.cfg.cores)
-    floor = fig.floor_pss(top)
     lines = [
         "",
         f"### Where it lies at {top} cores: Python workers above the no-op floor's, and model "
@@ -682,10 +681,11 @@ def _md_memory_split(fig: Figures) -> list[str]:
     ]
     for model in fig.cfg.models:
         for approach in fig.cfg.approaches[1:]:
-            app = fig.mem.get((model, approach, top))
-            if app is None or app.steady_pss is None or floor is None:
+            extra = fig.above_floor(model, approach, top)
+            if extra is None:
                 continue
-            workers = app.steady_pss - app.steady_host_pss - floor
+            app = fig.mem[(model, approach, top)]
+            workers = extra - app.steady_host_pss
             lines.append(
                 f"| {model} | {approach} | {_mib(workers)} | {_mib(app.steady_host_pss)} |"
             )
