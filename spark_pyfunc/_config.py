@@ -111,6 +111,8 @@ class Setting:
     expected: str
     doc: str = ""
     flag: str | None = None
+    #: The default as the README's table gives it, where the value alone would not tell.
+    default_text: str | None = None
 
     def read(self, text: str | None) -> Any:
         """The value of ``text`` (the key's raw value, or None if unset or empty).
@@ -130,81 +132,92 @@ class Setting:
 
 AUTO_THRESHOLD = Setting(
     "spark.pyfunc.scope.autoThresholdBytes", 64 * 1024 * 1024, int, "an integer (bytes)",
-    doc='`scope="auto"` serves models from this size on disk in an executor host',
+    doc='model size on disk from which `scope="auto"` uses the executor host',
 )
 IDLE_TIMEOUT = Setting(
     "spark.pyfunc.host.idleTimeout", 600.0, float, "a number of seconds",
-    doc="a host with no connection for this long exits (raise it above a stream's longest "
-    "gap between micro-batches)",
+    doc="seconds a host with no connection waits before exiting (raise it above a stream's "
+    "longest gap between micro-batches)",
     flag="--idle-timeout",
 )
 START_TIMEOUT = Setting(
     "spark.pyfunc.host.startTimeout", 600.0, float, "a number of seconds",
-    doc="how long a worker waits for a host to load the model and answer",
+    doc="seconds a worker waits for a host to load its model",
 )
 HOST_MODE = Setting(
     "spark.pyfunc.host.mode", DEFAULT_MODE, _mode, f"one of {list(MODES)}",
-    doc="how a host serves its connections: `prefork`, `thread`, `fork`, or `auto`: prefork "
-    "unless loading made forking unsafe (then thread)",
+    doc="`auto` (prefork unless the loaded model started threads or uses a GPU, then thread; "
+    "logged), `prefork` (P long-lived forked serving processes sharing one loaded copy), "
+    "`thread` (one thread per connection in one process) or `fork` (a forked child per "
+    "connection)",
     flag="--mode",
 )
 HOST_LOG_DIR = Setting(
     "spark.pyfunc.host.logDir", None, str, "a directory",
-    doc="where hosts write their logs (default: the executor's working directory)",
+    doc="directory (on the executors' machines, created if missing) for the hosts' logs, "
+    "`spark_pyfunc-host-<key>.log`; with a local master the executor's directory is "
+    "temporary, so set this to keep the logs after the job",
+    default_text="the executor's directory",
 )
 HOST_PROCESSES = Setting(
     "spark.pyfunc.host.processes", None, _positive_int, "a positive integer",
-    doc="a prefork host's serving processes (default: the executor's task slots, at most its "
-    "CPUs)",
+    doc="serving processes of a prefork host; default `spark.executor.cores` / "
+    "`spark.task.cpus`, at most the CPUs the executor's processes may run on",
     flag="--processes",
+    default_text="task slots",
 )
 #: Request batching in the host (see _batching.py). Unset (None): on for a host that serves a
 #: GPU, off otherwise; the worker decides, since only it knows the task's GPU addresses.
 BATCHING = Setting(
     "spark.pyfunc.host.batching.enabled", None, _boolean, "true or false",
-    doc="answer the requests of all of an executor's workers in batches (default: on for GPU "
-    "hosts only); serves on threads",
+    doc="`true` or `false`: answer the requests of all workers in batches, one predict per "
+    "batch (a thread host)",
     flag="--batching",
+    default_text="on for GPU hosts, off otherwise",
 )
 BATCH_MAX_WAIT_MS = Setting(
     "spark.pyfunc.host.batching.maxWaitMs", 5.0, _non_negative_float, "a number of milliseconds",
-    doc="how long the oldest request may wait for others to join its batch",
+    doc="milliseconds the oldest queued request waits for others to join its batch (not "
+    "waited once every worker has a request queued)",
     flag="--batch-max-wait-ms",
 )
 BATCH_MAX_ROWS = Setting(
     "spark.pyfunc.host.batching.maxBatchRows", 32768, _positive_int, "a positive integer",
-    doc="rows a batch may reach by adding requests (a larger request still goes, alone)",
+    doc="rows a batch may grow to by adding requests (one larger request still goes alone, "
+    "whole)",
     flag="--batch-max-rows",
 )
-#: 2 lets the next batch's conversions run while the device computes the current one, at the
-#: cost of two batches' memory on the device.
 BATCH_CALLS = Setting(
     "spark.pyfunc.host.batching.concurrentCalls", 1, _positive_int, "a positive integer",
-    doc="batched model calls that may run at once (2 overlaps conversions with a GPU's work)",
+    doc="batched model calls that may run at once; `2` converts the next batch while the "
+    "device computes the current one (two batches' memory on the device)",
     flag="--batch-calls",
 )
 #: 3: the batching harness's figures (docs/benchmark.md).
 PIPELINE_DEPTH = Setting(
     "spark.pyfunc.host.pipelineDepth", 3, _positive_int, "a positive integer",
-    doc="requests a Python worker keeps in flight to its host (1: one at a time)",
+    doc="requests each Python worker keeps in flight to its host (`1`: one at a time)",
 )
 ENV_CACHE_DIR = Setting(
     "spark.pyfunc.env.cacheDir", None, str, "a directory",
-    doc="where each executor machine keeps restored model environments (default: "
-    "`~/.cache/spark_pyfunc/envs`)",
+    doc="where each executor machine keeps restored model environments (`env_manager`), "
+    "shared by its executors and applications",
+    default_text="`~/.cache/spark_pyfunc/envs`",
 )
 ENV_BUILD_TIMEOUT = Setting(
     "spark.pyfunc.env.buildTimeout", 1800.0, float, "a number of seconds",
-    doc="how long a worker waits for another worker's build of the same environment",
+    doc="seconds a worker waits for another worker's build of the same environment",
 )
 ENV_UV_OFFLINE_FIRST = Setting(
     "spark.pyfunc.env.uvOfflineFirst", True, _boolean, "true or false",
-    doc="uv installs from its cache alone when that has every requirement (false: always "
-    "asks the index)",
+    doc='`env_manager="uv"` installs from uv\'s cache alone when that satisfies every '
+    "requirement, and from the package index only when it does not; `false`: always resolve "
+    "against the index",
 )
 SHIP_PACKAGE = Setting(
     "spark.pyfunc.shipPackage", "auto", _ship, f"one of {list(SHIP_CHOICES)}",
-    doc="ship spark_pyfunc to the executors as a zip: `auto` unless they already import it",
+    doc="ship spark_pyfunc to the executors as a zip: `auto` (unless they run the driver's "
+    "Python on a local master), `true`, `false`",
 )
 
 #: Every setting, by key.
@@ -273,6 +286,23 @@ def serving_mode(mode: str | None, batching: bool | None, gpus: bool) -> tuple[s
     if gpus or batching:
         return "thread", bool(batching)
     return mode, False
+
+
+def settings_table() -> str:
+    """The README's configuration table, in markdown, from the declarations."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for setting in SETTINGS.values():
+        default = setting.default_text or f"`{_table_value(setting.default)}`"
+        rows.append(f"| `{setting.key}` | {default} | {setting.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def _table_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def usable_cpus() -> int:
