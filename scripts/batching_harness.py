@@ -44,8 +44,9 @@ import psutil
 import pyarrow as pa
 
 from spark_pyfunc import save_model
-from spark_pyfunc._client import HostSpec, ModelHostClient
+from spark_pyfunc._client import ModelHostClient
 from spark_pyfunc._config import BATCH_CALLS, BATCH_MAX_ROWS, PIPELINE_DEPTH
+from spark_pyfunc._launcher import HostSpec
 from spark_pyfunc.python_model import PythonModel
 
 FEATURES = [f"x{i}" for i in range(8)]

@@ -347,7 +347,7 @@ def run_without_spark(
     """One approach with k (or 1) worker processes and no Spark: see the module's doc."""
     import multiprocessing
 
-    from spark_pyfunc._client import HostSpec
+    from spark_pyfunc._launcher import HostSpec
 
     # spawn: the workers start from a clean interpreter, as CUDA wants (never forked after
     # this process has touched the driver).

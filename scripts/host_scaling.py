@@ -48,7 +48,8 @@ import pyarrow as pa
 from pyspark.sql.types import DoubleType
 
 from spark_pyfunc import save_model
-from spark_pyfunc._client import HostSpec, ModelHostClient
+from spark_pyfunc._client import ModelHostClient
+from spark_pyfunc._launcher import HostSpec
 from spark_pyfunc._result_types import fit_arrow_result
 from spark_pyfunc.python_model import PythonModel
 

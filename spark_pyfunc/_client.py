@@ -1,76 +1,34 @@
-"""The Python worker's side of the model host: connect, start it under a lock, retry.
+"""The Python worker's side of the model host: send requests, and one retry-and-resend policy.
 
-Every Python worker of an executor asks the same host (one per executor, model and
-model_config, see host.py). The first one that finds no host starts it while holding a file
-lock in the executor's directory; the others wait on the lock and then connect. A connection
-that breaks during a request (the host was killed) is reopened, restarting the host, and the
-same batch is sent again, so results stay exact. A host killed before it is ready (while it
-imports or loads the model: the moment the out-of-memory killer strikes) is started again the
-same way, from the same budget of attempts per batch; a host whose load *fails* (load_context
-raises, an import error) is not, since another start would fail alike: its log tail is raised.
-The host records how it ended in an exit status file (it is detached: nobody can waitpid it), so
-"no status" means a signal it could not catch, SIGKILL.
-
-The host is started detached (``--detach``: it forks and its first process prints the host's
-pid and exits at once, reaped here), so a worker never keeps a zombie, and in its own
-session, so Spark killing a worker's process group leaves the host serving the others. This
-module does not import pyspark: the caller passes everything in a :class:`HostSpec`.
+A worker scores its batches through a :class:`ModelHostClient`. Where its connection comes from
+is a seam (``connect``): in Spark, the executor's host found, adopted or started by
+:class:`~spark_pyfunc._launcher.HostLauncher`; in a test, a ModelServer on a socketpair. A
+connection that breaks before the host answered (the host was killed) is reopened, restarting
+the host, and every unanswered request is sent again in order, so results stay exact; a host
+killed before it was ready is started again from the same budget of attempts (``ATTEMPTS`` in
+a row without an answer). An error answer (the model raised) is raised in the worker with the
+host's traceback. This module does not import pyspark.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import os
 import queue
 import re
-import select
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
 from spark_pyfunc import errors
-from spark_pyfunc._config import (
-    BATCH_CALLS,
-    BATCH_MAX_ROWS,
-    BATCH_MAX_WAIT_MS,
-    BATCHING,
-    DEFAULT_MODE,
-    HOST_MODE,
-    HOST_PROCESSES,
-    IDLE_TIMEOUT,
-    MODES,
-    PIPELINE_DEPTH,
-    START_TIMEOUT,
-    Setting,
-    host_argv,
-)
-from spark_pyfunc._locks import file_lock
-from spark_pyfunc._rendezvous import (
-    STATUS_ZOMBIE,
-    NoSuchProcess,
-    ProcessError,
-    exit_status_path,
-    process,
-    read_exit_status,
-    read_pid_file,
-    read_stage,
-    socket_path,
-    stage_path,
-)
+from spark_pyfunc._config import PIPELINE_DEPTH
+from spark_pyfunc._launcher import HostKilled, HostLauncher, HostSpec
 from spark_pyfunc._wire import (
     arrow_bytes_to_frame,
     arrow_bytes_to_table,
@@ -80,105 +38,17 @@ from spark_pyfunc._wire import (
     frame_to_arrow_bytes,
     recv_message,
     send_message,
-    tune_socket,
 )
 from spark_pyfunc.errors import HostError, PredictionError, SchemaEnforcementError
 
-logger = logging.getLogger("spark_pyfunc._client")
+__all__ = ["ATTEMPTS", "Connect", "ModelHostClient"]
+
+logger = logging.getLogger(__name__)
 
 #: Attempts per batch when the host is lost, mid-request or before it was ready (the first try
 #: included). One budget for both: it bounds the model loads one batch can cause, so a host the
 #: OOM killer takes at every load fails the task after 3 loads, not 3 per kind of loss.
 ATTEMPTS = 3
-# How long a host that is up may take to greet a new connection before it counts as hung.
-_GREETING_TIMEOUT = 5.0
-# How long a host being killed may take to go.
-_KILL_WAIT = 10.0
-_LOG_TAIL_LINES = 40
-# The lock wait beyond start_timeout: the holder may be waiting start_timeout for its host.
-_LOCK_MARGIN = 60.0
-
-
-@dataclass(frozen=True)
-class HostSpec:
-    """Which model to serve and where the host's files live.
-
-    ``key`` names the host (see :func:`host_key`); ``state_dir`` is the executor's own
-    directory, which holds the lock file, the pid file and (unless ``log_dir`` is given) the
-    host's log. ``watch_pid`` is the process whose end ends the host (the worker's parent: the
-    pyspark daemon or the executor). ``model_uri`` is the path the user passed, named in errors
-    instead of ``model_dir``, the executor's temporary copy. ``processes`` is how many serving
-    processes a prefork host runs (the executor's task slots, at most its CPUs; None: the CPUs
-    the host may run on). ``env`` holds environment variables set for the host on top of the
-    worker's own (``extra_env``, ``CUDA_VISIBLE_DEVICES``); ``python`` is the interpreter that
-    runs it (a restored model environment's; None: the worker's own). ``batching`` makes the
-    host answer the requests of all workers in batches of up to ``batch_max_rows`` rows,
-    waiting at most ``batch_max_wait_ms`` for company, running up to ``batch_calls`` batches at
-    once (see _batching.py).
-    """
-
-    model_dir: str
-    key: str
-    state_dir: str
-    model_config: dict | None = None
-    idle_timeout: float = IDLE_TIMEOUT.default
-    start_timeout: float = START_TIMEOUT.default
-    mode: str = DEFAULT_MODE
-    watch_pid: int | None = None
-    model_uri: str | None = None
-    log_dir: str | None = None
-    processes: int | None = None
-    env: dict[str, str] | None = None
-    python: str | None = None
-    batching: bool = False
-    batch_max_wait_ms: float = BATCH_MAX_WAIT_MS.default
-    batch_max_rows: int = BATCH_MAX_ROWS.default
-    batch_calls: int = BATCH_CALLS.default
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise HostError(f"model host mode {self.mode!r} is not one of {list(MODES)}")
-        if self.processes is not None and (
-            isinstance(self.processes, bool)
-            or not isinstance(self.processes, int)
-            or self.processes < 1
-        ):
-            raise HostError(
-                f"model host processes must be a positive integer, not {self.processes!r}"
-            )
-
-
-def host_key(
-    executor_dir: str, model_sha256: str, model_config: dict | None, **variant: Any
-) -> str:
-    """A short name for the host of one (executor, model content, model_config, variant).
-
-    ``variant`` is everything else that makes two hosts of one model differ (its mode and
-    processes, its environment variables and interpreter): UDFs that ask for different ones
-    get different hosts instead of whichever started first.
-    """
-    ident = json.dumps(
-        [executor_dir, model_sha256, model_config, variant], sort_keys=True, default=str
-    )
-    return hashlib.sha256(ident.encode()).hexdigest()[:16]
-
-
-def _alive(proc: Any) -> bool:
-    try:
-        return proc.is_running() and proc.status() != STATUS_ZOMBIE
-    except ProcessError:
-        return False
-
-
-def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * 1024))
-            text = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _remote_error(reply: dict, method: str, host_pid: int | None) -> Exception:
@@ -205,6 +75,7 @@ def _remote_error(reply: dict, method: str, host_pid: int | None) -> Exception:
     )
 
 
+
 def _frames_only(remote_tb: str, name: str, message: str) -> str:
     """The traceback without its closing ``Type: message`` line(s), which the error's first
     line already says: a Spark stack trace then shows the model's message once."""
@@ -219,45 +90,12 @@ def _frames_only(remote_tb: str, name: str, message: str) -> str:
     return head[: len(head) - len(qualifier)].rstrip("\n")
 
 
-def _read_until_eof(pipe: Any, deadline: float) -> bytes | None:
-    """What ``pipe`` gives until its end, or None at ``deadline``."""
-    chunks = []
-    fd = pipe.fileno()
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        readable, _, _ = select.select([fd], [], [], remaining)
-        if not readable:
-            continue
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
-def _kill_group(pgid: int) -> None:
-    """SIGKILL every process of group ``pgid`` (a launcher's: the host it forked)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
 
 def _defines_init(cls: type) -> bool:
     """Whether one of the package's error classes gives ``cls`` a constructor of its own
     (fields beyond the message, which the host's reply does not carry)."""
     return any("__init__" in vars(k) for k in cls.__mro__ if issubclass(k, errors.SparkPyfuncError))
 
-
-class _HostKilled(HostError):
-    """The host ended before it was ready by a signal, not by a failure of its own: the
-    kind of loss another start can cure."""
 
 
 @dataclass(frozen=True)
@@ -266,6 +104,8 @@ class _Request:
 
     header: dict
     payload: Any
+
+
 
 
 _END = object()  # the end of a stream's input
@@ -295,29 +135,44 @@ def _request(
     return _Request(header, payload)
 
 
-class _Sender:
-    """Sends a connection's requests from a thread of its own while the caller reads the
-    answers: a host answers a request before it reads the next one, so a caller that sent
-    a large request while the host sent it a large answer would wait forever on a full
-    socket buffer. A failed send shuts the socket down, so the caller's read fails too."""
 
-    def __init__(self, sock: socket.socket) -> None:
+class _Sender:
+    """Sends a connection's requests. With several requests in flight it sends from a thread
+    of its own while the caller reads the answers: a host answers a request before it reads
+    the next one, so a caller that sent a large request while the host sent it a large answer
+    would wait forever on a full socket buffer. With one in flight (``threaded=False``) it
+    sends in the caller's thread. A failed send shuts the socket down, so the caller's read
+    fails too, and the request counts as lost either way."""
+
+    def __init__(self, sock: socket.socket, *, threaded: bool = True) -> None:
         self.sock = sock
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="spark_pyfunc-sender", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(
+                target=self._run, name="spark_pyfunc-sender", daemon=True
+            )
+            self._thread.start()
 
     def send(self, request: _Request) -> None:
-        self._queue.put(request)
+        if self._thread is None:
+            self._send(request)
+        else:
+            self._queue.put(request)
 
     def _run(self) -> None:
         while (request := self._queue.get()) is not None:
-            try:
-                send_message(self.sock, request.header, request.payload)
-            except OSError as exc:
-                logger.info("sending a request to the model host failed: %s", exc)
-                self._shutdown()
+            if not self._send(request):
                 return
+
+    def _send(self, request: _Request) -> bool:
+        try:
+            send_message(self.sock, request.header, request.payload)
+        except OSError as exc:
+            logger.info("sending a request to the model host failed: %s", exc)
+            self._shutdown()
+            return False
+        return True
 
     def _shutdown(self) -> None:
         with contextlib.suppress(OSError):
@@ -328,35 +183,43 @@ class _Sender:
         connection down (a send blocked on it fails), which the caller then closes."""
         if abort:
             self._shutdown()
-        self._queue.put(None)
-        self._thread.join()
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+
+
+#: What a client calls for a connection: a greeted socket and the host's pid (HostLauncher's
+#: connect, or in tests a ModelServer on a socketpair).
+Connect = Callable[[], tuple[socket.socket, int]]
 
 
 class ModelHostClient:
-    """Scores batches with the executor's model host, starting it if needed.
+    """Scores batches with the executor's model host, with one retry-and-resend policy.
 
     One connection per client, opened on the first :meth:`predict`. Not thread-safe: use a
-    client per thread (Spark gives each task its own).
+    client per thread (Spark gives each task its own). Where connections come from is a
+    seam: ``spec`` starts or adopts the executor's host through a
+    :class:`~spark_pyfunc._launcher.HostLauncher`; ``connect`` is any callable giving a
+    greeted connection (a ModelServer on a ``socketpair()`` in one process, for tests).
+
+    Example:
+        >>> client = ModelHostClient(spec)  # doctest: +SKIP
+        >>> client.predict(frame)           # doctest: +SKIP
     """
 
-    def __init__(self, spec: HostSpec) -> None:
+    def __init__(
+        self,
+        spec: HostSpec | None = None,
+        *,
+        connect: Connect | None = None,
+        name: str | None = None,
+    ) -> None:
+        if (spec is None) == (connect is None):
+            raise HostError("ModelHostClient takes a HostSpec or a connect callable")
         self.spec = spec
-        state = Path(spec.state_dir)
-        try:
-            state.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise HostError(f"cannot create the model host state directory {state}: {exc}") from exc
-        log_dir = Path(spec.log_dir) if spec.log_dir else state
-        try:
-            log_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise HostError(f"cannot create the model host log directory {log_dir}: {exc}") from exc
-        stem = f"spark_pyfunc-host-{spec.key}"
-        self.lock_path = state / f"{stem}.lock"
-        self.pid_path = state / f"{stem}.pid"
-        self.log_path = log_dir / f"{stem}.log"
-        self.model_name = spec.model_uri or spec.model_dir
-        self.socket_path = socket_path(spec.key)
+        self.launcher = HostLauncher(spec) if spec is not None else None
+        self._connect: Connect = connect or self.launcher.connect  # type: ignore[union-attr]
+        self.model_name = name or (self.launcher.model_name if self.launcher else "the model")
         self._sock: socket.socket | None = None
         self._host_pid: int | None = None
 
@@ -382,38 +245,12 @@ class ModelHostClient:
         Arrow data skips a round of pandas conversions; the host gives the model pandas.
         ``arrow=True`` returns the host's Arrow table as it came, for a relay that fits it
         to the result type without pandas. ``result_type`` (the Arrow form of the UDF's result
-        type) tells the host the types of nested outputs.
+        type) tells the host the types of nested outputs. A host lost before it answers is
+        started again and the request sent again, as :meth:`predict_stream` says.
         """
         request = _request(frame, method, params, result_type)
-        failure: Exception | None = None
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                sock = self._connection()
-            except _HostKilled as exc:  # killed while starting or loading: start it again
-                failure = exc
-                logger.warning(
-                    "%s (attempt %d of %d); starting it again",
-                    str(exc).split("\n", 1)[0],
-                    attempt,
-                    ATTEMPTS,
-                )
-                continue
-            try:
-                send_message(sock, request.header, request.payload)
-                reply, body = recv_message(sock)
-            except OSError as exc:  # the host died or was killed: restart it, send again
-                failure = exc
-                logger.warning(
-                    "lost the model host (pid %s) during a request (attempt %d of %d): %s",
-                    self._host_pid,
-                    attempt,
-                    ATTEMPTS,
-                    exc,
-                )
-                self.close()
-                continue
-            return self._result(reply, body, method, arrow)
-        raise self._lost(failure)
+        [result] = self._exchange(iter([request]), 1, method, arrow)
+        return result
 
     def predict_stream(
         self,
@@ -463,11 +300,18 @@ class ModelHostClient:
         """
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise HostError(f"pipeline depth must be a positive integer, not {depth!r}")
-        if depth == 1:
-            for frame in frames:
-                yield self.predict(frame, method, params, arrow=arrow, result_type=result_type)
-            return
-        source = iter(frames)
+        requests = (_request(frame, method, params, result_type) for frame in frames)
+        yield from self._exchange(requests, depth, method, arrow)
+
+    def _exchange(
+        self, requests: Iterator[_Request], depth: int, method: str, arrow: bool
+    ) -> Iterator[pd.DataFrame | pa.Table]:
+        """The retry-and-resend policy, for one request or a stream of them.
+
+        Keeps up to ``depth`` requests in flight; a host lost before it was ready, or with
+        requests unanswered, costs one of ``ATTEMPTS`` tries (reset by every answer): the
+        host is started again and every unanswered request sent again, in order.
+        """
         pending: deque[_Request] = deque()  # sent (or to be sent), not answered, in order
         sender: _Sender | None = None
         exhausted = False
@@ -475,19 +319,19 @@ class ModelHostClient:
         try:
             while True:
                 while not exhausted and len(pending) < depth:
-                    frame = next(source, _END)
-                    if frame is _END:
+                    request = next(requests, _END)
+                    if request is _END:
                         exhausted = True
                         break
-                    pending.append(_request(frame, method, params, result_type))
+                    pending.append(request)
                     if sender is not None:
-                        sender.send(pending[-1])
+                        sender.send(request)
                 if not pending:
                     return
                 if sender is None:
                     try:
-                        sender = _Sender(self._connection())
-                    except _HostKilled as exc:  # killed while starting or loading
+                        sender = _Sender(self._connection(), threaded=depth > 1)
+                    except HostKilled as exc:  # killed while starting or loading
                         losses += 1
                         self._log_loss(exc, losses, len(pending))
                         if losses >= ATTEMPTS:
@@ -516,6 +360,14 @@ class ModelHostClient:
                 self.close()
 
     def _log_loss(self, exc: Exception, losses: int, unanswered: int) -> None:
+        if isinstance(exc, HostKilled):
+            logger.warning(
+                "%s (attempt %d of %d); starting it again",
+                str(exc).split("\n", 1)[0],
+                losses,
+                ATTEMPTS,
+            )
+            return
         logger.warning(
             "lost the model host (pid %s) during a request (attempt %d of %d): %s; "
             "sending the %d unanswered request(s) again",
@@ -535,11 +387,12 @@ class ModelHostClient:
 
     def _lost(self, failure: Exception | None) -> HostError:
         last = str(failure).split("\n", 1)[0]
+        log = self.launcher
         return HostError(
             f"the model host for {self.model_name} was lost {ATTEMPTS} times in a row, "
             f"the last time: {last}",
-            log_path=str(self.log_path),
-            log_tail=_log_tail(self.log_path),
+            log_path=str(log.log_path) if log else None,
+            log_tail=log.log_tail() if log else "",
         )
 
     def close(self) -> None:
@@ -554,265 +407,7 @@ class ModelHostClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    # ---------------------------------------------------------------------- connecting
-
     def _connection(self) -> socket.socket:
         if self._sock is None:
-            conn = self._try_connect() or self._connect_or_start()
-            self._sock, self._host_pid = conn
+            self._sock, self._host_pid = self._connect()
         return self._sock
-
-    def _try_connect(self) -> tuple[socket.socket, int] | None:
-        """Connect and read the host's greeting; None if no host answers."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        tune_socket(sock)
-        try:
-            sock.settimeout(_GREETING_TIMEOUT)
-            sock.connect(str(self.socket_path))
-            greeting, _ = recv_message(sock)
-            sock.settimeout(None)
-            return sock, int(greeting["pid"])
-        except (OSError, KeyError, TypeError, ValueError):
-            sock.close()
-            return None
-
-    def _connect_or_start(self) -> tuple[socket.socket, int]:
-        wait = self.spec.start_timeout + _LOCK_MARGIN
-        try:
-            with file_lock(self.lock_path, timeout=wait):
-                # Another worker may have started the host while this one waited.
-                conn = self._try_connect()
-                if conn is None:
-                    conn = self._adopt_or_clear()
-                if conn is None:
-                    conn = self._start()
-                return conn
-        except TimeoutError as exc:
-            raise HostError(
-                f"timed out after {wait:g}s waiting for the lock {self.lock_path}, held by "
-                f"another worker starting the model host for {self.model_name} (host pid "
-                f"{read_pid_file(str(self.pid_path))})",
-                log_path=str(self.log_path),
-                log_tail=_log_tail(self.log_path),
-            ) from exc
-
-    def _host_process(self) -> Any:
-        """The live host named by the pid file, if it is really ours (pid reuse guard)."""
-        pid = read_pid_file(str(self.pid_path))
-        if pid is None:
-            return None
-        try:
-            proc = process(pid)
-            cmdline = proc.cmdline()
-            ours = (
-                "spark_pyfunc._host" in cmdline
-                and str(self.socket_path) in cmdline
-                and proc.uids().real == os.getuid()
-            )
-        except ProcessError:
-            return None
-        return proc if ours and _alive(proc) else None
-
-    def _adopt_or_clear(self) -> tuple[socket.socket, int] | None:
-        """Under the lock, no host answered. A host still loading (its starter died) is
-        waited for; a hung one is killed; then stale files go, so a new host can start."""
-        proc = self._host_process()
-        if proc is not None and not self.socket_path.exists():
-            logger.info(
-                "the model host pid %d is still loading and its starter died: waiting for it",
-                proc.pid,
-            )
-            remaining = proc.create_time() + self.spec.start_timeout - time.time()
-            conn = self._await_ready(proc, time.monotonic() + remaining)
-            if conn is not None:
-                return conn
-            ended = None if _alive(proc) else self._ended(proc.pid)
-            if ended is not None and not isinstance(ended, _HostKilled):
-                raise ended  # its load failed: so would ours
-        if proc is not None and _alive(proc):
-            logger.warning("killing the model host pid %d: it does not answer", proc.pid)
-            self._kill(proc)
-        stage = Path(stage_path(str(self.pid_path)))
-        for path in (self.socket_path, self.pid_path, self.status_path, stage):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        return None
-
-    def _kill(self, proc: Any) -> None:
-        """SIGKILL and wait until it is dead (a zombie counts: init, its parent, reaps it)."""
-        with contextlib.suppress(*NoSuchProcess):
-            proc.kill()
-        deadline = time.monotonic() + _KILL_WAIT
-        while _alive(proc):
-            if time.monotonic() > deadline:
-                raise HostError(f"could not kill the model host pid {proc.pid}")
-            time.sleep(0.02)
-
-    def _await_ready(self, proc: Any, deadline: float) -> tuple[socket.socket, int] | None:
-        """Poll until the host answers; None once it is gone or the deadline passed."""
-        delay = 0.01
-        while _alive(proc):
-            if self.socket_path.exists():
-                conn = self._try_connect()
-                if conn is not None:
-                    return conn
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)  # a host is often ready within 1 s: check often
-        return None
-
-    def _command(self) -> list[str]:
-        spec = self.spec
-        cmd = [
-            spec.python or sys.executable, "-m", "spark_pyfunc._host",
-            "--model-dir", str(spec.model_dir),
-            "--socket", str(self.socket_path),
-            "--log", str(self.log_path),
-            "--pid-file", str(self.pid_path),
-            "--model-config", json.dumps(spec.model_config, default=str),
-            "--detach",
-        ]  # fmt: skip
-        if spec.watch_pid is not None:
-            cmd += ["--watch-pid", str(spec.watch_pid)]
-        settings: dict[Setting, Any] = {
-            IDLE_TIMEOUT: float(spec.idle_timeout),
-            HOST_MODE: spec.mode,
-            HOST_PROCESSES: spec.processes,
-            BATCHING: spec.batching,
-        }
-        if spec.batching:
-            settings.update({
-                BATCH_MAX_WAIT_MS: float(spec.batch_max_wait_ms),
-                BATCH_MAX_ROWS: int(spec.batch_max_rows),
-                BATCH_CALLS: int(spec.batch_calls),
-            })  # fmt: skip
-        return cmd + host_argv(settings)
-
-    @property
-    def status_path(self) -> Path:
-        """Where the host records how it ended (see host.write_exit_status)."""
-        return Path(exit_status_path(str(self.pid_path)))
-
-    def _fail(self, message: str, cls: type[HostError] = HostError) -> HostError:
-        return cls(
-            f"{message} (model {self.model_name}, log {self.log_path})",
-            log_path=str(self.log_path),
-            log_tail=_log_tail(self.log_path),
-        )
-
-    def _ended(self, pid: int) -> HostError:
-        """The error for host ``pid``, gone before it was ready, saying how it ended: a
-        _HostKilled (start it again) for a signal, a HostError (fail fast) for its own exit."""
-        status = read_exit_status(str(self.pid_path), pid)
-        if status is None:
-            stage = read_stage(str(self.pid_path), pid) or "starting"
-            return self._fail(
-                f"the model host (pid {pid}) was killed before it was ready, while {stage}, by "
-                "SIGKILL or another signal it cannot catch (it recorded no exit status); "
-                "killed during load: out of memory?",
-                _HostKilled,
-            )
-        if status.get("signal"):
-            return self._fail(
-                f"the model host (pid {pid}) was stopped by {status['signal']} while "
-                f"{status.get('stage', 'loading')} the model, before it was ready",
-                _HostKilled,
-            )
-        error = f": {status['error']}" if status.get("error") else ""
-        return self._fail(
-            f"the model host (pid {pid}) exited with code {status.get('code')} before it was "
-            f"ready; loading the model failed{error}"
-        )
-
-    def _launch(self, env: dict[str, str], deadline: float) -> int:
-        """Run the launcher, which forks the host, prints its pid and exits (host --detach);
-        the host's pid.
-
-        The launcher runs in a session of its own, and the host it forks stays in its process
-        group. A launcher killed before it printed the pid (the OOM killer, a chaos test, a
-        busy machine's slow import) may have forked a host that nobody knows of: that group is
-        killed, while the launcher's zombie still holds the group's id, and the start counts
-        as a host killed before it was ready, which is started again from the same budget. A
-        launcher that exits with an error of its own (a broken install) fails at once.
-        """
-        with open(self.log_path, "ab") as log:
-            launcher = subprocess.Popen(
-                self._command(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                start_new_session=True,
-                close_fds=True,
-                env=env,
-            )
-        try:
-            out = _read_until_eof(launcher.stdout, deadline)
-            if out is None:  # neither pid nor exit in time: end it and whatever it forked
-                _kill_group(launcher.pid)
-                raise self._fail(f"the model host did not start within {self.spec.start_timeout}s")
-            # Wait without reaping: the zombie keeps the group's id from being reused.
-            ended = os.waitid(os.P_PID, launcher.pid, os.WEXITED | os.WNOWAIT)
-            text = out.strip()
-            if text.isdigit():  # the pid came out: the host is on its own now
-                return int(text)
-            _kill_group(launcher.pid)
-            if ended is not None and ended.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
-                name = _signal_name(ended.si_status)
-                raise self._fail(
-                    f"the model host's launcher (pid {launcher.pid}) was killed by {name} "
-                    "before it reported the host's pid, so the host it may have forked was "
-                    "stopped too",
-                    _HostKilled,
-                )
-            code = ended.si_status if ended is not None else None
-            raise self._fail(
-                f"the model host's launcher exited with code {code} before the host started"
-            )
-        finally:
-            launcher.stdout.close()  # type: ignore[union-attr]
-            launcher.wait()
-
-    def _host_environ(self) -> dict[str, str]:
-        """The host's environment variables: the worker's, with ``spec.env`` on top.
-
-        In the worker's own Python the host imports what this worker can import (the model's
-        classes may come from paths added at run time, SparkFiles or addPyFile), so its
-        sys.path becomes PYTHONPATH. A restored environment's host (``spec.python``) must see
-        the model's pinned packages instead: its PYTHONPATH is only what ``spec.env`` names
-        (spark_pyfunc itself), and neither the user's site nor PYTHONHOME leak in.
-        """
-        extra = self.spec.env or {}
-        if self.spec.python is None:
-            path = os.pathsep.join(os.path.abspath(p) for p in sys.path if p)
-            return dict(os.environ, **extra, PYTHONPATH=path)
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
-        env.update(PYTHONNOUSERSITE="1", PYTHONPATH="")
-        env.update(extra)
-        return env
-
-    def _start(self) -> tuple[socket.socket, int]:
-        """Start the host and wait until it answers; HostError with its log tail if it dies
-        first or is not ready within start_timeout."""
-        deadline = time.monotonic() + self.spec.start_timeout
-        env = self._host_environ()
-        logger.info(
-            "starting the model host for %s from %s (log %s)",
-            self.model_name,
-            self.spec.model_dir,
-            self.log_path,
-        )
-        with contextlib.suppress(FileNotFoundError):
-            self.status_path.unlink()  # a status left by an earlier host
-        pid = self._launch(env, deadline)
-        try:
-            proc = process(pid)
-        except NoSuchProcess:
-            raise self._ended(pid) from None
-        conn = self._await_ready(proc, deadline)
-        if conn is not None:
-            return conn
-        if _alive(proc):
-            self._kill(proc)
-            raise self._fail(f"the model host was not ready within {self.spec.start_timeout}s")
-        raise self._ended(pid)

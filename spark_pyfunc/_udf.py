@@ -33,7 +33,8 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import ArrayType, DataType, MapType, StructType
 
 from spark_pyfunc import _config
-from spark_pyfunc._client import HostSpec, ModelHostClient, host_key
+from spark_pyfunc._client import ModelHostClient
+from spark_pyfunc._launcher import HostSpec, host_key
 from spark_pyfunc._paths import local_path
 from spark_pyfunc._result_types import (
     arrow_type,

@@ -183,3 +183,8 @@ def _start_gateway_bare() -> None:
     from pyspark import SparkContext
 
     SparkContext._ensure_initialized()
+
+
+# The fault tests' fixtures (faults, faulty_model, evidence_root), for every module that kills
+# something; imported last, since tests/support/faults.py reads this module's constants.
+from support.faults import evidence_root, faults, faulty_model  # noqa: E402, F401

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import stop_active_session
-from support.faults import (  # noqa: F401 (faulty_model, evidence_root, faults: fixtures)
+from support.faults import (
     BATCH_CONF,
     CONF_HOST_LOG_DIR,
     CONF_IDLE_TIMEOUT,
@@ -34,10 +34,7 @@ from support.faults import (  # noqa: F401 (faulty_model, evidence_root, faults:
     alive,
     alive_pid,
     descendants,
-    evidence_root,
     executor_jvms,
-    faults,
-    faulty_model,
     hosts_naming,
     wait_until,
 )

@@ -18,12 +18,11 @@ import pandas as pd
 import pipe_models
 import pytest
 from pipe_models import Contained
-from support.faults import (  # noqa: F401 (evidence_root is a fixture)
+from support.faults import (
     GATE_ID,
     ROWS,
     Faults,
     Job,
-    evidence_root,
 )
 
 from spark_pyfunc import save_model

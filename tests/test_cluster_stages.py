@@ -19,14 +19,11 @@ import signal
 
 import psutil
 import pytest
-from support.faults import (  # noqa: F401 (faulty_model, evidence_root, faults: fixtures)
+from support.faults import (
     Faults,
     Job,
     alive,
     alive_pid,
-    evidence_root,
-    faults,
-    faulty_model,
     hosts_naming,
     wait_until,
 )

@@ -24,7 +24,8 @@ import pytest
 
 from spark_pyfunc import _environments as envs
 from spark_pyfunc import _rendezvous, save_model, spark_udf
-from spark_pyfunc._client import HostSpec, ModelHostClient
+from spark_pyfunc._client import ModelHostClient
+from spark_pyfunc._launcher import HostSpec
 from spark_pyfunc._shipping import package_zips
 from spark_pyfunc.cli import main
 from spark_pyfunc.errors import (

@@ -20,7 +20,7 @@ from conftest import get_session, stop_active_session
 from host_models import Environ
 
 from spark_pyfunc import load_model, save_model, spark_udf
-from spark_pyfunc._client import host_key
+from spark_pyfunc._launcher import host_key
 from spark_pyfunc._shipping import ShippedModel
 from spark_pyfunc._udf import _Plan, host_variant
 

@@ -26,10 +26,11 @@ import pytest
 from host_models import PARAMS, Counting, Threaded
 from udf_models import Blocking, Gate
 
-from spark_pyfunc import _client as client_module
+from spark_pyfunc import _launcher as launcher_module
 from spark_pyfunc import load_model, save_model
-from spark_pyfunc._client import HostSpec, ModelHostClient, host_key
+from spark_pyfunc._client import ModelHostClient
 from spark_pyfunc._host import Host, ModelServer, _Watch, choose_mode
+from spark_pyfunc._launcher import HostSpec, host_key
 from spark_pyfunc._rendezvous import socket_dir, socket_path
 from spark_pyfunc._wire import (
     PeerClosed,
@@ -182,7 +183,7 @@ def test_predictions_equal_local_ones(hosts: Hosts, model_dir: str, mode: str) -
         cmdline = " ".join(host.cmdline())
     assert "spark_pyfunc" in cmdline and f"--mode {mode}" in cmdline
     assert host.pid != os.getpid() and host.ppid() != os.getpid()  # detached, nothing to reap
-    log = client.log_path.read_text()
+    log = client.launcher.log_path.read_text()
     for needle in ["model host starting", "loaded in", "size on disk", "rss=", "pss="]:
         assert needle in log
 
@@ -336,7 +337,7 @@ def test_stale_socket_and_pid_file_are_recovered(hosts: Hosts, model_dir: str) -
         dead = client.host_pid
     os.kill(dead, signal.SIGKILL)
     assert wait_until(lambda: not running(dead), 10)
-    assert socket_path(spec.key).exists() and client.pid_path.exists()  # left behind
+    assert socket_path(spec.key).exists() and client.launcher.pid_path.exists()  # left behind
     with hosts.client(spec) as again:
         pd.testing.assert_frame_equal(again.predict(FRAME), before)
         assert again.host_pid != dead
@@ -349,8 +350,8 @@ def test_pid_file_naming_an_unrelated_process_does_not_kill_it(
     bystander = subprocess.Popen(["sleep", "60"])
     try:
         client = hosts.client(spec)
-        client.pid_path.parent.mkdir(parents=True, exist_ok=True)
-        client.pid_path.write_text(f"{bystander.pid}\n")
+        client.launcher.pid_path.parent.mkdir(parents=True, exist_ok=True)
+        client.launcher.pid_path.write_text(f"{bystander.pid}\n")
         socket_path(spec.key).write_text("not a socket")
         pd.testing.assert_frame_equal(client.predict(FRAME), expected(model_dir))
         assert bystander.poll() is None
@@ -362,7 +363,7 @@ def test_pid_file_naming_an_unrelated_process_does_not_kill_it(
 def test_hung_host_is_replaced(
     hosts: Hosts, model_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_module, "_GREETING_TIMEOUT", 0.5)
+    monkeypatch.setattr(launcher_module, "_GREETING_TIMEOUT", 0.5)
     spec = hosts.spec(model_dir)
     with hosts.client(spec) as client:
         client.predict(FRAME.head(3))
@@ -383,7 +384,7 @@ def test_load_context_error_is_a_host_error_with_the_log_tail(hosts: Hosts, mode
     message = str(info.value)
     assert "exited" in message and "before it was ready" in message
     assert "load_context failed on purpose" in info.value.log_tail
-    assert str(client.log_path) in message
+    assert str(client.launcher.log_path) in message
     assert hosts.processes(spec.key) == []
 
 
@@ -439,7 +440,7 @@ def test_host_not_ready_in_time_is_killed(
     save_model(str(model), python_model=Blocking())
     loading, release = tmp_path / "loading.pid", tmp_path / "release"
     monkeypatch.setattr(
-        client_module,
+        launcher_module,
         "time",
         SimpleNamespace(
             monotonic=lambda: time.monotonic() + (3600.0 if loading.exists() else 0.0),
@@ -473,8 +474,8 @@ def test_idle_host_exits_and_cleans_up(hosts: Hosts, model_dir: str, mode: str) 
     pid = client.host_pid
     assert_reaped(pid)
     assert not socket_path(spec.key).exists()
-    assert not client.pid_path.exists()
-    assert "no connection for 0.5s: exiting" in client.log_path.read_text()
+    assert not client.launcher.pid_path.exists()
+    assert "no connection for 0.5s: exiting" in client.launcher.log_path.read_text()
 
 
 def test_host_exits_when_the_watched_process_is_gone(hosts: Hosts, model_dir: str) -> None:
@@ -488,7 +489,7 @@ def test_host_exits_when_the_watched_process_is_gone(hosts: Hosts, model_dir: st
     watched.wait()
     assert_reaped(pid)
     assert not socket_path(spec.key).exists()
-    assert f"watched process {watched.pid} is gone" in client.log_path.read_text()
+    assert f"watched process {watched.pid} is gone" in client.launcher.log_path.read_text()
 
 
 @pytest.mark.parametrize("mode", ["fork", "prefork"])
@@ -500,7 +501,7 @@ def test_sigterm_stops_the_host_cleanly(hosts: Hosts, model_dir: str, mode: str)
         os.kill(pid, signal.SIGTERM)
         assert_reaped(pid)
     assert not socket_path(spec.key).exists()
-    assert not client.pid_path.exists()
+    assert not client.launcher.pid_path.exists()
     assert hosts.processes(spec.key) == []  # the connection's child went with it
 
 
@@ -559,8 +560,8 @@ def test_prefork_child_killed_is_replaced(hosts: Hosts, model_dir: str, tmp_path
         pd.testing.assert_frame_equal(again.predict(FRAME), before)
     assert len(loads(count)) == 1
     replaced = f"serving process {victim} exited (killed by signal 9): replacing it"
-    assert wait_until(lambda: replaced in client.log_path.read_text(), 15), (
-        client.log_path.read_text()
+    assert wait_until(lambda: replaced in client.launcher.log_path.read_text(), 15), (
+        client.launcher.log_path.read_text()
     )
 
 
@@ -650,7 +651,7 @@ def test_auto_forks_a_model_without_threads(hosts: Hosts, model_dir: str) -> Non
         assert wait_until(lambda: len(serving_children(host)) == 2, 10)
     assert (
         "in prefork mode with 2 serving processes (auto mode: the loaded model runs no threads "
-        "of its own and holds no GPU context)" in client.log_path.read_text()
+        "of its own and holds no GPU context)" in client.launcher.log_path.read_text()
     )
 
 
@@ -664,7 +665,7 @@ def test_auto_serves_a_model_that_started_a_thread_on_threads(
         assert serving_children(client.host_pid) == []
     assert (
         "in thread mode (auto mode: loading the model started 1 native thread(s)"
-        in client.log_path.read_text()
+        in client.launcher.log_path.read_text()
     )
 
 
@@ -967,7 +968,7 @@ def test_host_still_loading_when_its_starter_died_is_waited_for(
 ) -> None:
     """_adopt_or_clear: the worker that started the host was killed while the host loads; the
     next worker waits for that host instead of killing it or starting another."""
-    caplog.set_level("INFO", logger="spark_pyfunc._client")
+    caplog.set_level("INFO", logger="spark_pyfunc")
     config = gated(tmp_path, "load")
     spec = hosts.spec(model_dir, model_config=config)
     ctx = multiprocessing.get_context("fork")
@@ -992,7 +993,7 @@ def test_host_still_loading_when_its_starter_died_is_waited_for(
 def test_lock_held_too_long_is_a_host_error_naming_the_lock(
     hosts: Hosts, model_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_module, "_LOCK_MARGIN", 0.0)
+    monkeypatch.setattr(launcher_module, "_LOCK_MARGIN", 0.0)
     spec = hosts.spec(model_dir, start_timeout=1.0, model_uri=USER_PATH)
     client = hosts.client(spec)
     holder = subprocess.Popen(
@@ -1004,7 +1005,7 @@ def test_lock_held_too_long_is_a_host_error_naming_the_lock(
             "with file_lock(sys.argv[1]):\n"
             "    print('held', flush=True)\n"
             "    time.sleep(600)",
-            str(client.lock_path),
+            str(client.launcher.lock_path),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -1017,7 +1018,7 @@ def test_lock_held_too_long_is_a_host_error_naming_the_lock(
         holder.kill()
         holder.wait()
     message = str(info.value)
-    assert f"waiting for the lock {client.lock_path}" in message
+    assert f"waiting for the lock {client.launcher.lock_path}" in message
     assert "held by another worker starting the model host" in message and USER_PATH in message
     assert hosts.processes(spec.key) == []  # it never started one
 
@@ -1027,8 +1028,8 @@ def test_host_log_goes_to_the_log_dir(hosts: Hosts, model_dir: str, tmp_path: Pa
     spec = hosts.spec(model_dir, log_dir=str(log_dir))
     with hosts.client(spec) as client:
         client.predict(FRAME.head(3))
-    assert client.log_path == log_dir / f"spark_pyfunc-host-{spec.key}.log"
-    assert f"model host starting: pid={client.host_pid}" in client.log_path.read_text()
+    assert client.launcher.log_path == log_dir / f"spark_pyfunc-host-{spec.key}.log"
+    assert f"model host starting: pid={client.host_pid}" in client.launcher.log_path.read_text()
     assert not list(Path(spec.state_dir).glob("*.log"))
 
 

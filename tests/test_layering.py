@@ -33,6 +33,7 @@ TIERS: list[list[str]] = [
     ["_format", "_result_types"],
     ["python_model"],
     ["_loading", "_saving"],
+    ["_launcher"],
     ["_host", "_client", "_describe", "_environments"],
     ["_udf"],
     ["scoring", "_demo", ""],
@@ -127,11 +128,12 @@ def test_imports_flow_one_way() -> None:
     assert sorted(set(LAYERS) - set(graph)) == [], "LAYERS names modules that do not exist"
     assert layering_violations(LAYERS, graph) == []
     # Not vacuous: the edge that broke the ParamSpec cycle is seen, as is the front module's,
-    # a lazy import inside a function, and the client's rendezvous without the server module.
+    # a lazy import inside a function, and the launcher's rendezvous without the server module.
     assert "spark_pyfunc.schema._coerce" in graph["spark_pyfunc.schema._specs"]
     assert "spark_pyfunc.schema._enforce" in graph["spark_pyfunc.schema"]
     assert "spark_pyfunc._loading" in graph["spark_pyfunc._host"]
-    assert "spark_pyfunc._rendezvous" in graph["spark_pyfunc._client"]
+    assert "spark_pyfunc._rendezvous" in graph["spark_pyfunc._launcher"]
+    assert "spark_pyfunc._launcher" in graph["spark_pyfunc._client"]
     assert "spark_pyfunc._host" not in graph["spark_pyfunc._client"]
     assert "spark_pyfunc" not in set().union(*graph.values()), "an import of the package root"
 

@@ -24,7 +24,8 @@ import pytest
 from pipe_models import Tagged
 
 from spark_pyfunc import save_model
-from spark_pyfunc._client import HostSpec, ModelHostClient
+from spark_pyfunc._client import ModelHostClient
+from spark_pyfunc._launcher import HostSpec
 from spark_pyfunc.errors import HostError, PredictionError
 
 pytestmark = pytest.mark.timeout(600)
@@ -243,7 +244,7 @@ def test_a_host_killed_mid_stream_is_restarted_and_the_unanswered_requests_sent_
         until(lambda: not _alive(host), f"host {host} died")
         (tmp_path / "go").touch()
 
-    caplog.set_level(logging.WARNING, logger="spark_pyfunc._client")
+    caplog.set_level(logging.WARNING, logger="spark_pyfunc")
     faulting = threading.Thread(target=fault, daemon=True)
     faulting.start()
     try:
