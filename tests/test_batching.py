@@ -26,7 +26,7 @@ from spark_pyfunc import save_model
 from spark_pyfunc._batching import Batcher
 from spark_pyfunc._client import ModelHostClient
 from spark_pyfunc._host import ModelServer
-from spark_pyfunc._launcher import HostSpec
+from spark_pyfunc._launcher import HostLauncher, HostSpec
 from spark_pyfunc._wire import arrow_bytes_to_frame, batch_to_arrow_bytes, frame_to_arrow_bytes
 from spark_pyfunc.errors import PredictionError
 
@@ -457,14 +457,14 @@ def test_host_spec_passes_batching_to_the_host_command_line(tmp_path: Path) -> N
         batch_max_wait_ms=7.5,
         batch_max_rows=300,
     )
-    cmd = ModelHostClient(spec)._command()
+    cmd = HostLauncher(spec)._command()
     at = cmd.index("--batching")
     assert cmd[at + 1 : at + 7] == [
         "--batch-max-wait-ms", "7.5", "--batch-max-rows", "300", "--batch-calls", "1",
     ]  # fmt: skip
-    two = ModelHostClient(HostSpec(**dict(spec.__dict__, batch_calls=2)))._command()
+    two = HostLauncher(HostSpec(**dict(spec.__dict__, batch_calls=2)))._command()
     assert two[two.index("--batch-calls") + 1] == "2"
-    plain = ModelHostClient(HostSpec(model_dir="m", key="k", state_dir=str(tmp_path)))._command()
+    plain = HostLauncher(HostSpec(model_dir="m", key="k", state_dir=str(tmp_path)))._command()
     assert "--batching" not in plain
 
 

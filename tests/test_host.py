@@ -532,7 +532,7 @@ def test_prefork_loads_once_and_serves_from_its_children(
     for got in results:
         pd.testing.assert_frame_equal(got, expected(model_dir))
     assert loads(count) == [f"load {host}"]  # one load, in the parent, before the fork
-    log = clients[0].log_path.read_text()
+    log = clients[0].launcher.log_path.read_text()
     assert "in prefork mode with 3 serving processes (prefork mode: asked for)" in log
 
 
@@ -867,7 +867,7 @@ def predict_in_thread(client: ModelHostClient) -> tuple[threading.Thread, dict]:
 @pytest.mark.parametrize(
     ("gate_name", "sig", "how"),
     [
-        ("import", signal.SIGKILL, "killed before it was ready, by SIGKILL"),
+        ("import", signal.SIGKILL, "killed before it was ready, while loading, by SIGKILL"),
         ("load", signal.SIGKILL, "killed during load: out of memory?"),
         ("load", signal.SIGTERM, "stopped by SIGTERM while loading the model"),
     ],
