@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from spark_pyfunc._env_spec import EnvSpec
     from spark_pyfunc._loading import PyFuncModel
 
-# The signature (schema.py) and the model (loading.py) are read on the driver, and by workers
+# The signature (schema/) and the model (_loading.py) are read on the driver, and by workers
 # with scope="process"; a worker relaying batches to the host never imports them.
 
 logger = logging.getLogger(__name__)

@@ -457,7 +457,7 @@ def test_file_uris_name_the_local_directory(
 
 # ------------------------------------------------ the spark.pyfunc.* settings, observed
 
-# The keys as the README documents them (not udf.py's constants: a renamed key must fail).
+# The keys as the README documents them (not _config.py's: a renamed key must fail).
 CONF_AUTO_THRESHOLD = "spark.pyfunc.scope.autoThresholdBytes"
 CONF_IDLE_TIMEOUT = "spark.pyfunc.host.idleTimeout"
 CONF_START_TIMEOUT = "spark.pyfunc.host.startTimeout"
