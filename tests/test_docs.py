@@ -139,3 +139,28 @@ def test_every_module_named_in_the_docs_exists() -> None:
     assert stale - _BEING_REWRITTEN == set(), "docs naming modules that do not exist"
     fixed = _BEING_REWRITTEN - stale
     assert not fixed, f"fixed now: drop {fixed} from _BEING_REWRITTEN"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_the_docs_links_between_pages_resolve() -> None:
+    """A page moved or a heading renamed (docs/benchmark.md's investigations moved to
+    docs/investigations/) leaves no link in README.md or docs/ pointing at nothing."""
+    root = README.parent
+    broken = []
+    for page in [README, *sorted((root / "docs").rglob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s):, mailto:
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append((page.name, target))
+            elif anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), re.M)
+                if anchor not in {_slug(h) for h in headings}:
+                    broken.append((page.name, target))
+    assert broken == []
