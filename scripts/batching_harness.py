@@ -1,14 +1,14 @@
 """What request batching in the model host buys, without Spark.
 
 A model shaped like a GPU model: every call costs a fixed 5 ms plus a cost per row, and the
-device runs one call at a time (a lock around the cost: a second call waits for the first).
-The costs are sleeps, as a GPU's would be for the CPU. K=2 client processes each send 64-row
-Arrow requests to one host started through the real client API (HostSpec/ModelHostClient,
-``predict_stream`` with up to ``depth`` requests in flight, as the Spark relay sends them),
-batching off and on, at depth 1 (one request in flight: ``predict``) and at ``--depth``
-(default: spark.pyfunc.host.pipelineDepth's): four thread hosts (a GPU host always serves on
-threads), side by side, the rounds alternating between them so that all see the same
-(shared) machine.
+device runs one call at a time (a lock around the cost: a second call waits for the first). The
+costs are sleeps, as a GPU's would be for the CPU. K=2 client processes each send 64-row Arrow
+requests to one host, started as a worker starts it (scripts/_host_harness.py), through the
+real client API (ModelHostClient, ``predict_stream`` with up to ``depth`` requests in flight,
+as the Spark relay sends them), batching off and on, at depth 1 (one request in flight:
+``predict``) and at ``--depth`` (default: spark.pyfunc.host.pipelineDepth's): four thread hosts
+(a GPU host always serves on threads), side by side, the rounds alternating between them so
+that all see the same (shared) machine.
 
 Per setting it prints rows/s (median of the rounds), the added latency per request, p50 and
 p95 (a request's round trip, from the moment the client takes it to the moment its result
@@ -27,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import statistics
@@ -34,7 +35,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pyarrow as pa
+from _host_harness import Clients, Host, host_spec
 
 from spark_pyfunc import save_model
 from spark_pyfunc._client import ModelHostClient
@@ -105,63 +106,49 @@ def _client(
             out.put(trips)
 
 
-class Clients:
-    """``--clients`` client processes for one host, waiting for each round's start."""
+class Rounds:
+    """``--clients`` client processes of one host, waiting for each round's start."""
 
-    def __init__(
-        self, spec: HostSpec, depth: int, args: argparse.Namespace, host: int | None
-    ) -> None:
+    def __init__(self, host: Host, depth: int, args: argparse.Namespace) -> None:
         ctx = multiprocessing.get_context("fork")
         self.args = args
-        self.host = psutil.Process(host)
+        self.host = host
         self.host_cpu: list[float] = []
         self.start = ctx.Barrier(args.clients + 1)
         self.out = ctx.Queue()
-        self.procs = [
-            ctx.Process(
-                target=_client,
-                args=(
-                    spec,
-                    depth,
-                    args.rows,
-                    7 + i,
-                    args.requests,
-                    args.rounds,
-                    self.start,
-                    self.out,
-                ),  # fmt: skip
-            )
-            for i in range(args.clients)
-        ]
-        for p in self.procs:
-            p.start()
+        spec = host.spec
+        self.clients = Clients(
+            args.clients,
+            _client,
+            lambda i: (
+                spec,
+                depth,
+                args.rows,
+                7 + i,
+                args.requests,
+                args.rounds,
+                self.start,
+                self.out,
+            ),
+        )
         self.rates: list[float] = []
         self.trips: list[float] = []
 
     def round(self) -> float:
         """One round: every client sends its requests; the rows/s of the round."""
         self.start.wait()
-        began, cpu = time.perf_counter(), self._cpu()
-        per_client = [self.out.get(timeout=600) for _ in self.procs]
+        began, cpu = time.perf_counter(), self.host.cpu_seconds()
+        per_client = [self.out.get(timeout=600) for _ in range(len(self.clients))]
         took = time.perf_counter() - began
         args = self.args
-        self.host_cpu.append((self._cpu() - cpu) / (args.clients * args.requests))
+        self.host_cpu.append((self.host.cpu_seconds() - cpu) / (args.clients * args.requests))
         self.rates.append(args.clients * args.requests * args.rows / took)
         self.trips += [t for client in per_client for t in client]
         return self.rates[-1]
 
-    def _cpu(self) -> float:
-        times = self.host.cpu_times()
-        return times.user + times.system
 
-    def join(self) -> None:
-        for p in self.procs:
-            p.join(60)
-
-
-def alone(spec: HostSpec, rows: int, requests: int) -> tuple[float, int | None]:
-    """The median round trip of a request sent alone to the idle host of ``spec`` (which
-    this starts), and the host's pid."""
+def alone(spec: HostSpec, rows: int, requests: int) -> float:
+    """The median round trip of a request sent alone to the idle host of ``spec``."""
     batch = request(rows, 1)
     with ModelHostClient(spec) as client:
         client.predict(batch)
@@ -170,15 +157,7 @@ def alone(spec: HostSpec, rows: int, requests: int) -> tuple[float, int | None]:
             began = time.perf_counter()
             client.predict(batch, arrow=True)
             trips.append(time.perf_counter() - began)
-        return statistics.median(trips), client.host_pid
-
-
-def stop(pid: int | None) -> None:
-    if pid is None:
-        return
-    host = psutil.Process(pid)
-    host.terminate()
-    psutil.wait_procs([host], timeout=10)
+        return statistics.median(trips)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,13 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         save_model(str(model_dir), python_model=DeviceModel())
 
         def spec(batching: bool, calls: Path) -> HostSpec:
-            return HostSpec(
-                model_dir=str(model_dir),
-                key=uuid.uuid4().hex[:16],
-                state_dir=str(root / "state"),
+            return host_spec(
+                model_dir,
+                root / "state",
                 model_config={"call_ms": args.call_ms, "row_us": args.row_us, "calls": str(calls)},
-                idle_timeout=60.0,
-                watch_pid=os.getpid(),
                 mode="thread",
                 batching=batching,
                 batch_max_wait_ms=args.max_wait_ms,
@@ -239,31 +215,34 @@ def main(argv: list[str] | None = None) -> int:
         )
         # All hosts run side by side and the rounds alternate between them, so that every
         # setting sees the same (shared, noisy) machine.
-        settings = {}
-        for depth in depths:
-            for batching in (False, True):
-                calls = root / f"calls-{depth}-{batching}.txt"
-                s = spec(batching, calls)
-                baseline, pid = alone(s, args.rows, max(args.requests, 50))
-                calls.unlink()
-                settings[depth, batching] = (calls, baseline, pid, Clients(s, depth, args, pid))
-        ratios: dict[int, list[float]] = {depth: [] for depth in depths}
-        for _ in range(args.rounds):
+        with contextlib.ExitStack() as stack:
+            settings = {}
             for depth in depths:
-                off, on = (settings[depth, b][3].round() for b in (False, True))
-                ratios[depth].append(on / off)
-        for (depth, batching), (calls, baseline, pid, clients) in settings.items():
-            clients.join()
-            stop(pid)
-            added = np.array(clients.trips) - baseline
+                for batching in (False, True):
+                    calls = root / f"calls-{depth}-{batching}.txt"
+                    host = stack.enter_context(Host(spec(batching, calls)))
+                    baseline = alone(host.spec, args.rows, max(args.requests, 50))
+                    calls.unlink()
+                    rounds = Rounds(host, depth, args)
+                    stack.enter_context(rounds.clients)
+                    settings[depth, batching] = (calls, baseline, rounds)
+            ratios: dict[int, list[float]] = {depth: [] for depth in depths}
+            for _ in range(args.rounds):
+                for depth in depths:
+                    off, on = (settings[depth, b][2].round() for b in (False, True))
+                    ratios[depth].append(on / off)
+            for rounds in (s[2] for s in settings.values()):
+                rounds.clients.join()
+        for (depth, batching), (calls, baseline, rounds) in settings.items():
+            added = np.array(rounds.trips) - baseline
             sizes = Counter(int(line) for line in calls.read_text().split())
             label = f"on, max wait {args.max_wait_ms:g} ms" if batching else "off"
             top = ", ".join(f"{k}: {v}" for k, v in sorted(sizes.items()))
             print(
-                f"{depth:5d} {label:26} {statistics.median(clients.rates):9,.0f} "
+                f"{depth:5d} {label:26} {statistics.median(rounds.rates):9,.0f} "
                 f"{1e3 * baseline:8.2f} {1e3 * np.percentile(added, 50):12.2f} "
                 f"{1e3 * np.percentile(added, 95):12.2f} "
-                f"{1e3 * statistics.median(clients.host_cpu):15.2f}  {top}",
+                f"{1e3 * statistics.median(rounds.host_cpu):15.2f}  {top}",
                 flush=True,
             )
         for depth in depths:
@@ -272,10 +251,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"rounds' ratios; rounds: {', '.join(f'{r:.2f}' for r in ratios[depth])})"
             )
         top = max(depths)
-        best = statistics.median(settings[top, True][3].rates)
+        best = statistics.median(settings[top, True][2].rates)
         print(
             f"depth {top} batching on / depth 1 batching off: "
-            f"{best / statistics.median(settings[1, False][3].rates):.2f}x (medians); "
+            f"{best / statistics.median(settings[1, False][2].rates):.2f}x (medians); "
             f"load average {os.getloadavg()[0]:.2f}"
         )
     return 0

@@ -366,10 +366,11 @@ def steps(cfg: argparse.Namespace) -> str:
     import subprocess
 
     from spark_pyfunc import _environments as envs
+    from spark_pyfunc._env_spec import HOST_REQUIREMENTS
 
     uv = envs._find_uv()
     reqs = cfg.root / "requirements.txt"
-    reqs.write_text("\n".join([PIN, "cloudpickle", "pandas<3", "numpy", *envs.HOST_REQUIREMENTS]))
+    reqs.write_text("\n".join([PIN, "cloudpickle", "pandas<3", "numpy", *HOST_REQUIREMENTS]))
     quiet = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     imports = "import spark_pyfunc._host, spark_pyfunc._loading, six"
     pkg = {"PYTHONPATH": envs.package_path(cfg.root / "pkg")}

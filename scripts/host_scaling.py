@@ -1,7 +1,8 @@
 """How the model host scales with its clients, per mode and model, without Spark.
 
 K client processes (K = 1, 2) each send prebuilt 10,000-row Arrow requests to one host,
-started through the real client API (HostSpec/ModelHostClient), and fit every answer to a
+started as a worker starts it (scripts/_host_harness.py) and relayed to through the real
+client API (ModelHostClient), and fit every answer to a
 ``double`` result the way the Arrow UDF's worker does (``fit_arrow_result``). Per mode and model
 it prints rows/s (median of the rounds), the K=2/K=1 ratio, the CPU seconds per request of
 the host (parent and serving children) and of a client (the worker's share of the path), and
@@ -37,7 +38,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pyarrow as pa
+from _host_harness import Clients, Host, host_spec
 from pyspark.sql.types import DoubleType
 
 from spark_pyfunc import save_model
@@ -137,52 +138,32 @@ def _client(spec: HostSpec, seed: int, requests: int, rounds: int, start, done, 
             done.wait()
 
 
-def _host_tree_cpu(host: psutil.Process) -> float:
-    """CPU seconds of the host and every child it has or had (reaped ones included)."""
-    times = host.cpu_times()
-    total = times.user + times.system + times.children_user + times.children_system
-    for child in host.children(recursive=True):
-        try:
-            t = child.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def measure(spec: HostSpec, clients: int, requests: int, rounds: int) -> dict[str, Any]:
-    """Rows/s and CPU per request for ``clients`` clients of the host of ``spec``."""
+def measure(host: Host, clients: int, requests: int, rounds: int) -> dict[str, Any]:
+    """Rows/s and CPU per request for ``clients`` clients of ``host``."""
     ctx = multiprocessing.get_context("fork")
     start, done = ctx.Barrier(clients + 1), ctx.Barrier(clients + 1)
     out = ctx.Queue()
-    procs = [
-        ctx.Process(target=_client, args=(spec, 7 + i, requests, rounds, start, done, out))
-        for i in range(clients)
-    ]
-    for p in procs:
-        p.start()
-    with ModelHostClient(spec) as probe:  # the host's pid, from its greeting
-        probe.predict(request_batch(1).slice(0, 10))
-        host = psutil.Process(probe.host_pid)
+    spec = host.spec
     rates, host_cpu, client_cpu, busy = [], [], [], []
-    for _ in range(rounds):
-        start.wait()
-        began, cpu = time.perf_counter(), _host_tree_cpu(host)
-        per_client = [out.get(timeout=600) for _ in procs]
-        took, used = time.perf_counter() - began, _host_tree_cpu(host) - cpu
-        done.wait()
-        rates.append(clients * requests * ROWS / took)
-        host_cpu.append(used / (clients * requests))
-        client_cpu.append(statistics.median(per_client) / requests)
-        busy.append(used / took)
-    for p in procs:
-        p.join(60)
+    with Clients(
+        clients, _client, lambda i: (spec, 7 + i, requests, rounds, start, done, out)
+    ) as procs:
+        for _ in range(rounds):
+            start.wait()
+            began, cpu = time.perf_counter(), host.cpu_seconds(tree=True)
+            per_client = [out.get(timeout=600) for _ in range(clients)]
+            took, used = time.perf_counter() - began, host.cpu_seconds(tree=True) - cpu
+            done.wait()
+            rates.append(clients * requests * ROWS / took)
+            host_cpu.append(used / (clients * requests))
+            client_cpu.append(statistics.median(per_client) / requests)
+            busy.append(used / took)
+        procs.join(60)
     return {
         "rows_s": statistics.median(rates),
         "host_ms": 1e3 * statistics.median(host_cpu),
         "client_ms": 1e3 * statistics.median(client_cpu),
         "host_cores": statistics.median(busy),
-        "host": host,
     }
 
 
@@ -233,7 +214,7 @@ def _sender(spec: HostSpec, seed: int, requests: list[int], go, done) -> None:
 
 
 def host_memory(
-    spec: HostSpec, clients: int, steps: list[int], smaps: bool = False
+    served: Host, clients: int, steps: list[int], smaps: bool = False
 ) -> list[dict[str, Any]]:
     """The host's memory after each cumulative step of requests (in all, over ``clients``
     connected clients), then once more when the clients have closed their connections (the
@@ -243,31 +224,23 @@ def host_memory(
     go, done = ctx.Barrier(clients + 1), ctx.Barrier(clients + 1)
     per_client = [max(s // clients, 1) for s in steps]
     increments = [b - a for a, b in zip([0, *per_client[:-1]], per_client, strict=True)]
-    procs = [
-        ctx.Process(target=_sender, args=(spec, 11 + i, increments, go, done))
-        for i in range(clients)
-    ]
-    for p in procs:
-        p.start()
-    with ModelHostClient(spec) as probe:
-        probe.predict(request_batch(1).slice(0, 10))
-        host = psutil.Process(probe.host_pid)
+    spec, host = served.spec, psutil.Process(served.pid)
     snapshots = []
-    for _ in increments:
-        go.wait()
-        done.wait()
-        children = host.children()
-        snap: dict[str, Any] = {
-            "parent": rollup(host.pid),
-            "children": {c.pid: rollup(c.pid) for c in children},
-        }
-        if smaps:
-            snap["parent_pss"] = mappings(host.pid, "Pss")
-            snap["child_dirty"] = [mappings(c.pid, "Private_Dirty") for c in children]
-        snapshots.append(snap)
-    go.wait()  # the clients close their connections
-    for p in procs:
-        p.join(60)
+    with Clients(clients, _sender, lambda i: (spec, 11 + i, increments, go, done)) as procs:
+        for _ in increments:
+            go.wait()
+            done.wait()
+            children = host.children()
+            snap: dict[str, Any] = {
+                "parent": rollup(host.pid),
+                "children": {c.pid: rollup(c.pid) for c in children},
+            }
+            if smaps:
+                snap["parent_pss"] = mappings(host.pid, "Pss")
+                snap["child_dirty"] = [mappings(c.pid, "Private_Dirty") for c in children]
+            snapshots.append(snap)
+        go.wait()  # the clients close their connections
+        procs.join(60)
     # Idle: every connection closed, so each child's connection thread has ended.
     deadline = time.monotonic() + 60
     while any(c.num_threads() > 1 for c in host.children()) and time.monotonic() < deadline:
@@ -276,7 +249,6 @@ def host_memory(
     snapshots.append(
         {"parent": rollup(host.pid), "children": {c.pid: rollup(c.pid) for c in children}}
     )
-    snapshots[-1]["host"] = host
     return snapshots
 
 
@@ -305,25 +277,12 @@ def report_memory(name: str, steps: list[int], snapshots: list[dict[str, Any]]) 
 
 
 def _spec(model_dir: Path, mode: str, processes: int, state: Path) -> HostSpec:
-    return HostSpec(
-        model_dir=str(model_dir),
-        key=uuid.uuid4().hex[:16],
-        state_dir=str(state),
-        idle_timeout=30.0,
-        mode=mode,
-        processes=processes,
-        watch_pid=os.getpid(),
-    )
+    return host_spec(model_dir, state, idle_timeout=30.0, mode=mode, processes=processes)
 
 
-def _stop(host: psutil.Process) -> None:
-    host.terminate()
-    psutil.wait_procs([host], timeout=10)
-
-
-def _log_choice(spec: HostSpec, state: Path) -> str:
-    log = state / f"spark_pyfunc-host-{spec.key}.log"
-    for line in log.read_text().splitlines():
+def _log_choice(host: Host) -> str:
+    """The serving style the host's log says it chose (``auto`` resolves to one)."""
+    for line in host.log_text().splitlines():
         if " mode" in line and "serving " in line:
             return line.split("serving ", 1)[1].split(" ", 1)[1]
     return "?"
@@ -379,28 +338,27 @@ def main(argv: list[str] | None = None) -> int:
             )
         for name in args.models:
             for mode in args.modes:
-                spec = _spec(models[name], mode, args.processes, root / "state")
-                one = measure(spec, 1, args.requests, args.rounds)
-                two = measure(spec, 2, args.requests, args.rounds)
+                with Host(_spec(models[name], mode, args.processes, root / "state")) as host:
+                    one = measure(host, 1, args.requests, args.rounds)
+                    two = measure(host, 2, args.requests, args.rounds)
                 print(
                     f"{name:7} {mode:7} {one['rows_s']:11,.0f} {two['rows_s']:11,.0f} "
                     f"{two['rows_s'] / one['rows_s']:6.2f} "
                     f"{one['host_ms']:5.2f}/{two['host_ms']:5.2f} "
                     f"{one['client_ms']:6.2f}/{two['client_ms']:6.2f} "
                     f"{one['host_cores']:4.2f}/{two['host_cores']:4.2f}  "
-                    f"{_log_choice(spec, root / 'state')}",
+                    f"{_log_choice(host)}",
                     flush=True,
                 )
-                _stop(one["host"])
         if args.memory_requests:
             if args.memory_model not in models:
                 models[args.memory_model] = build_model(args.memory_model, args.model_cache, root)
             processes = args.memory_processes or args.processes
             spec = _spec(models[args.memory_model], "prefork", processes, root / "state")
             steps = [10, args.memory_requests]
-            snapshots = host_memory(spec, processes, steps, smaps=args.smaps)
+            with Host(spec) as host:
+                snapshots = host_memory(host, processes, steps, smaps=args.smaps)
             report_memory(args.memory_model, steps, snapshots)
-            _stop(snapshots[-1]["host"])
     return 0
 
 

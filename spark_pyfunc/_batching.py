@@ -13,7 +13,8 @@ server's, which converts, predicts and encodes), so it knows nothing of models; 
 runs on a waiting connection thread that found the batch ready, one batch at a time by
 default. ``max_calls=2`` lets a second batch start while the first is in ``handle``: its
 conversions (which hold the GIL) then run while the device computes the first, which a model
-whose batches fill the device needs to keep it busy (docs/benchmark.md, GPUs).
+whose batches fill the device needs to keep it busy
+(docs/investigations/2026-11-30-gpus-k-tasks-one-gpu.md).
 
 A connection may have several requests in flight (a pipelining client sends the next before
 it has read the previous answer): the host's reader of the connection ``enqueue``s them as

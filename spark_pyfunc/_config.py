@@ -193,7 +193,7 @@ BATCH_CALLS = Setting(
     "device computes the current one (two batches' memory on the device)",
     flag="--batch-calls",
 )
-#: 3: the batching harness's figures (docs/benchmark.md).
+#: 3: the batching harness's figures (docs/investigations/2026-11-30-request-batching.md).
 PIPELINE_DEPTH = Setting(
     "spark.pyfunc.host.pipelineDepth", 3, _positive_int, "a positive integer",
     doc="requests each Python worker keeps in flight to its host (`1`: one at a time)",

@@ -378,7 +378,7 @@ class HostLauncher:
 
     @property
     def status_path(self) -> Path:
-        """Where the host records how it ended (see host.write_exit_status)."""
+        """Where the host records how it ended (see _rendezvous.write_exit_status)."""
         return Path(exit_status_path(str(self.pid_path)))
 
 

@@ -49,10 +49,10 @@ from spark_pyfunc._wire import prediction_to_frame, struct_rows
 from spark_pyfunc.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
-    from spark_pyfunc._environments import EnvSpec
+    from spark_pyfunc._env_spec import EnvSpec
     from spark_pyfunc._loading import PyFuncModel
 
-# The signature (schema.py) and the model (loading.py) are read on the driver, and by workers
+# The signature (schema/) and the model (_loading.py) are read on the driver, and by workers
 # with scope="process"; a worker relaying batches to the host never imports them.
 
 logger = logging.getLogger(__name__)
@@ -268,13 +268,13 @@ def _host_client(plan: _Plan) -> ModelHostClient:
 def _restored_environment(plan: _Plan) -> dict[str, Any]:
     """The host's interpreter and PYTHONPATH in the model's restored environment, built or
     unpacked on this machine first if needed (under a file lock: once per machine)."""
-    from spark_pyfunc import _environments
+    from spark_pyfunc import _env_prebuilt, _environments
 
     started = time.perf_counter()
     if plan.prebuilt_env is not None:
         from spark_pyfunc._shipping import fetch_file
 
-        python = _environments.restore_prebuilt(
+        python = _env_prebuilt.restore_prebuilt(
             fetch_file(plan.prebuilt_env),
             plan.prebuilt_env.sha256,
             plan.env_cache_dir,
@@ -697,7 +697,7 @@ def spark_udf(
     if prebuilt_env_uri is not None:
         prebuilt = _ship_prebuilt_env(spark, prebuilt_env_uri)
     elif manager != "local":
-        from spark_pyfunc._environments import read_environment
+        from spark_pyfunc._env_spec import read_environment
 
         env = read_environment(path, manager)
     checked = time.perf_counter()

@@ -416,7 +416,7 @@ def _demo_command(args: argparse.Namespace) -> int:
 
 
 def _build_env_command(args: argparse.Namespace) -> int:
-    from spark_pyfunc._environments import pack_env
+    from spark_pyfunc._env_prebuilt import pack_env
 
     if os.path.exists(args.out):
         raise InvalidArgumentError(f"OUT {args.out!r} already exists")

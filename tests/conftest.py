@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -130,8 +131,9 @@ def _stop_model_hosts_after_each_test(tmp_path_factory) -> Iterator[None]:
     stop_model_hosts(str(tmp_path_factory.getbasetemp()))
 
 
-# The tests' own model modules, imported by the tests and named in models' code_paths.
-_HELPER_MODULES = ("host_models", "udf_models", "format_models", "mlflow_models", "parity_models")
+# The tests' own model modules (every tests/*_models.py), imported by the tests and named in
+# models' code_paths: found, not listed, so a new one is kept too.
+_HELPER_MODULES = tuple(sorted(p.stem for p in Path(__file__).parent.glob("*_models.py")))
 
 
 @pytest.fixture(autouse=True)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from host_models import Batched
+from support.wait import until
 
 from spark_pyfunc import save_model
 from spark_pyfunc._batching import Batcher
@@ -34,13 +33,6 @@ pytestmark = pytest.mark.timeout(300)
 
 #: How long a test waits for something that should happen at once (a shared machine).
 PATIENCE = 60.0
-
-
-def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.005)
 
 
 def frame(start: int, rows: int = 64) -> pd.DataFrame:
@@ -99,7 +91,9 @@ class Scene:
         self.threads.append(thread)
 
     def queued(self, count: int) -> None:
-        until(lambda: len(self.batcher._queue) == count, f"{count} requests queued")
+        until(
+            lambda: len(self.batcher._queue) == count, f"{count} requests queued", PATIENCE, 0.005
+        )
 
     def connect(self, count: int) -> None:
         for _ in range(count):

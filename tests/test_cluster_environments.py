@@ -27,8 +27,8 @@ import pytest
 from conftest import stop_active_session
 from test_environments import PINNED, builds, six_model
 
-from spark_pyfunc import _environments as envs
 from spark_pyfunc import spark_udf
+from spark_pyfunc._env_prebuilt import pack_env
 
 pytestmark = pytest.mark.slow
 
@@ -191,7 +191,7 @@ def test_bare_executors_build_once_per_machine_and_run_one_host_each(
         assert len(loads.read_text().splitlines()) == executors + executors_again
 
         # A prebuilt archive: executors without uv on their PATH (nor any registry use).
-        archive = envs.pack_env(model, tmp_path / "env.tar.gz", "uv", tmp_path / "build-cache")
+        archive = pack_env(model, tmp_path / "env.tar.gz", "uv", tmp_path / "build-cache")
         fresh = tmp_path / "fresh-cache"
         third, _, _ = _application(
             cluster, bare_python, "/usr/bin:/bin", fresh, model, loads, prebuilt=archive

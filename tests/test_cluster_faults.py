@@ -31,13 +31,12 @@ from support.faults import (
     REPEATS,
     Faults,
     Job,
-    alive,
-    alive_pid,
     descendants,
     executor_jvms,
     hosts_naming,
-    wait_until,
 )
+from support.processes import alive, alive_pid
+from support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

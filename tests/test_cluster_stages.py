@@ -22,11 +22,10 @@ import pytest
 from support.faults import (
     Faults,
     Job,
-    alive,
-    alive_pid,
     hosts_naming,
-    wait_until,
 )
+from support.processes import alive, alive_pid
+from support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -22,9 +22,12 @@ import pandas as pd
 import psutil
 import pytest
 
+from spark_pyfunc import _env_prebuilt as prebuilt
+from spark_pyfunc import _env_spec as env_spec
 from spark_pyfunc import _environments as envs
 from spark_pyfunc import _rendezvous, save_model, spark_udf
 from spark_pyfunc._client import ModelHostClient
+from spark_pyfunc._env_spec import EnvSpec
 from spark_pyfunc._launcher import HostSpec
 from spark_pyfunc._shipping import package_zips
 from spark_pyfunc.cli import main
@@ -82,7 +85,7 @@ def test_python_env_yaml_wins_and_own_package_lines_are_dropped(tmp_path):
     (model / "conda.yaml").write_text(
         "dependencies:\n- python=3.9.1\n- pip:\n  - from-conda==1\n", encoding="utf-8"
     )
-    spec = envs.read_environment(model, "uv")
+    spec = env_spec.read_environment(model, "uv")
     assert spec.source == "python_env.yaml"
     assert spec.requirements == ("six==1.15.0",)  # -r requirements.txt inlined, ours dropped
     assert spec.python == "{}.{}.{}".format(*sys.version_info[:3])
@@ -95,7 +98,7 @@ def test_without_python_env_requirements_txt_with_conda_yaml_python(tmp_path):
     (model / "conda.yaml").write_text(
         "dependencies:\n- python=3.10.4\n- pip\n- pip:\n  - other==2\n", encoding="utf-8"
     )
-    spec = envs.read_environment(model, "virtualenv")
+    spec = env_spec.read_environment(model, "virtualenv")
     assert (spec.source, spec.python, spec.requirements) == (
         "requirements.txt",
         "3.10.4",
@@ -110,7 +113,7 @@ def test_conda_yaml_alone_gives_its_pip_list(tmp_path):
     (model / "conda.yaml").write_text(
         "dependencies:\n- python=3.11.2\n- pip:\n  - six==1.14.0\n", encoding="utf-8"
     )
-    spec = envs.read_environment(model, "uv")
+    spec = env_spec.read_environment(model, "uv")
     assert (spec.source, spec.python, spec.requirements) == (
         "conda.yaml",
         "3.11.2",
@@ -125,7 +128,7 @@ def test_a_model_without_environment_files_is_refused_by_name(tmp_path):
     with pytest.raises(
         EnvironmentSetupError, match=r"describes no environment.*env_manager='local'"
     ):
-        envs.read_environment(model, "uv")
+        env_spec.read_environment(model, "uv")
 
 
 def test_a_requirements_file_outside_the_model_is_refused(tmp_path):
@@ -133,12 +136,12 @@ def test_a_requirements_file_outside_the_model_is_refused(tmp_path):
     (tmp_path / "secret.txt").write_text("six\n")
     (model / "requirements.txt").write_text("-r ../secret.txt\n")
     with pytest.raises(UnsafePathError, match=r"\.\./secret\.txt"):
-        envs.read_environment(model, "uv")
+        env_spec.read_environment(model, "uv")
 
 
 def test_conda_without_conda_on_the_machine_names_what_is_missing(tmp_path, monkeypatch):
     model = six_model(tmp_path / "m")
-    spec = envs.read_environment(model, "conda")
+    spec = env_spec.read_environment(model, "conda")
     assert spec.conda_yaml and "six==1.15.0" in spec.conda_yaml
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.delenv("CONDA_EXE", raising=False)
@@ -151,13 +154,13 @@ def test_conda_without_conda_on_the_machine_names_what_is_missing(tmp_path, monk
 
 
 def test_the_cache_key_covers_python_requirements_and_spark_pyfunc_version(monkeypatch):
-    spec = envs.EnvSpec("uv", "3.11.7", ("six==1.15.0",))
+    spec = EnvSpec("uv", "3.11.7", ("six==1.15.0",))
     key = spec.key("3.11.7")
-    assert envs.EnvSpec("virtualenv", "3.11.7", ("six==1.15.0",)).key("3.11.7") == key
+    assert EnvSpec("virtualenv", "3.11.7", ("six==1.15.0",)).key("3.11.7") == key
     assert spec.key("3.11.8") != key
-    assert envs.EnvSpec("uv", "3.11.7", ("six==1.16.0",)).key("3.11.7") != key
-    assert envs.EnvSpec("conda", "3.11.7", ("six==1.15.0",)).key("3.11.7") != key
-    monkeypatch.setattr(envs, "__version__", "999.0")
+    assert EnvSpec("uv", "3.11.7", ("six==1.16.0",)).key("3.11.7") != key
+    assert EnvSpec("conda", "3.11.7", ("six==1.15.0",)).key("3.11.7") != key
+    monkeypatch.setattr(env_spec, "__version__", "999.0")
     assert spec.key("3.11.7") != key
 
 
@@ -170,7 +173,7 @@ def test_uv_builds_once_and_the_host_runs_in_the_environment(tmp_path, monkeypat
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     model = six_model(tmp_path / "m")
     cache = tmp_path / "cache"
-    spec = envs.read_environment(model, "uv")
+    spec = env_spec.read_environment(model, "uv")
     python = envs.ensure_env(spec, cache, timeout=600)
     assert envs.ensure_env(spec, cache, timeout=600) == python
     assert [b["how"] for b in builds(cache)] == ["built"]
@@ -220,7 +223,7 @@ def test_uv_installs_from_its_cache_alone_when_it_can(tmp_path, monkeypatch):
     # would be a download of ~100 MB), so what the cache holds is known.
     monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
     monkeypatch.setattr(envs, "HOST_REQUIREMENTS", ())
-    spec = envs.EnvSpec("uv", None, (f"six=={PINNED}",))
+    spec = EnvSpec("uv", None, (f"six=={PINNED}",))
     for name, offline_first, expected in [
         ("cold", True, [("offline", False), ("index", True)]),  # not in the cache: the index
         ("warm", True, [("offline", True)]),  # in the cache now: no index at all
@@ -236,7 +239,7 @@ def test_uv_installs_from_its_cache_alone_when_it_can(tmp_path, monkeypatch):
 
 
 def test_a_failed_build_raises_the_log_tail_and_leaves_no_environment(tmp_path):
-    spec = envs.EnvSpec("uv", None, ("this is not a requirement !!",), source="requirements.txt")
+    spec = EnvSpec("uv", None, ("this is not a requirement !!",), source="requirements.txt")
     cache = tmp_path / "cache"
     with pytest.raises(EnvironmentSetupError) as caught:
         envs.ensure_env(spec, cache, timeout=600)
@@ -246,12 +249,12 @@ def test_a_failed_build_raises_the_log_tail_and_leaves_no_environment(tmp_path):
     assert leftovers(cache) == [] and builds(cache) == []
 
 
-def _build_in_child(spec: envs.EnvSpec, cache: str, queue) -> None:
+def _build_in_child(spec: EnvSpec, cache: str, queue) -> None:
     queue.put(envs.ensure_env(spec, cache, timeout=600))
 
 
 def test_two_processes_building_one_environment_build_it_once(tmp_path):
-    spec = envs.EnvSpec("uv", None, (f"six=={PINNED}",))
+    spec = EnvSpec("uv", None, (f"six=={PINNED}",))
     cache = str(tmp_path / "cache")
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
@@ -267,7 +270,7 @@ def test_two_processes_building_one_environment_build_it_once(tmp_path):
 
 
 def test_virtualenv_builds_with_the_model_pins(tmp_path):
-    spec = envs.EnvSpec("virtualenv", None, (f"six=={PINNED}",))
+    spec = EnvSpec("virtualenv", None, (f"six=={PINNED}",))
     python = envs.ensure_env(spec, tmp_path / "cache", timeout=900)
     out = subprocess.run(
         [python, "-c", "import six, pyarrow, pandas; print(six.__version__)"],
@@ -290,8 +293,8 @@ def test_a_prebuilt_archive_is_unpacked_once_into_a_working_environment(tmp_path
     assert envs.MARKER in names and not any(t.issym() for t in tarfile.open(archive))
     assert not any("__pycache__" in n for n in names)
     cache = tmp_path / "executor-cache"
-    python = envs.restore_prebuilt(archive, "ab" * 32, cache, timeout=300)
-    assert envs.restore_prebuilt(archive, "ab" * 32, cache, timeout=300) == python
+    python = prebuilt.restore_prebuilt(archive, "ab" * 32, cache, timeout=300)
+    assert prebuilt.restore_prebuilt(archive, "ab" * 32, cache, timeout=300) == python
     assert [b["how"] for b in builds(cache)] == ["unpacked"]
     out = subprocess.run(
         [python, "-c", "import six, pyarrow, pandas, cloudpickle, yaml; print(six.__version__)"],
@@ -311,7 +314,7 @@ def test_an_archive_with_a_symlink_is_refused_and_leaves_nothing(tmp_path):
         tar.addfile(link)
     cache = tmp_path / "cache"
     with pytest.raises(UnsafePathError, match="lib/escape"):
-        envs.restore_prebuilt(archive, "cd" * 32, cache, timeout=60)
+        prebuilt.restore_prebuilt(archive, "cd" * 32, cache, timeout=60)
     assert leftovers(cache) == [] and builds(cache) == []
 
 
@@ -322,7 +325,7 @@ def test_an_archive_for_another_python_is_refused_by_version(tmp_path):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(marker, arcname=envs.MARKER)
     with pytest.raises(EnvironmentSetupError, match=r"built for Python 2\.7\.18"):
-        envs.restore_prebuilt(archive, "ef" * 32, tmp_path / "cache", timeout=60)
+        prebuilt.restore_prebuilt(archive, "ef" * 32, tmp_path / "cache", timeout=60)
     assert leftovers(tmp_path / "cache") == []
 
 

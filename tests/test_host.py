@@ -15,7 +15,7 @@ import threading
 import time
 import types
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,6 +24,8 @@ import pandas as pd
 import psutil
 import pytest
 from host_models import PARAMS, Counting, Threaded
+from support.processes import alive_pid
+from support.wait import wait_until
 from udf_models import Blocking, Gate
 
 from spark_pyfunc import _launcher as launcher_module
@@ -47,29 +49,12 @@ pytestmark = pytest.mark.timeout(120)
 FRAME = pd.DataFrame({"a": np.arange(200, dtype=np.float64), "b": np.linspace(-1, 1, 200)})
 
 
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def assert_reaped(pid: int) -> None:
     """The process has exited and nothing of ours holds its zombie (init reaps orphans).
 
     Only ``pid`` is checked: other tests' processes (a Spark JVM's launcher shell) may leave
     zombies of their own under pytest."""
-    assert wait_until(lambda: not running(pid), 10), f"host {pid} did not exit"
+    assert wait_until(lambda: not alive_pid(pid), 10), f"host {pid} did not exit"
     ours = psutil.Process().children(recursive=True)
     assert pid not in {p.pid for p in ours}, f"host {pid} is a zombie child of the test"
     try:
@@ -109,7 +94,7 @@ class Hosts:
         sock = str(socket_path(key))
         found = []
         for proc in psutil.process_iter(["cmdline"]):
-            if sock in (proc.info["cmdline"] or []) and running(proc.pid):
+            if sock in (proc.info["cmdline"] or []) and alive_pid(proc.pid):
                 found.append(proc)
         return found
 
@@ -128,9 +113,9 @@ class Hosts:
             for proc in self.processes(key):
                 with contextlib.suppress(psutil.NoSuchProcess):
                     proc.terminate()
-                    if not wait_until(lambda p=proc: not running(p.pid), 5):
+                    if not wait_until(lambda p=proc: not alive_pid(p.pid), 5):
                         proc.kill()
-                        wait_until(lambda p=proc: not running(p.pid), 5)
+                        wait_until(lambda p=proc: not alive_pid(p.pid), 5)
             with contextlib.suppress(FileNotFoundError):
                 socket_path(key).unlink()
         with contextlib.suppress(OSError):
@@ -287,7 +272,7 @@ def test_host_killed_during_a_request_is_restarted(hosts: Hosts, mode: str, tmp_
     def kill_mid_request() -> None:
         assert wait_until(lambda: any(gate.glob("request-*")), 120), "no request arrived"
         os.kill(first, signal.SIGKILL)
-        assert wait_until(lambda: not running(first), 60)
+        assert wait_until(lambda: not alive_pid(first), 60)
         (gate / "release").touch()
 
     with hosts.client(spec) as client:
@@ -312,7 +297,7 @@ def test_host_killed_between_requests_is_restarted(hosts: Hosts, model_dir: str)
         before = client.predict(FRAME)
         first = client.host_pid
         os.kill(first, signal.SIGKILL)
-        assert wait_until(lambda: not running(first), 10)
+        assert wait_until(lambda: not alive_pid(first), 10)
         pd.testing.assert_frame_equal(client.predict(FRAME), before)
         assert client.host_pid != first
 
@@ -336,7 +321,7 @@ def test_stale_socket_and_pid_file_are_recovered(hosts: Hosts, model_dir: str) -
         before = client.predict(FRAME)
         dead = client.host_pid
     os.kill(dead, signal.SIGKILL)
-    assert wait_until(lambda: not running(dead), 10)
+    assert wait_until(lambda: not alive_pid(dead), 10)
     assert socket_path(spec.key).exists() and client.launcher.pid_path.exists()  # left behind
     with hosts.client(spec) as again:
         pd.testing.assert_frame_equal(again.predict(FRAME), before)
@@ -374,7 +359,7 @@ def test_hung_host_is_replaced(
     with hosts.client(spec) as again:
         again.predict(FRAME.head(3))
         assert again.host_pid != hung
-    assert wait_until(lambda: not running(hung), 10)
+    assert wait_until(lambda: not alive_pid(hung), 10)
 
 
 def test_load_context_error_is_a_host_error_with_the_log_tail(hosts: Hosts, model_dir: str) -> None:
@@ -456,7 +441,7 @@ def test_host_not_ready_in_time_is_killed(
     finally:
         release.touch()
     host = int(loading.read_text())
-    assert not running(host)  # the client killed it before raising
+    assert not alive_pid(host)  # the client killed it before raising
     assert wait_until(lambda: hosts.processes(spec.key) == [], 60)
 
 
@@ -469,7 +454,7 @@ def test_idle_host_exits_and_cleans_up(hosts: Hosts, model_dir: str, mode: str) 
     with hosts.client(spec) as client:
         client.predict(FRAME)
         time.sleep(1.0)  # an open connection keeps the host up, idle or not
-        assert running(client.host_pid)
+        assert alive_pid(client.host_pid)
         client.predict(FRAME)
     pid = client.host_pid
     assert_reaped(pid)
@@ -485,7 +470,7 @@ def test_host_exits_when_the_watched_process_is_gone(hosts: Hosts, model_dir: st
         client.predict(FRAME.head(3))
         pid = client.host_pid
     watched.kill()  # left unreaped for a moment: a zombie counts as gone
-    assert wait_until(lambda: not running(pid), 3)
+    assert wait_until(lambda: not alive_pid(pid), 3)
     watched.wait()
     assert_reaped(pid)
     assert not socket_path(spec.key).exists()
@@ -509,7 +494,7 @@ def test_sigterm_stops_the_host_cleanly(hosts: Hosts, model_dir: str, mode: str)
 
 
 def serving_children(host_pid: int) -> list[psutil.Process]:
-    return [p for p in psutil.Process(host_pid).children() if running(p.pid)]
+    return [p for p in psutil.Process(host_pid).children() if alive_pid(p.pid)]
 
 
 def test_prefork_loads_once_and_serves_from_its_children(
@@ -580,7 +565,7 @@ def test_prefork_idle_timer_counts_connections_its_children_serve(
         # a request that runs four idle timeouts long, in a child: the host must stay up
         got = client.predict(FRAME, params={"sleep": 2.0})
         host = client.host_pid
-        assert running(host)
+        assert alive_pid(host)
         pd.testing.assert_frame_equal(got, expected(model_dir))
         pd.testing.assert_frame_equal(client.predict(FRAME), got)
         assert client.host_pid == host
@@ -804,7 +789,7 @@ def test_peer_of_another_uid_is_refused(caplog: pytest.LogCaptureFixture, mode: 
         assert "refused a connection from uid 65534" in caplog.text
     assert not os.path.exists(sock_file)
     assert len(children) == (1 if mode == "prefork" else 0)
-    assert not any(running(pid) for pid in children)
+    assert not any(alive_pid(pid) for pid in children)
 
 
 # ------------------------------------------- hosts lost before they are ready (issue 11)
@@ -846,7 +831,7 @@ def kill_host(hosts: Hosts, key: str, pid: int, sig: int = signal.SIGKILL) -> No
     """Signal ``pid`` after checking it is the host for ``key`` (not a reused pid)."""
     assert pid in {p.pid for p in hosts.processes(key)}, f"{pid} is not the model host"
     os.kill(pid, sig)
-    assert wait_until(lambda: not running(pid), 10)
+    assert wait_until(lambda: not alive_pid(pid), 10)
 
 
 def predict_in_thread(client: ModelHostClient) -> tuple[threading.Thread, dict]:
@@ -978,7 +963,7 @@ def test_host_still_loading_when_its_starter_died_is_waited_for(
     os.kill(starter.pid, signal.SIGKILL)
     starter.join(30)
     assert starter.exitcode == -signal.SIGKILL
-    assert running(loading)  # the host outlives its starter: it is in its own session
+    assert alive_pid(loading)  # the host outlives its starter: it is in its own session
     client = hosts.client(spec)
     thread, out = predict_in_thread(client)
     assert wait_until(lambda: "its starter died: waiting for it" in caplog.text, 60)

@@ -12,16 +12,16 @@ import logging
 import os
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 from pipe_models import Tagged
+from support.processes import alive_pid
+from support.wait import until
 
 from spark_pyfunc import save_model
 from spark_pyfunc._client import ModelHostClient
@@ -36,13 +36,6 @@ PATIENCE = 120.0
 #: (mode, batching): every way a host serves a connection.
 SERVING = [("thread", False), ("prefork", False), ("fork", False), ("thread", True)]
 SERVING_IDS = ["thread", "prefork", "fork", "batching"]
-
-
-def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.01)
 
 
 def frame(start: int, rows: int) -> pd.DataFrame:
@@ -236,12 +229,12 @@ def test_a_host_killed_mid_stream_is_restarted_and_the_unanswered_requests_sent_
     killed: list[int] = []
 
     def fault() -> None:
-        until(lambda: any(tmp_path.glob("at-*")), "the host held request 5 at the gate")
+        until(lambda: any(tmp_path.glob("at-*")), "the host held request 5 at the gate", PATIENCE)
         [at] = tmp_path.glob("at-*")
         host = int(at.name.split("-")[1])
         killed.append(host)
         os.kill(host, signal.SIGKILL)
-        until(lambda: not _alive(host), f"host {host} died")
+        until(lambda: not alive_pid(host), f"host {host} died", PATIENCE)
         (tmp_path / "go").touch()
 
     caplog.set_level(logging.WARNING, logger="spark_pyfunc")
@@ -289,13 +282,6 @@ def test_a_host_lost_at_every_try_fails_the_stream_after_the_attempts(
                 got.append(result)
     assert len(got) == 7
     assert len((tmp_path / "loads").read_text().split()) == 3
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 # ---------------------------------------------------------------------------- in Spark

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import LOCAL_MASTER, get_session
+from support.wait import until
 from udf_models import Probe, records, save
 
 from spark_pyfunc import spark_udf
@@ -33,13 +34,6 @@ def _drop(directory: Path, name: str, start: int) -> None:
     staging = directory.parent / f".{name}"
     frame.to_parquet(staging, index=False)
     staging.rename(directory / name)
-
-
-def _until(condition, what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.5)
 
 
 @pytest.mark.slow
@@ -83,10 +77,10 @@ def test_one_load_over_micro_batches_further_apart_than_the_idle_worker_kill(
     )
     try:
         _drop(source, "part-1.parquet", 0)
-        _until(lambda: len(seen) == 1, "the first micro-batch")
+        until(lambda: len(seen) == 1, "the first micro-batch", PATIENCE, 0.5)
         time.sleep(GAP)  # the scenario itself: no micro-batch for longer than the idle kill
         _drop(source, "part-2.parquet", 1000)
-        _until(lambda: len(seen) == 2, "the second micro-batch")
+        until(lambda: len(seen) == 2, "the second micro-batch", PATIENCE, 0.5)
     finally:
         query.stop()
     first, second = seen

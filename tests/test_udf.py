@@ -7,7 +7,6 @@ pandas UDF for dates, timestamps and maps): a bug of one path must not hide behi
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,8 @@ import psutil
 import pytest
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, LongType, StructType
+from support.processes import alive_pid
+from support.wait import wait_until
 from udf_models import (
     FEATURES,
     Blocking,
@@ -456,7 +457,7 @@ def test_file_uris_name_the_local_directory(
 
 # ------------------------------------------------ the spark.pyfunc.* settings, observed
 
-# The keys as the README documents them (not udf.py's constants: a renamed key must fail).
+# The keys as the README documents them (not _config.py's: a renamed key must fail).
 CONF_AUTO_THRESHOLD = "spark.pyfunc.scope.autoThresholdBytes"
 CONF_IDLE_TIMEOUT = "spark.pyfunc.host.idleTimeout"
 CONF_START_TIMEOUT = "spark.pyfunc.host.startTimeout"
@@ -497,23 +498,6 @@ def _host_log(spark, pid: int) -> str:
     return texts[0]
 
 
-def _wait_until(condition, deadline_s: float = 120.0) -> bool:
-    """Poll ``condition`` until it holds or a generous deadline passes (no timing assumed)."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def test_auto_scope_uses_the_host_from_the_threshold_on(spark, probe_model, spark_conf, tmp_path):
     size = spark_udf(spark, probe_model, scope="process").shipped.model_size
     for threshold, scope in ((size, "executor"), (size + 1, "process"), (size - 1, "executor")):
@@ -535,7 +519,7 @@ def test_idle_timeout_from_spark_conf_stops_the_host(spark, probe_model, spark_c
     )
     _probe_frame(spark).select(predict("a", "b")).collect()
     (host,) = {pid for _, pid, _ in records(counter, "load")}
-    assert _wait_until(lambda: _gone(host)), f"host {host} still running"
+    assert wait_until(lambda: not alive_pid(host), 120), f"host {host} still running"
     log = _host_log(spark, host)
     assert "'--idle-timeout', '2.5'" in log
     assert "no connection for 2.5s: exiting" in log
@@ -574,7 +558,9 @@ def test_start_timeout_from_spark_conf_fails_the_task(spark, spark_conf, tmp_pat
     finally:
         release.touch()
     host = int(loading.read_text())
-    assert _wait_until(lambda: _gone(host)), f"the timed-out host {host} was left running"
+    assert wait_until(lambda: not alive_pid(host), 120), (
+        f"the timed-out host {host} was left running"
+    )
 
 
 def test_a_host_that_cannot_start_fails_the_task_with_its_log(spark, tmp_path):

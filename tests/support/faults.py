@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +25,8 @@ from pyspark.sql import functions as F
 
 from spark_pyfunc import save_model, spark_udf
 from spark_pyfunc._faultpoints import ENV as FAULTPOINTS_ENV
+from support.processes import alive, alive_pid
+from support.wait import wait_until
 
 CONF_HOST_LOG_DIR = "spark.pyfunc.host.logDir"
 CONF_IDLE_TIMEOUT = "spark.pyfunc.host.idleTimeout"
@@ -217,29 +218,6 @@ class Job:
         assert self.error is None, f"the job failed: {self.error}"
 
 
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def alive_pid(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def hosts_naming(text: str) -> list[psutil.Process]:
     """Live model hosts whose command line mentions ``text`` (hosts are detached, so they are
     found by command line, not as our descendants); a prefork host's serving children share
@@ -267,5 +245,3 @@ def descendants(predicate: Callable[[list[str]], bool]) -> list[psutil.Process]:
 
 def executor_jvms() -> list[psutil.Process]:
     return descendants(lambda cmd: any("CoarseGrainedExecutorBackend" in c for c in cmd))
-
-
