@@ -2,7 +2,7 @@
 
 Spark runs a Python worker per running task, so a model loaded inside the workers costs one
 copy per core. The host loads it once, lazily (the first worker that needs it starts it, see
-client.py), and answers batches over a Unix socket private to the user::
+_launcher.py), and answers batches over a Unix socket private to the user::
 
     python -m spark_pyfunc._host --model-dir D --socket S --log L --pid-file P \\
         --model-config JSON --watch-pid N --idle-timeout SECONDS \\
@@ -10,7 +10,13 @@ client.py), and answers batches over a Unix socket private to the user::
         [--batching --batch-max-wait-ms MS --batch-max-rows R --batch-calls C]
 
 The command line names spark_pyfunc so that operators find the process with ``ps``; a prefork
-host's serving processes are named apart from it (:func:`_name_child`).
+host's serving processes are named apart from it (``_prefork._name_child``).
+
+This module is the supervisor, gunicorn's arbiter: the command line, loading the model,
+choosing the mode, the listening socket and the host's lifecycle, and where each connection
+is served. How a connection is answered is _serving.py's (``ModelServer``, batched serving);
+the prefork serving processes are _prefork.py's (``Prefork``). Apart, each can be read and
+changed without the others: serving knows no processes, prefork no requests.
 
 Modes:
 
@@ -39,27 +45,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import gc
 import json
 import logging
-import mmap
 import os
-import queue
-import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Iterator
-from typing import Any, Protocol
-
-import numpy as np
-import pandas as pd
-import pyarrow as pa
+from typing import Any
 
 from spark_pyfunc._batching import Batcher
 from spark_pyfunc._config import (
@@ -68,6 +64,7 @@ from spark_pyfunc._config import (
     usable_cpus,
 )
 from spark_pyfunc._faultpoints import hold
+from spark_pyfunc._prefork import Prefork, _Activity, fork_child
 from spark_pyfunc._rendezvous import (
     STATUS_ZOMBIE,
     ProcessError,
@@ -78,17 +75,16 @@ from spark_pyfunc._rendezvous import (
     write_pid_file,
     write_stage,
 )
-from spark_pyfunc._wire import (
-    PeerClosed,
-    decode_arrow_type,
-    frame_to_arrow_bytes,
-    prediction_to_arrow_bytes,
-    recv_message,
-    request_to_frame,
-    send_message,
-    tune_socket,
+from spark_pyfunc._serving import (
+    BatchedServing,
+    ModelServer,
+    _keep_request_buffers,
+    _warm_up_wire,
+    admit,
 )
 from spark_pyfunc.errors import HostError
+
+__all__ = ["Host", "choose_mode", "main"]
 
 logger = logging.getLogger("spark_pyfunc._host")
 
@@ -98,151 +94,6 @@ _TICK = 0.25
 _BACKLOG = 1024
 # How long children get to finish after SIGTERM before SIGKILL, when the host exits.
 _CHILD_GRACE = 2.0
-# A prefork child that is busy takes a further connection only once it has waited this long
-# unaccepted: every child is then busy, and the client must get its greeting well within
-# client._GREETING_TIMEOUT rather than queue behind a task that holds its connection.
-_OVERFLOW_AFTER = 0.2
-
-
-class Invokable(Protocol):
-    """What the server needs of a model: loading.PyFuncModel, or a fake in tests."""
-
-    def invoke(self, method: str, data: Any, params: dict | None = None) -> Any: ...
-
-
-# ---------------------------------------------------------------------------- the server
-
-
-class ModelServer:
-    """Answers the requests of a connection with one loaded model.
-
-    Knows nothing of processes or the socket's lifecycle, so it can be tested with any object
-    that has ``invoke``.
-    """
-
-    def __init__(self, model: Invokable, *, host_pid: int | None = None) -> None:
-        self.model = model
-        self.host_pid = os.getpid() if host_pid is None else host_pid
-
-    def handle(self, header: dict, payload: bytes | bytearray) -> tuple[dict, Any]:
-        """One request -> (response header, response payload); a failure becomes an error
-        response carrying its type, message and traceback, so the host keeps serving."""
-        try:
-            method = header["method"]
-            rows = int(header["rows"])
-            frame = request_to_frame(payload)
-            if len(frame.columns) == 0:  # Arrow keeps no row count without columns
-                frame = frame.reindex(range(rows))
-            if len(frame) != rows:
-                raise ValueError(f"request says {rows} rows but its batch has {len(frame)}")
-            output = self.model.invoke(method, frame, header.get("params"))
-            # The UDF's result type, when the request carries it, types the nested outputs
-            # (a column of dicts is a map, not a struct of every key seen).
-            hint = header.get("result_type")
-            count, body = prediction_to_arrow_bytes(
-                output,
-                what=f"output of the model's {method}",
-                result_type=decode_arrow_type(hint) if hint else None,
-            )
-        except Exception as exc:  # the model's own errors are answered, not fatal
-            logger.warning("%s failed: %s: %s", header.get("method"), type(exc).__name__, exc)
-            return {
-                "ok": False,
-                "error": type(exc).__name__,
-                "message": str(exc),
-                "traceback": traceback.format_exc(),
-            }, b""
-        return {"ok": True, "rows": count}, body
-
-    def greet(self, conn: socket.socket) -> None:
-        """Tell a new client that the host is ready, and its pid."""
-        send_message(conn, {"ok": True, "pid": self.host_pid})
-        hold("host.ready")
-
-    def serve_connection(self, conn: socket.socket) -> None:
-        """Greet the client, then answer its requests, one per batch, until it closes the
-        connection. A pipelining client's next requests wait in the socket meanwhile: each
-        is read once the previous answer is out."""
-        with conn:
-            try:
-                self.greet(conn)
-                while True:
-                    header, payload = recv_message(conn)
-                    send_message(conn, *self.handle(header, payload))
-            except PeerClosed:
-                pass
-            except OSError as exc:
-                logger.info("connection lost: %s", exc)
-
-
-def peer_uid(conn: socket.socket) -> int | None:
-    """The uid of the process at the other end (None where SO_PEERCRED is unavailable)."""
-    if not hasattr(socket, "SO_PEERCRED"):
-        return None
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
-
-
-def _release_free_memory() -> None:
-    """Hand the memory a finished connection freed back to the kernel: glibc's malloc and
-    Arrow's pool keep freed pages for reuse, and in a prefork child every such page is
-    private to it, so an idle child would hold its last task's working buffers."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
-    pa.default_memory_pool().release_unused()
-
-
-#: glibc's mallopt() parameters (malloc.h) and the values the host sets: where glibc's own
-#: adaptive thresholds end up once a process has freed blocks of up to 32 MiB.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD, _TRIM_THRESHOLD = 32 << 20, 64 << 20
-#: Environment variables by which a user sets those thresholds: theirs win.
-_MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
-
-
-def _keep_request_buffers() -> None:
-    """Let glibc's malloc reuse one request's freed buffers for the next request.
-
-    A request's batch, its pandas columns and the model's arrays are blocks of hundreds of KiB.
-    With glibc's default thresholds such blocks are mmap()ed, or trimmed off the heap's top,
-    when freed, so every request faults its pages in again: a fifth of a serving process's CPU
-    per request of the benchmark's table model (scripts/host_scaling.py; docs/benchmark.md).
-    Fixed thresholds keep them in the heap while a connection lasts;
-    :func:`_release_free_memory` still hands them back when it ends.
-
-    Set once the model is loaded, not before: a model's load frees many blocks of up to tens
-    of MiB (an unpickled forest's temporary copies) between the ones it keeps, and in the heap
-    those would stay resident. With the thresholds set before the load, a host holding a
-    208 MiB scikit-learn forest held 602 MiB of PSS instead of 394.
-    """
-    if any(name in os.environ for name in _MALLOC_SETTINGS):
-        return
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Make a forked child die with the host (Linux), so no child outlives it."""
-    with contextlib.suppress(OSError, AttributeError):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the host died before prctl took effect
-        os._exit(1)
-
-
-def _name_child() -> None:
-    """Tell a forked child apart from its parent in ``ps -o pid,ppid,comm``, ``top`` and
-    ``pgrep``: the kernel's name of the process (``/proc/PID/comm``), which a fork copies.
-
-    The command line (``ps aux``) stays the host's, so ``grep spark_pyfunc._host`` finds
-    every process of a host. Rewriting it (setproctitle) was tried: with it, a Spark job
-    through a prefork host timed out in tests/test_host.py and passed without it.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        pr_set_name = 15
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_name, b"spf-host-child", 0, 0, 0)
 
 
 class _Watch:
@@ -264,22 +115,6 @@ class _Watch:
             return self.proc.is_running() and self.proc.status() != STATUS_ZOMBIE
         except ProcessError:
             return False
-
-
-class _Activity:
-    """Open connections per prefork child, in memory shared with the parent (an anonymous
-    mapping made before the fork): the parent's idle timer must count connections that only
-    its children see. Each child writes its own slot; aligned 8-byte stores are atomic."""
-
-    def __init__(self, slots: int) -> None:
-        self._map = mmap.mmap(-1, 8 * max(slots, 1))
-        self._counts = (ctypes.c_int64 * max(slots, 1)).from_buffer(self._map)
-
-    def set(self, slot: int, connections: int) -> None:
-        self._counts[slot] = connections
-
-    def total(self) -> int:
-        return sum(self._counts)
 
 
 class Host:
@@ -310,11 +145,29 @@ class Host:
         self.socket_ino: int | None = None
         self.threads: set[threading.Thread] = set()
         self.children: set[int] = set()
-        # prefork: slot -> pid of the serving process in it
-        self.workers: dict[int, int] = {}
-        # prefork only: the other modes see every connection in this process
-        self.activity = _Activity(self.processes) if mode == "prefork" else None
         self.batcher = batcher
+        # thread mode: what answers a connection on its thread
+        self.serve_connection = (
+            server.serve_connection
+            if batcher is None
+            else BatchedServing(server, batcher).serve_connection
+        )
+        # prefork only: the serving processes (made before any fork: see _prefork._Activity)
+        self.prefork = (
+            Prefork(server.serve_connection, self.processes, fork=self._fork)
+            if mode == "prefork"
+            else None
+        )
+
+    @property
+    def workers(self) -> dict[int, int]:
+        """prefork: slot -> pid of the serving process in it (empty in the other modes)."""
+        return self.prefork.workers if self.prefork is not None else {}
+
+    @property
+    def activity(self) -> _Activity | None:
+        """prefork only: the other modes see every connection in this process."""
+        return self.prefork.activity if self.prefork is not None else None
 
     def bind(self) -> None:
         """Listen on a temporary name, then rename it into place: a client that finds the
@@ -341,9 +194,8 @@ class Host:
                 continue
             self.listener = listener
             self.socket_ino = os.stat(self.socket_file).st_ino
-            # prefork: a client that connects before a child is up waits in the backlog
-            for slot in range(self.processes if self.mode == "prefork" else 0):
-                self._spawn(slot)
+            if self.prefork is not None:  # a client that connects meanwhile waits in the backlog
+                self.prefork.start(listener)
             return
 
     def serve(self) -> None:
@@ -352,9 +204,9 @@ class Host:
         self.listener.settimeout(_TICK)
         last_active = time.monotonic()
         while True:
-            if self.mode == "prefork":
+            if self.prefork is not None:
                 time.sleep(_TICK)  # the children accept; this process only supervises
-                self._replace_dead_workers()
+                self.prefork.replace_dead()
             else:
                 try:
                     conn, _ = self.listener.accept()
@@ -372,25 +224,11 @@ class Host:
                 logger.info("watched process %s is gone: exiting", self.watch.pid)
                 return
 
-    def _admit(self, conn: socket.socket) -> bool:
-        """Refuse a peer of another uid (closing the connection); ready an admitted one."""
-        uid = peer_uid(conn)
-        if uid is not None and uid != os.getuid():
-            logger.warning(
-                "refused a connection from uid %d (this host serves uid %d)", uid, os.getuid()
-            )
-            conn.close()
-            return False
-        conn.settimeout(None)
-        tune_socket(conn)
-        return True
-
     def _start_connection(self, conn: socket.socket) -> None:
-        if not self._admit(conn):
+        if not admit(conn):
             return
         if self.mode == "thread":
-            target = self.server.serve_connection if self.batcher is None else self._serve_batched
-            thread = threading.Thread(target=target, args=(conn,), daemon=True)
+            thread = threading.Thread(target=self.serve_connection, args=(conn,), daemon=True)
             thread.start()
             self.threads.add(thread)
             return
@@ -398,137 +236,10 @@ class Host:
         conn.close()
         self.children.add(pid)
 
-    def _serve_batched(self, conn: socket.socket) -> None:
-        """A connection whose requests go through the batcher, with every other one's.
-
-        A client may send several requests before it reads an answer (pipelining), so this
-        thread reads them as they come and queues each in the batcher at once, where it can
-        join the model's next call while an earlier one is being answered; a writer thread
-        waits for the answers in request order and sends them back. Reading and writing on
-        two threads also means that a large answer never waits for a large request to be
-        read, or the other way round.
-        """
-        batcher = self.batcher
-        assert batcher is not None
-        connection = batcher.connected()
-        answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        writer = threading.Thread(target=self._answer_in_order, args=(conn, answers), daemon=True)
-        with conn:
-            try:
-                self.server.greet(conn)
-                writer.start()
-                while True:
-                    header, payload = recv_message(conn)
-                    answers.put(batcher.enqueue(header, payload, connection))
-            except PeerClosed:
-                pass
-            except OSError as exc:
-                logger.info("connection lost: %s", exc)
-            except RuntimeError as exc:  # the batcher stopped: the host is exiting
-                logger.info("connection closed: %s", exc)
-            finally:
-                batcher.disconnected(connection)  # what it left queued never runs
-                answers.put(None)
-                if writer.is_alive():
-                    writer.join()
-
-    def _answer_in_order(self, conn: socket.socket, answers: queue.SimpleQueue[Any]) -> None:
-        """Send a batched connection's answers in the order of its requests; a failed send
-        shuts the connection down, which ends its reader too."""
-        assert self.batcher is not None
-        while (request := answers.get()) is not None:
-            reply = self.batcher.wait(request)
-            try:
-                send_message(conn, *reply)
-            except OSError as exc:
-                logger.info("connection lost: %s", exc)
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-                return
-
     def _fork(self, work: Any, what: str) -> int:
-        """Fork a child that dies with this process, runs ``work`` and exits."""
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                _die_with_parent(parent)
-                work()
-            except BaseException:
-                logger.exception("%s failed", what)
-                code = 1
-            finally:
-                os._exit(code)
-        return pid
-
-    # ------------------------------------------------------------------------- prefork
-
-    def _spawn(self, slot: int) -> None:
-        assert self.activity is not None
-        self.activity.set(slot, 0)
-        self.workers[slot] = self._fork(lambda: self._serve_slot(slot), "serving process")
-
-    def _replace_dead_workers(self) -> None:
-        for slot, pid in list(self.workers.items()):
-            try:
-                done, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done, status = pid, 0
-            if done == 0:
-                continue
-            logger.warning("serving process %d exited (%s): replacing it", pid, _exit_text(status))
-            hold("supervisor.replacing")
-            self._spawn(slot)
-
-    def _serve_slot(self, slot: int) -> None:
-        """A prefork child: accept on the shared socket, one connection at a time while
-        another child is free; a connection left waiting means every child is busy, so this
-        one takes it on a thread rather than keep a worker waiting for its greeting."""
-        assert self.listener is not None and self.activity is not None
-        activity, listener = self.activity, self.listener
-        _name_child()
-        hold("child.started")
-        listener.settimeout(0)  # several processes accept: one wins, the others get EAGAIN
-        wake_r, wake_w = os.pipe()
-        active: set[threading.Thread] = set()
-        waiting_since: float | None = None
-
-        def serve(conn: socket.socket) -> None:
-            try:
-                self.server.serve_connection(conn)
-            finally:
-                _release_free_memory()
-                os.write(wake_w, b"x")
-
-        logger.info("serving process %d ready (slot %d)", os.getpid(), slot)
-        while True:
-            readable, _, _ = select.select([listener, wake_r], [], [], _TICK)
-            if wake_r in readable:
-                os.read(wake_r, 64)
-            active = {t for t in active if t.is_alive()}
-            activity.set(slot, len(active))
-            if listener not in readable:
-                waiting_since = None
-                continue
-            if active:
-                now = time.monotonic()
-                waiting_since = now if waiting_since is None else waiting_since
-                if now - waiting_since < _OVERFLOW_AFTER:
-                    time.sleep(_OVERFLOW_AFTER / 4)  # a free child may take it meanwhile
-                    continue
-            waiting_since = None
-            try:
-                conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                continue  # another child took it
-            if not self._admit(conn):
-                continue
-            thread = threading.Thread(target=serve, args=(conn,), daemon=True)
-            thread.start()
-            active.add(thread)
-            activity.set(slot, len(active))
+        """Fork a child that dies with this process, runs ``work`` and exits (every fork of
+        the host, prefork's serving processes included, goes through here)."""
+        return fork_child(work, what)
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -539,7 +250,7 @@ class Host:
                 if os.waitpid(pid, os.WNOHANG)[0] == 0:
                     continue
             self.children.discard(pid)
-        children_serving = self.activity.total() if self.activity is not None else 0
+        children_serving = self.prefork.total_active() if self.prefork else 0
         return len(self.threads) + len(self.children) + children_serving
 
     def close(self) -> None:
@@ -576,12 +287,6 @@ class Host:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         self.children.clear()
-
-
-def _exit_text(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by signal {os.WTERMSIG(status)}"
-    return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
 # ------------------------------------------------------------------------ choosing a mode
@@ -630,19 +335,6 @@ def choose_mode(requested: str, threads_before: int, threads_after: int) -> tupl
             "process): forking would leave them behind"
         )
     return "prefork", "the loaded model runs no threads of its own and holds no GPU context"
-
-
-def _warm_up_wire() -> None:
-    """Run the request path's own conversions once, without the model, before forking:
-    what pandas and pyarrow set up lazily on first use (imports, caches, allocator pools)
-    is then made once in the parent and shared, instead of in every child's private pages.
-    The model is not called: the parent never runs predict."""
-    frame = pd.DataFrame(
-        {"i": np.arange(4, dtype=np.int64), "x": np.linspace(0, 1, 4), "s": list("abcd")}
-    )
-    back = request_to_frame(frame_to_arrow_bytes(frame))
-    prediction_to_arrow_bytes(back["x"].to_numpy(), what="warm-up")
-    prediction_to_arrow_bytes(back, what="warm-up")
 
 
 # ------------------------------------------------------------------------------ the main

@@ -24,8 +24,8 @@ from support.wait import until
 from spark_pyfunc import save_model
 from spark_pyfunc._batching import Batcher
 from spark_pyfunc._client import ModelHostClient
-from spark_pyfunc._host import ModelServer
 from spark_pyfunc._launcher import HostLauncher, HostSpec
+from spark_pyfunc._serving import ModelServer
 from spark_pyfunc._wire import arrow_bytes_to_frame, batch_to_arrow_bytes, frame_to_arrow_bytes
 from spark_pyfunc.errors import PredictionError
 

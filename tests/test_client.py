@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 
 from spark_pyfunc._client import ATTEMPTS, ModelHostClient
-from spark_pyfunc._host import ModelServer
 from spark_pyfunc._launcher import HostKilled
+from spark_pyfunc._serving import ModelServer
 from spark_pyfunc._wire import recv_message
 from spark_pyfunc.errors import HostError, PredictionError
 

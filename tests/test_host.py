@@ -31,9 +31,10 @@ from udf_models import Blocking, Gate
 from spark_pyfunc import _launcher as launcher_module
 from spark_pyfunc import load_model, save_model
 from spark_pyfunc._client import ModelHostClient
-from spark_pyfunc._host import Host, ModelServer, _Watch, choose_mode
+from spark_pyfunc._host import Host, _Watch, choose_mode
 from spark_pyfunc._launcher import HostSpec, host_key
 from spark_pyfunc._rendezvous import socket_dir, socket_path
+from spark_pyfunc._serving import ModelServer
 from spark_pyfunc._wire import (
     PeerClosed,
     arrow_bytes_to_frame,

@@ -20,8 +20,9 @@ import spark_pyfunc
 PACKAGE_DIR = Path(spark_pyfunc.__file__).parent
 
 #: The tiers, bottom up; a module may import only modules of a lower tier (docs/architecture.md
-#: draws the same graph). Leaves; the signature; the format layer; the host's plumbing; the
-#: worker and driver side of the UDF; the batch-scoring library; the console script.
+#: draws the same graph). Leaves; the signature; the format layer; the host's plumbing (serving
+#: a connection below prefork's processes below the host's supervisor); the worker and driver
+#: side of the UDF; the batch-scoring library; the console script.
 TIERS: list[list[str]] = [
     ["errors", "_version"],
     ["_config", "_paths", "_locks", "_faultpoints"],
@@ -32,8 +33,8 @@ TIERS: list[list[str]] = [
     ["schema"],
     ["_format", "_result_types"],
     ["python_model"],
-    ["_loading", "_saving", "_env_spec"],
-    ["_launcher", "_environments"],
+    ["_loading", "_saving", "_env_spec", "_serving"],
+    ["_launcher", "_environments", "_prefork"],
     ["_host", "_client", "_describe", "_env_prebuilt"],
     ["_udf"],
     ["scoring", "_demo", ""],
