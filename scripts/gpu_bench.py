@@ -193,6 +193,7 @@ class GpuSampler:
         self.pids: set[int] = set()
         self.per_process: dict[int, int] = {}  # pid -> its peak MiB on the GPU
         self.hosts: dict[str, set[int]] = {}  # GPU address -> pids of model hosts seeing it
+        self.hosts_at_once: dict[str, int] = {}  # GPU address -> most hosts alive at once
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -207,15 +208,31 @@ class GpuSampler:
             self._thread.join()
 
     def _scan_hosts(self) -> None:
+        """The hosts alive now, by address: the most at once is the figure (a host that
+        restarts, or the launcher that forks a host and exits, is not a second copy), counting
+        only host processes whose parent is not one."""
         assert self.tag is not None
+        procs = []
         for proc in sa.tagged_processes(self.tag):
             try:
-                if sa.HOST_MARKER not in " ".join(proc.cmdline()):
-                    continue
+                if sa.HOST_MARKER in " ".join(proc.cmdline()):
+                    procs.append(proc)
+            except (OSError, psutil.Error):
+                continue
+        pids = {proc.pid for proc in procs}
+        now: dict[str, set[int]] = {}
+        for proc in procs:
+            try:
+                if proc.ppid() in pids:
+                    continue  # forked by a host process: a serving child, or the host its
+                    # launcher forked while the launcher waits for it (one copy either way)
                 address = proc.environ().get("CUDA_VISIBLE_DEVICES", "(none)")
             except (OSError, psutil.Error):
                 continue
-            self.hosts.setdefault(address, set()).add(proc.pid)
+            now.setdefault(address, set()).add(proc.pid)
+        for address, live in now.items():
+            self.hosts.setdefault(address, set()).update(live)
+            self.hosts_at_once[address] = max(self.hosts_at_once.get(address, 0), len(live))
 
     def _run(self) -> None:
         last_scan = 0.0
@@ -254,7 +271,7 @@ class Result:
     peak_used_mib: int  # the GPU's memory in use, less what was before
     gpu_processes: int  # processes holding memory (a CUDA context) on the GPU
     max_process_mib: int  # the largest of those processes' own peaks
-    hosts_per_address: dict[str, int]  # spark_pyfunc model hosts by GPU address (Spark path)
+    hosts_per_address: dict[str, int]  # most model hosts alive at once, by GPU address
     cuda_hosts: int  # of those hosts, how many nvidia-smi shows on the GPU
     sample: np.ndarray
 
@@ -412,7 +429,7 @@ def run(
             sampler.peak_used_mib,
             len(sampler.pids),
             max(sampler.per_process.values(), default=0),
-            {address: len(pids) for address, pids in sorted(sampler.hosts.items())},
+            dict(sorted(sampler.hosts_at_once.items())),
             len(hosts & sampler.pids),
             check.to_numpy(),
         )
@@ -591,6 +608,22 @@ def summary(results: list[Result]) -> list[str]:
     return lines
 
 
+def write_json(
+    path: Path, argv: list[str] | None, copies: str | None, results: list[Result],
+    lines: list[str],
+) -> None:  # fmt: skip
+    """The run's results (without the prediction samples) and its ratios, as JSON."""
+    rows = [{k: v for k, v in r.__dict__.items() if k != "sample"} for r in results]
+    info = {
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "copies": copies,  # None while the run goes on: the predictions are not compared yet
+        "java": os.environ.get("JAVA_HOME") or shutil.which("java"),
+        "results": rows,
+        "summary": lines,
+    }
+    path.write_text(json.dumps(info, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", type=int, nargs="+", default=[4], help="k: tasks sharing the GPU")
@@ -679,6 +712,8 @@ def main(argv: list[str] | None = None) -> int:
                 for approach in approaches:
                     results.append(run_without_spark(approach, k, args, model, root, uuid))
                     report(results[-1])
+                    if args.json:  # as it goes: a run cut short keeps what it measured
+                        write_json(args.json, argv, None, results, summary(results))
         else:
             with sa.standalone_cluster(max(args.tasks), memory="16g", root=root / "cluster",
                                        gpus=[args.gpu]) as cluster:  # fmt: skip
@@ -690,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
                         results.append(run(approach, k, cluster.master_url, args, model, root,
                                            uuid))  # fmt: skip
                         report(results[-1])
+                        if args.json:
+                            write_json(args.json, argv, None, results, summary(results))
     reference = results[0].sample
     for r in results[1:]:
         # The host's batches join several workers' rows: other kernel shapes, last bits differ.
@@ -712,18 +749,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = summary(results)
     print("\n".join(lines))
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "argv": sys.argv[1:] if argv is None else list(argv),
-                    "copies": copies,
-                    "java": os.environ.get("JAVA_HOME") or shutil.which("java"),
-                    "results": frame.to_dict(orient="records"),
-                    "summary": lines,
-                },
-                indent=2,
-            )
-        )
+        write_json(args.json, argv, copies, results, lines)
     return 0
 
 
