@@ -5,11 +5,10 @@ and sorts the spark_pyfunc ones into four classes, each with the stage of its li
 
 - ``launcher``: ``python -m spark_pyfunc._host ... --detach`` whose parent is a Python
   worker; ``before-fork`` while it has no child, ``after-fork`` once it has forked the host;
-- ``host``: the host (the prefork supervisor): its stage as the host records it in the
-  ``.stage`` file beside its pid file when there is one, else read from its log
-  (``importing``, ``loading`` once the model's load_context logged, ``ready`` once it serves
-  but no connection is open, ``serving``), and ``replacing`` while one of its serving
-  children is dead and not yet replaced (a zombie child);
+- ``host``: the host (the prefork supervisor): ``importing`` from its fork, ``loading`` once
+  the model's load_context logged, ``serving`` once its log or the ``.stage`` file beside its
+  pid file says so (``ready`` while no connection is open yet), and ``replacing`` while one
+  of its serving children is dead and not yet replaced (a zombie child);
 - ``child``: a prefork serving process (comm ``spf-host-child``): ``starting`` until its
   "serving process ... ready" line, then ``serving`` with a connection open, else ``idle``;
 - ``worker``: a Python worker (a ``pyspark.daemon`` child) with a connection open to a host
@@ -47,6 +46,7 @@ class Proc:
     state: str
     cls: str = ""
     stage: str = ""
+    recorded: str = ""  # a host's stage as its .stage file says
 
     def arg(self, name: str) -> str | None:
         """The value after ``name`` on the command line."""
@@ -209,19 +209,6 @@ def _recorded_stage(proc: Proc) -> str | None:
     return None
 
 
-def _normalise(stage: str) -> str:
-    for word, name in (
-        ("import", "importing"),
-        ("load", "loading"),
-        ("replac", "replacing"),
-        ("ready", "ready"),
-        ("serv", "serving"),
-    ):
-        if word in stage:
-            return name
-    return stage
-
-
 def _stages(snap: Snapshot) -> None:
     procs = snap.procs
     peers = (
@@ -239,8 +226,12 @@ def _stages(snap: Snapshot) -> None:
         if proc.cls == "launcher":
             proc.stage = "after-fork" if kids else "before-fork"
         elif proc.cls == "host":
-            recorded = _recorded_stage(proc)
-            stage = _normalise(recorded) if recorded else _host_log_stage(proc)
+            # The host's own record (``loading`` from its start, then ``serving``) is the
+            # authority; its log splits importing from the model's own load.
+            proc.recorded = _recorded_stage(proc) or ""
+            stage = _host_log_stage(proc)
+            if proc.recorded == "serving":
+                stage = "serving"
             family = [proc.pid, *(k.pid for k in kids)]
             if stage == "serving" and not any(
                 i in peers for pid in family for i in inodes.get(pid, set())

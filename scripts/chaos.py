@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--worker-max-failures",
         type=int,
         default=1,
-        help="spark.task.maxFailures for the whole run when >1 (only worker kills)",
+        help="N>1: spark.task.maxFailures=N and only relaying workers are killed",
     )
     ap.add_argument("--seed", type=int, default=None)
     args = ap.parse_args(argv)
@@ -201,7 +201,9 @@ def first_task(sc, job: Job, tag: str) -> float:
     return time.monotonic()
 
 
-def kill_random(job: Job, tag: str, start: float, span: float, rng: random.Random) -> dict:
+def kill_random(
+    job: Job, tag: str, start: float, span: float, rng: random.Random, only: str = ""
+) -> dict:
     """Wait until a uniformly random instant of the job, then SIGKILL one process."""
     at = start + rng.uniform(0, span)
     job.done.wait(max(0.0, at - time.monotonic()))
@@ -209,6 +211,8 @@ def kill_random(job: Job, tag: str, start: float, span: float, rng: random.Rando
         return {"hit": "none/job-ended-first"}
     snap = cp.snapshot(tag, TAG_VAR)
     targets = snap.targets()
+    if only:
+        targets = {cls: ps for cls, ps in targets.items() if cls == only}
     present = {cls: len(ps) for cls, ps in targets.items()}
     if not targets:
         return {"hit": "none/no-target", "present": present}
@@ -223,6 +227,7 @@ def _kill(proc: cp.Proc, present: dict, offset: float, extra: dict | None = None
     return {
         "hit": hit,
         "pid": proc.pid,
+        "recorded_stage": proc.recorded,
         "present": present,
         "offset_s": round(offset, 3),
         **(extra or {}),
@@ -346,7 +351,8 @@ def run_round(spark, udf_df, expected, args, tag, span, rng, aim, logs) -> dict:
         kill = kill_aimed(job, tag, aim, rng)
     else:
         start = first_task(spark.sparkContext, job, tag)
-        kill = kill_random(job, tag, start, span, rng)
+        only = "worker" if args.worker_max_failures > 1 else ""
+        kill = kill_random(job, tag, start, span, rng, only)
     job.done.wait()
     stderr, hosts = logs.new()
     named, lines = evidence(kill, stderr, hosts) if kill.get("pid") else (False, [])
