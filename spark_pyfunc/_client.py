@@ -26,6 +26,8 @@ import logging
 import os
 import queue
 import re
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -45,11 +47,16 @@ from spark_pyfunc._config import (
     BATCH_CALLS,
     BATCH_MAX_ROWS,
     BATCH_MAX_WAIT_MS,
+    BATCHING,
     DEFAULT_MODE,
+    HOST_MODE,
+    HOST_PROCESSES,
     IDLE_TIMEOUT,
     MODES,
     PIPELINE_DEPTH,
     START_TIMEOUT,
+    Setting,
+    host_argv,
 )
 from spark_pyfunc._locks import file_lock
 from spark_pyfunc._rendezvous import (
@@ -60,7 +67,9 @@ from spark_pyfunc._rendezvous import (
     process,
     read_exit_status,
     read_pid_file,
+    read_stage,
     socket_path,
+    stage_path,
 )
 from spark_pyfunc._wire import (
     arrow_bytes_to_frame,
@@ -208,6 +217,36 @@ def _frames_only(remote_tb: str, name: str, message: str) -> str:
     if qualifier and not re.fullmatch(r"[\w.]*\.", qualifier):
         return text
     return head[: len(head) - len(qualifier)].rstrip("\n")
+
+
+def _read_until_eof(pipe: Any, deadline: float) -> bytes | None:
+    """What ``pipe`` gives until its end, or None at ``deadline``."""
+    chunks = []
+    fd = pipe.fileno()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL every process of group ``pgid`` (a launcher's: the host it forked)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _defines_init(cls: type) -> bool:
@@ -593,7 +632,8 @@ class ModelHostClient:
         if proc is not None and _alive(proc):
             logger.warning("killing the model host pid %d: it does not answer", proc.pid)
             self._kill(proc)
-        for path in (self.socket_path, self.pid_path, self.status_path):
+        stage = Path(stage_path(str(self.pid_path)))
+        for path in (self.socket_path, self.pid_path, self.status_path, stage):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         return None
@@ -631,22 +671,23 @@ class ModelHostClient:
             "--log", str(self.log_path),
             "--pid-file", str(self.pid_path),
             "--model-config", json.dumps(spec.model_config, default=str),
-            "--idle-timeout", str(spec.idle_timeout),
-            "--mode", spec.mode,
             "--detach",
         ]  # fmt: skip
         if spec.watch_pid is not None:
             cmd += ["--watch-pid", str(spec.watch_pid)]
-        if spec.processes is not None:
-            cmd += ["--processes", str(spec.processes)]
+        settings: dict[Setting, Any] = {
+            IDLE_TIMEOUT: float(spec.idle_timeout),
+            HOST_MODE: spec.mode,
+            HOST_PROCESSES: spec.processes,
+            BATCHING: spec.batching,
+        }
         if spec.batching:
-            cmd += [
-                "--batching",
-                "--batch-max-wait-ms", repr(float(spec.batch_max_wait_ms)),
-                "--batch-max-rows", str(int(spec.batch_max_rows)),
-                "--batch-calls", str(int(spec.batch_calls)),
-            ]  # fmt: skip
-        return cmd
+            settings.update({
+                BATCH_MAX_WAIT_MS: float(spec.batch_max_wait_ms),
+                BATCH_MAX_ROWS: int(spec.batch_max_rows),
+                BATCH_CALLS: int(spec.batch_calls),
+            })  # fmt: skip
+        return cmd + host_argv(settings)
 
     @property
     def status_path(self) -> Path:
@@ -665,10 +706,11 @@ class ModelHostClient:
         _HostKilled (start it again) for a signal, a HostError (fail fast) for its own exit."""
         status = read_exit_status(str(self.pid_path), pid)
         if status is None:
+            stage = read_stage(str(self.pid_path), pid) or "starting"
             return self._fail(
-                f"the model host (pid {pid}) was killed before it was ready, by SIGKILL or "
-                "another signal it cannot catch (it recorded no exit status); killed during "
-                "load: out of memory?",
+                f"the model host (pid {pid}) was killed before it was ready, while {stage}, by "
+                "SIGKILL or another signal it cannot catch (it recorded no exit status); "
+                "killed during load: out of memory?",
                 _HostKilled,
             )
         if status.get("signal"):
@@ -682,6 +724,54 @@ class ModelHostClient:
             f"the model host (pid {pid}) exited with code {status.get('code')} before it was "
             f"ready; loading the model failed{error}"
         )
+
+    def _launch(self, env: dict[str, str], deadline: float) -> int:
+        """Run the launcher, which forks the host, prints its pid and exits (host --detach);
+        the host's pid.
+
+        The launcher runs in a session of its own, and the host it forks stays in its process
+        group. A launcher killed before it printed the pid (the OOM killer, a chaos test, a
+        busy machine's slow import) may have forked a host that nobody knows of: that group is
+        killed, while the launcher's zombie still holds the group's id, and the start counts
+        as a host killed before it was ready, which is started again from the same budget. A
+        launcher that exits with an error of its own (a broken install) fails at once.
+        """
+        with open(self.log_path, "ab") as log:
+            launcher = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+                env=env,
+            )
+        try:
+            out = _read_until_eof(launcher.stdout, deadline)
+            if out is None:  # neither pid nor exit in time: end it and whatever it forked
+                _kill_group(launcher.pid)
+                raise self._fail(f"the model host did not start within {self.spec.start_timeout}s")
+            # Wait without reaping: the zombie keeps the group's id from being reused.
+            ended = os.waitid(os.P_PID, launcher.pid, os.WEXITED | os.WNOWAIT)
+            text = out.strip()
+            if text.isdigit():  # the pid came out: the host is on its own now
+                return int(text)
+            _kill_group(launcher.pid)
+            if ended is not None and ended.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+                name = _signal_name(ended.si_status)
+                raise self._fail(
+                    f"the model host's launcher (pid {launcher.pid}) was killed by {name} "
+                    "before it reported the host's pid, so the host it may have forked was "
+                    "stopped too",
+                    _HostKilled,
+                )
+            code = ended.si_status if ended is not None else None
+            raise self._fail(
+                f"the model host's launcher exited with code {code} before the host started"
+            )
+        finally:
+            launcher.stdout.close()  # type: ignore[union-attr]
+            launcher.wait()
 
     def _host_environ(self) -> dict[str, str]:
         """The host's environment variables: the worker's, with ``spec.env`` on top.
@@ -714,30 +804,7 @@ class ModelHostClient:
         )
         with contextlib.suppress(FileNotFoundError):
             self.status_path.unlink()  # a status left by an earlier host
-        with open(self.log_path, "ab") as log:
-            # The launcher forks the host, prints its pid and exits (see host --detach).
-            launcher = subprocess.Popen(
-                self._command(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                start_new_session=True,
-                close_fds=True,
-                env=env,
-            )
-        try:
-            out, _ = launcher.communicate(timeout=self.spec.start_timeout)
-        except subprocess.TimeoutExpired:
-            launcher.kill()
-            launcher.communicate()
-            raise self._fail(
-                f"the model host did not start within {self.spec.start_timeout}s"
-            ) from None
-        if launcher.returncode != 0 or not out.strip().isdigit():
-            raise self._fail(
-                f"the model host exited with code {launcher.returncode} before it was ready"
-            )
-        pid = int(out)
+        pid = self._launch(env, deadline)
         try:
             proc = process(pid)
         except NoSuchProcess:

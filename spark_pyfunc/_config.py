@@ -1,8 +1,14 @@
-"""Every ``spark.pyfunc.*`` setting and choice list, with its default and parser, in one place.
+"""Every ``spark.pyfunc.*`` setting and choice list, declared once.
 
-``spark_udf`` reads these on the driver, the CLI offers the same choices, and the host's
-command line accepts the same modes: one definition each, so a new mode or a changed default
-cannot reach one of them and not the others. A leaf module: it imports only the errors.
+Each :class:`Setting` (the idea of gunicorn's) carries its Spark key, default, parser,
+documentation and, for the host's settings, its command-line flag. From that one declaration
+come the validation ``spark_udf`` runs on the driver (:meth:`Setting.read`), the model host's
+command line (:func:`host_argv` builds it in the worker, :func:`add_host_arguments` parses it
+in the host) and the README's configuration table (:func:`settings_table`,
+tests/test_docs.py checks it): a new setting, or a changed default, reaches all of them. The
+decisions made from several settings at once live here too (:func:`serving_mode`).
+
+A leaf module: it imports only the errors.
 """
 
 from __future__ import annotations
@@ -95,12 +101,18 @@ def _ship(text: str) -> str:
 
 @dataclass(frozen=True)
 class Setting:
-    """One Spark configuration key: its default (None: unset) and how its text is read."""
+    """One Spark configuration key: its default (None: unset), how its text is read, what it
+    does (``doc``, the README's table) and, for a setting the model host takes on its command
+    line, its flag there (``flag``)."""
 
     key: str
     default: Any
     parse: Callable[[str], Any]
     expected: str
+    doc: str = ""
+    flag: str | None = None
+    #: The default as the README's table gives it, where the value alone would not tell.
+    default_text: str | None = None
 
     def read(self, text: str | None) -> Any:
         """The value of ``text`` (the key's raw value, or None if unset or empty).
@@ -119,51 +131,94 @@ class Setting:
 
 
 AUTO_THRESHOLD = Setting(
-    "spark.pyfunc.scope.autoThresholdBytes", 64 * 1024 * 1024, int, "an integer (bytes)"
+    "spark.pyfunc.scope.autoThresholdBytes", 64 * 1024 * 1024, int, "an integer (bytes)",
+    doc='model size on disk from which `scope="auto"` uses the executor host',
 )
-IDLE_TIMEOUT = Setting("spark.pyfunc.host.idleTimeout", 600.0, float, "a number of seconds")
-START_TIMEOUT = Setting("spark.pyfunc.host.startTimeout", 600.0, float, "a number of seconds")
-HOST_MODE = Setting("spark.pyfunc.host.mode", None, _mode, f"one of {list(MODES)}")
-HOST_LOG_DIR = Setting("spark.pyfunc.host.logDir", None, str, "a directory")
-HOST_PROCESSES = Setting("spark.pyfunc.host.processes", None, _positive_int, "a positive integer")
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity; the machine's count where the system
-    has none): the most serving processes a prefork host runs unless HOST_PROCESSES is set."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - no affinity API (macOS)
-        return os.cpu_count() or 1
-
-
+IDLE_TIMEOUT = Setting(
+    "spark.pyfunc.host.idleTimeout", 600.0, float, "a number of seconds",
+    doc="seconds a host with no connection waits before exiting (raise it above a stream's "
+    "longest gap between micro-batches)",
+    flag="--idle-timeout",
+)
+START_TIMEOUT = Setting(
+    "spark.pyfunc.host.startTimeout", 600.0, float, "a number of seconds",
+    doc="seconds a worker waits for a host to load its model",
+)
+HOST_MODE = Setting(
+    "spark.pyfunc.host.mode", DEFAULT_MODE, _mode, f"one of {list(MODES)}",
+    doc="`auto` (prefork unless the loaded model started threads or uses a GPU, then thread; "
+    "logged), `prefork` (P long-lived forked serving processes sharing one loaded copy), "
+    "`thread` (one thread per connection in one process) or `fork` (a forked child per "
+    "connection)",
+    flag="--mode",
+)
+HOST_LOG_DIR = Setting(
+    "spark.pyfunc.host.logDir", None, str, "a directory",
+    doc="directory (on the executors' machines, created if missing) for the hosts' logs, "
+    "`spark_pyfunc-host-<key>.log`; with a local master the executor's directory is "
+    "temporary, so set this to keep the logs after the job",
+    default_text="the executor's directory",
+)
+HOST_PROCESSES = Setting(
+    "spark.pyfunc.host.processes", None, _positive_int, "a positive integer",
+    doc="serving processes of a prefork host; default `spark.executor.cores` / "
+    "`spark.task.cpus`, at most the CPUs the executor's processes may run on",
+    flag="--processes",
+    default_text="task slots",
+)
 #: Request batching in the host (see _batching.py). Unset (None): on for a host that serves a
 #: GPU, off otherwise; the worker decides, since only it knows the task's GPU addresses.
-BATCHING = Setting("spark.pyfunc.host.batching.enabled", None, _boolean, "true or false")
+BATCHING = Setting(
+    "spark.pyfunc.host.batching.enabled", None, _boolean, "true or false",
+    doc="`true` or `false`: answer the requests of all workers in batches, one predict per "
+    "batch (a thread host)",
+    flag="--batching",
+    default_text="on for GPU hosts, off otherwise",
+)
 BATCH_MAX_WAIT_MS = Setting(
-    "spark.pyfunc.host.batching.maxWaitMs", 5.0, _non_negative_float, "a number of milliseconds"
+    "spark.pyfunc.host.batching.maxWaitMs", 5.0, _non_negative_float, "a number of milliseconds",
+    doc="milliseconds the oldest queued request waits for others to join its batch (not "
+    "waited once every worker has a request queued)",
+    flag="--batch-max-wait-ms",
 )
 BATCH_MAX_ROWS = Setting(
-    "spark.pyfunc.host.batching.maxBatchRows", 32768, _positive_int, "a positive integer"
+    "spark.pyfunc.host.batching.maxBatchRows", 32768, _positive_int, "a positive integer",
+    doc="rows a batch may grow to by adding requests (one larger request still goes alone, "
+    "whole)",
+    flag="--batch-max-rows",
 )
-#: Batched model calls that may run at once: 2 lets the next batch's conversions run while the
-#: device computes the current one, at the cost of two batches' memory on the device.
 BATCH_CALLS = Setting(
-    "spark.pyfunc.host.batching.concurrentCalls", 1, _positive_int, "a positive integer"
+    "spark.pyfunc.host.batching.concurrentCalls", 1, _positive_int, "a positive integer",
+    doc="batched model calls that may run at once; `2` converts the next batch while the "
+    "device computes the current one (two batches' memory on the device)",
+    flag="--batch-calls",
 )
-#: Requests a Python worker keeps in flight to its host (see _client.predict_stream): the host
-#: has the next requests while the worker turns an answer into Spark's output; 1 sends a
-#: request only once the previous one is answered. 3: the batching harness's figures.
-PIPELINE_DEPTH = Setting("spark.pyfunc.host.pipelineDepth", 3, _positive_int, "a positive integer")
-# Where each executor machine keeps restored model environments (default:
-# ~/.cache/spark_pyfunc/envs of the executor's user), and how long a worker waits for another
-# worker's build of the same environment before it gives up.
-ENV_CACHE_DIR = Setting("spark.pyfunc.env.cacheDir", None, str, "a directory")
-ENV_BUILD_TIMEOUT = Setting("spark.pyfunc.env.buildTimeout", 1800.0, float, "a number of seconds")
-# uv installs from its cache alone when that satisfies every requirement (no index round
-# trips: ~10x faster), and goes to the index only when it does not; false: always the index.
-ENV_UV_OFFLINE_FIRST = Setting("spark.pyfunc.env.uvOfflineFirst", True, _boolean, "true or false")
-SHIP_PACKAGE = Setting("spark.pyfunc.shipPackage", "auto", _ship, f"one of {list(SHIP_CHOICES)}")
+#: 3: the batching harness's figures (docs/benchmark.md).
+PIPELINE_DEPTH = Setting(
+    "spark.pyfunc.host.pipelineDepth", 3, _positive_int, "a positive integer",
+    doc="requests each Python worker keeps in flight to its host (`1`: one at a time)",
+)
+ENV_CACHE_DIR = Setting(
+    "spark.pyfunc.env.cacheDir", None, str, "a directory",
+    doc="where each executor machine keeps restored model environments (`env_manager`), "
+    "shared by its executors and applications",
+    default_text="`~/.cache/spark_pyfunc/envs`",
+)
+ENV_BUILD_TIMEOUT = Setting(
+    "spark.pyfunc.env.buildTimeout", 1800.0, float, "a number of seconds",
+    doc="seconds a worker waits for another worker's build of the same environment",
+)
+ENV_UV_OFFLINE_FIRST = Setting(
+    "spark.pyfunc.env.uvOfflineFirst", True, _boolean, "true or false",
+    doc='`env_manager="uv"` installs from uv\'s cache alone when that satisfies every '
+    "requirement, and from the package index only when it does not; `false`: always resolve "
+    "against the index",
+)
+SHIP_PACKAGE = Setting(
+    "spark.pyfunc.shipPackage", "auto", _ship, f"one of {list(SHIP_CHOICES)}",
+    doc="ship spark_pyfunc to the executors as a zip: `auto` (unless they run the driver's "
+    "Python on a local master), `true`, `false`",
+)
 
 #: Every setting, by key.
 SETTINGS: dict[str, Setting] = {
@@ -186,3 +241,74 @@ SETTINGS: dict[str, Setting] = {
         SHIP_PACKAGE,
     )
 }
+
+
+def host_argv(values: dict[Setting, Any]) -> list[str]:
+    """The host's command-line flags for ``values`` (settings with a ``flag``; None and False
+    are left out, True is the bare flag)."""
+    argv: list[str] = []
+    for setting, value in values.items():
+        if setting.flag is None:
+            raise ValueError(f"{setting.key} is not a setting of the model host's command line")
+        if value is None or value is False:
+            continue
+        argv += [setting.flag] if value is True else [setting.flag, _argv_text(value)]
+    return argv
+
+
+def _argv_text(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def add_host_arguments(parser: Any) -> None:
+    """Declare every host setting's flag on ``parser`` (an argparse parser), parsed by the
+    setting's own parser; ``args.<flag name>`` then holds its value or default."""
+    for setting in SETTINGS.values():
+        if setting.flag is None:
+            continue
+        if setting.parse is _boolean:
+            parser.add_argument(setting.flag, action="store_true", help=setting.doc)
+        else:
+            parser.add_argument(
+                setting.flag, type=setting.parse, default=setting.default, help=setting.doc
+            )
+
+
+def serving_mode(mode: str | None, batching: bool | None, gpus: bool) -> tuple[str | None, bool]:
+    """How a host serves, from the settings and the task's GPUs: ``(mode, batching)``.
+
+    A GPU host serves on threads (a CUDA context does not survive a fork) and batches unless
+    batching was turned off; batching needs every worker's requests in one process, so it
+    serves on threads too, whatever the mode asked for. None: the host picks (``auto``).
+    """
+    if gpus and batching is None:
+        batching = True
+    if gpus or batching:
+        return "thread", bool(batching)
+    return mode, False
+
+
+def settings_table() -> str:
+    """The README's configuration table, in markdown, from the declarations."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for setting in SETTINGS.values():
+        default = setting.default_text or f"`{_table_value(setting.default)}`"
+        rows.append(f"| `{setting.key}` | {default} | {setting.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def _table_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity; the machine's count where the system
+    has none): the most serving processes a prefork host runs unless HOST_PROCESSES is set."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - no affinity API (macOS)
+        return os.cpu_count() or 1

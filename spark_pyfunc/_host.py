@@ -63,14 +63,11 @@ import pyarrow as pa
 
 from spark_pyfunc._batching import Batcher
 from spark_pyfunc._config import (
-    BATCH_CALLS,
-    BATCH_MAX_ROWS,
-    BATCH_MAX_WAIT_MS,
-    DEFAULT_MODE,
-    IDLE_TIMEOUT,
-    MODES,
+    add_host_arguments,
+    serving_mode,
     usable_cpus,
 )
+from spark_pyfunc._faultpoints import hold
 from spark_pyfunc._rendezvous import (
     STATUS_ZOMBIE,
     ProcessError,
@@ -79,6 +76,7 @@ from spark_pyfunc._rendezvous import (
     remove_pid_file,
     write_exit_status,
     write_pid_file,
+    write_stage,
 )
 from spark_pyfunc._wire import (
     PeerClosed,
@@ -159,6 +157,7 @@ class ModelServer:
     def greet(self, conn: socket.socket) -> None:
         """Tell a new client that the host is ready, and its pid."""
         send_message(conn, {"ok": True, "pid": self.host_pid})
+        hold("host.ready")
 
     def serve_connection(self, conn: socket.socket) -> None:
         """Greet the client, then answer its requests, one per batch, until it closes the
@@ -480,6 +479,7 @@ class Host:
             if done == 0:
                 continue
             logger.warning("serving process %d exited (%s): replacing it", pid, _exit_text(status))
+            hold("supervisor.replacing")
             self._spawn(slot)
 
     def _serve_slot(self, slot: int) -> None:
@@ -489,6 +489,7 @@ class Host:
         assert self.listener is not None and self.activity is not None
         activity, listener = self.activity, self.listener
         _name_child()
+        hold("child.started")
         listener.settimeout(0)  # several processes accept: one wins, the others get EAGAIN
         wake_r, wake_w = os.pipe()
         active: set[threading.Thread] = set()
@@ -657,36 +658,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pid-file")
     parser.add_argument("--model-config", default="null", help="JSON object or null")
     parser.add_argument("--watch-pid", type=int, help="exit soon after this process is gone")
-    parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT.default)
-    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
-    parser.add_argument(
-        "--processes",
-        type=int,
-        help="prefork: serving processes (default: the CPUs this host may run on)",
-    )
-    parser.add_argument(
-        "--batching",
-        action="store_true",
-        help="answer the requests of all connections in batches (implies the thread mode)",
-    )
-    parser.add_argument(
-        "--batch-max-wait-ms",
-        type=float,
-        default=BATCH_MAX_WAIT_MS.default,
-        help="batching: how long the oldest request may wait for others",
-    )
-    parser.add_argument(
-        "--batch-max-rows",
-        type=int,
-        default=BATCH_MAX_ROWS.default,
-        help="batching: rows a batch may reach by adding requests",
-    )
-    parser.add_argument(
-        "--batch-calls",
-        type=int,
-        default=BATCH_CALLS.default,
-        help="batching: batched model calls that may run at once",
-    )
+    add_host_arguments(parser)  # --idle-timeout, --mode, --processes, --batching, ...
     parser.add_argument(
         "--detach",
         action="store_true",
@@ -737,9 +709,15 @@ def _pid_file(path: str | None) -> Iterator[None]:
 
 def _detach(log_path: str) -> None:
     """Fork: the parent tells the starter the host's pid (on stdout, a pipe) and exits, so
-    the starter reaps it at once; the child, the host, sends its stdout to the log."""
+    the starter reaps it at once; the child, the host, sends its stdout to the log.
+
+    The child stays in the launcher's process group (the starter made the launcher a session
+    leader): a launcher killed before it printed the pid leaves a host nobody knows of, and
+    the starter ends it by that group (see _client)."""
+    hold("launcher.forking")
     pid = os.fork()
     if pid:
+        hold("launcher.forked")
         os.write(1, f"{pid}\n".encode())
         os._exit(0)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -764,6 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     host: Host | None = None
     stage = "loading"
     with _pid_file(args.pid_file):
+        write_stage(args.pid_file, stage)
         try:
             # Imported here, not at the top: the client imports this module too.
             from spark_pyfunc._loading import load_model
@@ -781,12 +760,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             threads_after = _thread_count()
             _keep_request_buffers()  # after the load: see its docstring
-            mode, why = choose_mode(args.mode, threads_before, threads_after)
+            asked = args.mode
+            mode, why = choose_mode(asked, threads_before, threads_after)
             server = ModelServer(model)
             batcher = None
             if args.batching:
-                if mode != "thread":
-                    mode = "thread"
+                batched_mode, _ = serving_mode(asked, True, gpus=False)
+                if mode != batched_mode:
+                    mode = batched_mode
                     why = "request batching needs the requests of every worker in one process"
                 batcher = Batcher(
                     server.handle,
@@ -820,9 +801,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             host.bind()
             stage = "serving"
+            write_stage(args.pid_file, stage)
             extent = f" with {host.processes} serving processes" if mode == "prefork" else ""
             logger.info(
-                "serving %s in %s mode%s (%s mode: %s)", args.socket, mode, extent, args.mode, why
+                "serving %s in %s mode%s (%s mode: %s)", args.socket, mode, extent, asked, why
             )
             host.serve()
         except SystemExit as exc:

@@ -47,11 +47,14 @@ __all__ = [
     "process",
     "read_exit_status",
     "read_pid_file",
+    "read_stage",
     "remove_pid_file",
     "socket_dir",
     "socket_path",
+    "stage_path",
     "write_exit_status",
     "write_pid_file",
+    "write_stage",
 ]
 
 # sun_path holds 108 bytes on Linux, including the terminating NUL.
@@ -153,11 +156,43 @@ def read_exit_status(pid_file: str, pid: int) -> dict | None:
     return status if isinstance(status, dict) and status.get("pid") == pid else None
 
 
+def stage_path(pid_file: str) -> str:
+    """The stage file beside a pid file (``<key>.pid`` -> ``<key>.stage``)."""
+    return os.path.splitext(pid_file)[0] + ".stage"
+
+
+def write_stage(pid_file: str | None, stage: str) -> None:
+    """Record the stage of its life this host is in (``loading``, ``serving``).
+
+    A host killed by SIGKILL records no exit status, but its starter can still say what the
+    signal interrupted: the last stage it recorded here.
+    """
+    if pid_file is not None:
+        with contextlib.suppress(OSError):
+            tmp = f"{stage_path(pid_file)}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.write(f"{os.getpid()} {stage}\n")
+            os.replace(tmp, stage_path(pid_file))
+
+
+def read_stage(pid_file: str, pid: int) -> str | None:
+    """The last stage host ``pid`` recorded, or None if it recorded none."""
+    try:
+        with open(stage_path(pid_file)) as f:
+            owner, _, stage = f.read().strip().partition(" ")
+    except OSError:
+        return None
+    return stage if owner == str(pid) and stage else None
+
+
 def remove_pid_file(path: str | None, pid: int) -> None:
     """Remove the pid file only if it still names ``pid`` (a newer host may own it now)."""
     if path is not None and read_pid_file(path) == pid:
         with contextlib.suppress(OSError):
             os.unlink(path)
+        if read_stage(path, pid) is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(stage_path(path))
 
 
 # ------------------------------------------------------------------------ processes

@@ -217,20 +217,17 @@ def host_variant(plan: _Plan, gpus: tuple[str, ...], processes: int | None) -> d
     ``CUDA_VISIBLE_DEVICES`` there).
     """
     variant: dict[str, Any] = {}
-    if plan.host_mode:
-        variant["mode"] = plan.host_mode
+    mode, batching = _config.serving_mode(plan.host_mode, plan.batching, gpus=bool(gpus))
+    if mode:
+        variant["mode"] = mode
     if processes is not None:
         variant["processes"] = processes
-    batching = plan.batching
     env = dict(plan.extra_env or {})
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        variant["mode"] = "thread"
-        batching = True if batching is None else batching
     if env:
         variant["env"] = env
     if batching:
-        variant["mode"] = "thread"
         variant["batching"] = True
         variant["batch_max_wait_ms"] = plan.batch_max_wait_ms
         variant["batch_max_rows"] = plan.batch_max_rows

@@ -18,7 +18,7 @@ import pandas as pd
 import pipe_models
 import pytest
 from pipe_models import Contained
-from test_cluster_faults import (  # noqa: F401 (evidence_root is a fixture)
+from support.faults import (  # noqa: F401 (evidence_root is a fixture)
     GATE_ID,
     ROWS,
     Faults,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import pkgutil
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,24 @@ def test_a_docstring_example_runs(test: doctest.DocTest, tmp_path, monkeypatch) 
     runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.failed == 0, f"{test.name}: see the doctest output above"
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_the_readme_configuration_table_is_the_declared_settings() -> None:
+    """The README's table is settings_table(), so a setting added, renamed or given another
+    default in _config.py cannot leave the docs behind."""
+    from spark_pyfunc._config import SETTINGS, settings_table
+
+    assert settings_table() in README.read_text()
+    assert all(setting.doc for setting in SETTINGS.values()), "a setting without a doc"
+
+
+def test_every_setting_key_is_declared_once() -> None:
+    from spark_pyfunc import _config
+
+    declared = [v for v in vars(_config).values() if isinstance(v, _config.Setting)]
+    assert sorted(s.key for s in declared) == sorted(_config.SETTINGS)
+    flags = [s.flag for s in declared if s.flag]
+    assert len(flags) == len(set(flags))
