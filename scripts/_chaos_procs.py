@@ -7,8 +7,8 @@ and sorts the spark_pyfunc ones into four classes, each with the stage of its li
   worker; ``before-fork`` while it has no child, ``after-fork`` once it has forked the host;
 - ``host``: the host (the prefork supervisor): ``importing`` from its fork, ``loading`` once
   the model's load_context logged, ``serving`` once its log or the ``.stage`` file beside its
-  pid file says so (``ready`` while no connection is open yet), and ``replacing`` while one
-  of its serving children is dead and not yet replaced (a zombie child);
+  pid file says so (``ready`` until it is first seen with a connection open), and
+  ``replacing`` while one of its serving children is dead and not yet replaced (a zombie);
 - ``child``: a prefork serving process (comm ``spf-host-child``): ``starting`` until its
   "serving process ... ready" line, then ``serving`` with a connection open, else ``idle``;
 - ``worker``: a Python worker (a ``pyspark.daemon`` child) with a connection open to a host
@@ -25,11 +25,23 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["CLASSES", "Proc", "Snapshot", "kill_launcher_after_fork", "new_text", "snapshot"]
+__all__ = [
+    "CLASSES",
+    "SERVED",
+    "Proc",
+    "Snapshot",
+    "Watcher",
+    "kill_launcher_after_fork",
+    "new_text",
+    "snapshot",
+    "state_of",
+]
 
 CLASSES = ("launcher", "host", "child", "worker")
 HOST_MARKER = "spark_pyfunc._host"
@@ -93,6 +105,12 @@ def _stat(pid: int) -> tuple[str, int, str] | None:
     return fields[0], int(fields[1]), fields[19]
 
 
+def state_of(pid: int) -> str | None:
+    """The process's state letter (``Z``: dead, not reaped), None once it is gone."""
+    stat = _stat(pid)
+    return stat[0] if stat else None
+
+
 def _tag(pid: int, start: str, var: str) -> str | None:
     key = (pid, start)
     if key not in _tags:
@@ -104,6 +122,27 @@ def _tag(pid: int, start: str, var: str) -> str | None:
 
 def _python_of_interest(cmd: str) -> bool:
     return HOST_MARKER in cmd or "pyspark.daemon" in cmd or "pyspark.worker" in cmd
+
+
+#: Hosts (pid) seen with a connection open: a host is ``ready`` only before its first one
+#: (between two tasks it has none either). A :class:`Watcher` fills it during a job.
+SERVED: set[int] = set()
+
+
+class Watcher:
+    """Polls during a job so that the hosts that have served are known at the kill."""
+
+    def __init__(self, tag: str, var: str, done: Any, every: float = 0.02) -> None:
+        self.args = (tag, var)
+        self.done, self.every = done, every
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            snap = snapshot(*self.args, with_stages=False)
+            if any(p.cls == "host" and p.pid not in SERVED for p in snap.procs.values()):
+                _stages(snap)
+            self.done.wait(self.every)
 
 
 def snapshot(tag: str, var: str, with_stages: bool = True) -> Snapshot:
@@ -233,9 +272,9 @@ def _stages(snap: Snapshot) -> None:
             if proc.recorded == "serving":
                 stage = "serving"
             family = [proc.pid, *(k.pid for k in kids)]
-            if stage == "serving" and not any(
-                i in peers for pid in family for i in inodes.get(pid, set())
-            ):
+            if any(i in peers for pid in family for i in inodes.get(pid, set())):
+                SERVED.add(proc.pid)
+            elif stage == "serving" and proc.pid not in SERVED:
                 stage = "ready"
             if any(k.state == "Z" for k in kids):
                 stage = "replacing"

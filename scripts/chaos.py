@@ -59,7 +59,7 @@ POLL = 0.005
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kills", type=int, default=200, help="rounds, one kill each")
+    ap.add_argument("--kills", type=int, default=200, help="kills, one a round")
     ap.add_argument("--out", type=Path, required=True, help="where the table and logs go")
     ap.add_argument("--hog", type=int, default=2, help="busy processes beside the cluster")
     ap.add_argument("--rows", type=int, default=200_000)
@@ -185,17 +185,13 @@ class Job:
         self.done.set()
 
 
-def first_task(sc, job: Job, tag: str) -> float:
-    """When the job's first task runs: a launcher or host of ours, or an active task."""
-    tracker = sc.statusTracker()
+def first_task(job: Job, tag: str) -> float:
+    """When the job's first task starts the host's life: the first launcher or host of ours
+    seen (an active task in Spark's status tracker comes earlier, while the worker starts,
+    before any spark_pyfunc process exists to be killed)."""
     while not job.done.is_set():
-        for sid in tracker.getActiveStageIds():
-            info = tracker.getStageInfo(sid)
-            if info is not None and info.numActiveTasks > 0:
-                return time.monotonic()
-        if any(
-            p.cls in ("launcher", "host") for p in cp.snapshot(tag, TAG_VAR, False).procs.values()
-        ):
+        procs = cp.snapshot(tag, TAG_VAR, False).procs.values()
+        if any(p.cls in ("launcher", "host") for p in procs):
             return time.monotonic()
         time.sleep(POLL)
     return time.monotonic()
@@ -263,24 +259,24 @@ def kill_aimed(job: Job, tag: str, aim: str, rng: random.Random) -> dict:
 
 
 def _kill_while_replacing(job: Job, tag: str, snap: cp.Snapshot, start: float) -> dict | None:
-    """Kill a ready serving child, then its host while the child is dead, not replaced."""
+    """Kill a ready serving child, then its host while the child is dead and not yet reaped
+    (a zombie: the host has not replaced it yet). Watches the one child's /proc/PID/stat."""
     ready = [c for c in snap.of("child") if c.stage in ("idle", "serving")]
-    if not ready:
+    host = snap.procs.get(ready[0].ppid) if ready else None
+    if host is None:
         return None
     child = ready[0]
     cp.kill(child.pid)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not job.done.is_set():
-        now = cp.snapshot(tag, TAG_VAR)
-        host = now.procs.get(child.ppid)
-        if host is None:
-            return {"hit": "none/host-gone", "child": child.pid}
-        if host.stage == "replacing":
+    while time.monotonic() < deadline:
+        state = cp.state_of(child.pid)
+        if state == "Z":
+            host.stage = "replacing"
             return _kill(host, {}, time.monotonic() - start, {"child": child.pid})
-        if child.pid not in now.procs:  # reaped and replaced before we saw it dead
+        if state is None:  # reaped (and replaced) before we saw it dead
             return {"hit": "none/replaced-too-fast", "child": child.pid}
-        time.sleep(POLL)
-    return {"hit": "none/job-ended-first", "child": child.pid}
+        time.sleep(0.0005)
+    return {"hit": "none/child-not-dead", "child": child.pid}
 
 
 def stop_hosts(tag: str, timeout: float = 20.0) -> list[int]:
@@ -347,10 +343,11 @@ def evidence(kill: dict, stderr: str, hosts: str) -> tuple[bool, list[str]]:
 def run_round(spark, udf_df, expected, args, tag, span, rng, aim, logs) -> dict:
     logs.new()
     job = Job(udf_df, expected)
+    cp.Watcher(tag, TAG_VAR, job.done)
     if aim:
         kill = kill_aimed(job, tag, aim, rng)
     else:
-        start = first_task(spark.sparkContext, job, tag)
+        start = first_task(job, tag)
         only = "worker" if args.worker_max_failures > 1 else ""
         kill = kill_random(job, tag, start, span, rng, only)
     job.done.wait()
@@ -407,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             spans, durations = [], []
             for _ in range(args.warmups):
                 job = Job(scored, expected)
-                start = first_task(spark.sparkContext, job, tag)
+                start = first_task(job, tag)
                 job.done.wait()
                 if job.error or not job.exact:
                     raise SystemExit(f"the warm-up job failed: {job.error or 'wrong result'}")
@@ -418,11 +415,15 @@ def main(argv: list[str] | None = None) -> int:
             warm = slice(1 if args.warmups > 1 else 0, None)
             span, baseline = statistics.median(spans[warm]), statistics.median(durations[warm])
             print(f"warm-up: job {baseline:.2f}s, first task to end {span:.2f}s", flush=True)
-            for i in range(args.kills):
-                aim = args.aims[i % len(args.aims)] if args.aims else ""
+            kills = 0
+            for i in range(2 * args.kills):  # rounds without a kill do not count
+                if kills >= args.kills:
+                    break
+                aim = args.aims[kills % len(args.aims)] if args.aims else ""
                 r = run_round(spark, scored, expected, args, tag, span, rng, aim, logs)
                 r["round"], r["recover_s"] = i, round(r["duration_s"] - baseline, 3)
                 rounds.append(r)
+                kills += not r["hit"].startswith("none/")
                 print(
                     f"round {i}: {r['hit']} -> {r['outcome']} in {r['duration_s']}s "
                     f"(logs name it: {r['logs_name_it']}) {r['error'][:160]}",
