@@ -7,7 +7,8 @@ and sorts the spark_pyfunc ones into four classes, each with the stage of its li
   worker; ``before-fork`` while it has no child, ``after-fork`` once it has forked the host;
 - ``host``: the host (the prefork supervisor): ``importing`` from its fork, ``loading`` once
   the model's load_context logged, ``serving`` once its log or the ``.stage`` file beside its
-  pid file says so (``ready`` until it is first seen with a connection open), and
+  pid file says so (``ready`` until it is first seen with a connection open, ``idle`` with
+  none open after that: between two tasks), and
   ``replacing`` while one of its serving children is dead and not yet replaced (a zombie);
 - ``child``: a prefork serving process (comm ``spf-host-child``): ``starting`` until its
   "serving process ... ready" line, then ``serving`` with a connection open, else ``idle``;
@@ -38,6 +39,7 @@ __all__ = [
     "Snapshot",
     "Watcher",
     "kill_launcher_after_fork",
+    "children_of",
     "new_text",
     "snapshot",
     "state_of",
@@ -109,6 +111,12 @@ def state_of(pid: int) -> str | None:
     """The process's state letter (``Z``: dead, not reaped), None once it is gone."""
     stat = _stat(pid)
     return stat[0] if stat else None
+
+
+def children_of(pid: int) -> list[int] | None:
+    """The pids of a process's children (its main thread's), None once it is gone."""
+    text = _read(f"/proc/{pid}/task/{pid}/children")
+    return None if text is None else [int(c) for c in text.split()]
 
 
 def _tag(pid: int, start: str, var: str) -> str | None:
@@ -274,8 +282,8 @@ def _stages(snap: Snapshot) -> None:
             family = [proc.pid, *(k.pid for k in kids)]
             if any(i in peers for pid in family for i in inodes.get(pid, set())):
                 SERVED.add(proc.pid)
-            elif stage == "serving" and proc.pid not in SERVED:
-                stage = "ready"
+            elif stage == "serving":  # no connection open: before the first, or between
+                stage = "idle" if proc.pid in SERVED else "ready"
             if any(k.state == "Z" for k in kids):
                 stage = "replacing"
             proc.stage = stage

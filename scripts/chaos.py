@@ -250,12 +250,34 @@ def kill_aimed(job: Job, tag: str, aim: str, rng: random.Random) -> dict:
             done = _kill_while_replacing(job, tag, snap, start)
             if done:
                 return done
+        elif aim == "child/starting":
+            hosts = [h for h in snap.of("host") if h.stage in ("importing", "loading")]
+            if hosts:
+                return _kill_first_child(job, hosts[0], start)
         else:
             found = [p for p in snap.of(cls) if p.stage == stage]
             if found:
                 return _kill(rng.choice(found), {}, time.monotonic() - start)
         time.sleep(POLL)
     return {"hit": "none/job-ended-first", "aim": aim}
+
+
+def _kill_first_child(job: Job, host: cp.Proc, start: float) -> dict:
+    """Watch a host that is still starting for its first forked child and SIGKILL it at
+    once, before it says it is ready (checked in the host's log after the kill)."""
+    while not job.done.is_set():
+        kids = cp.children_of(host.pid)
+        if kids is None:
+            return {"hit": "none/host-gone", "host": host.pid}
+        if kids:
+            pid = min(kids)
+            cp.kill(pid)
+            log = Path(host.arg("--log") or "/nonexistent")
+            said = log.exists() and f"serving process {pid} ready" in log.read_text()
+            hit = "child/idle" if said else "child/starting"
+            return {"hit": hit, "pid": pid, "offset_s": round(time.monotonic() - start, 3)}
+        time.sleep(0.0005)
+    return {"hit": "none/job-ended-first", "host": host.pid}
 
 
 def _kill_while_replacing(job: Job, tag: str, snap: cp.Snapshot, start: float) -> dict | None:
@@ -363,6 +385,7 @@ def run_round(spark, udf_df, expected, args, tag, span, rng, aim, logs) -> dict:
         "logs_name_it": named,
         "log_lines": lines,
         "teardown_killed": stop_hosts(tag),
+        "load1": round(os.getloadavg()[0], 1),
     }
 
 
