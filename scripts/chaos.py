@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="N>1: spark.task.maxFailures=N and only relaying workers are killed",
     )
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument(
+        "--minutes", type=float, default=float("inf"), help="start no round after this long"
+    )
     args = ap.parse_args(argv)
     aims = [] if args.aim in ("", "random") else args.aim.split(",")
     aims = list(REQUIRED) if aims == ["required"] else aims
@@ -439,14 +442,17 @@ def main(argv: list[str] | None = None) -> int:
             span, baseline = statistics.median(spans[warm]), statistics.median(durations[warm])
             print(f"warm-up: job {baseline:.2f}s, first task to end {span:.2f}s", flush=True)
             kills = 0
+            stop_at = time.monotonic() + args.minutes * 60
             for i in range(2 * args.kills):  # rounds without a kill do not count
-                if kills >= args.kills:
+                if kills >= args.kills or time.monotonic() > stop_at:
                     break
                 aim = args.aims[kills % len(args.aims)] if args.aims else ""
                 r = run_round(spark, scored, expected, args, tag, span, rng, aim, logs)
                 r["round"], r["recover_s"] = i, round(r["duration_s"] - baseline, 3)
                 rounds.append(r)
                 kills += not r["hit"].startswith("none/")
+                with open(run / "rounds.jsonl", "a") as fh:  # kept if the run is cut short
+                    fh.write(json.dumps(r) + "\n")
                 print(
                     f"round {i}: {r['hit']} -> {r['outcome']} in {r['duration_s']}s "
                     f"(logs name it: {r['logs_name_it']}) {r['error'][:160]}",
