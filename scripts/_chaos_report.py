@@ -73,3 +73,25 @@ def report(rounds: list[dict], meta: dict, worker_max_failures: int) -> str:
     for r in bad[:20]:
         lines.append(f"FAILED round {r['round']} {r['hit']}: {r['error'][:300]}")
     return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    """``python scripts/_chaos_report.py OUT_DIR``: the table of a run from its rounds.jsonl,
+    also while it runs or after it was cut short (the leak check is then not known)."""
+    import json
+    from pathlib import Path
+
+    out = Path(argv[0])
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    meta = {"baseline_s": float("nan"), "span_s": float("nan"), "args": str(out)}
+    meta["leaked_after_stop"] = ["(not checked: the run has not ended)"]
+    if (out / "rounds.json").exists():
+        meta = json.loads((out / "rounds.json").read_text())["meta"]
+    print(report(rounds, meta, 1))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

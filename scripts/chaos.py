@@ -25,9 +25,12 @@ Usage (scripts only, not CI; PYTHONPATH must hold the checkout)::
 
 ``--aim STAGE[,STAGE...]`` (or ``required``: every required stage in turn) kills at the moment
 a process of that class and stage appears (polling /proc every 5 ms; the launcher after its
-fork through ptrace's fork event; ``host/replacing`` kills a serving child, then the host
-while the dead child is not yet replaced). Writes ``table.txt``, ``rounds.json`` and the
-cluster's and hosts' logs under ``--out``.
+fork through ptrace's fork event; ``child/starting`` watches a starting host for its first
+forked child; ``host/replacing`` kills a serving child, then the host while the dead child is
+not yet reaped). ``--minutes`` ends a run on time (with its table); ``--worker-max-failures N``
+runs with ``spark.task.maxFailures=N`` and kills relaying workers only. Writes ``table.txt``,
+``rounds.json`` (and ``rounds.jsonl`` as it goes: ``python scripts/_chaos_report.py OUT``
+prints the table of a run so far) and the cluster's and hosts' logs under ``--out``.
 """
 
 from __future__ import annotations
