@@ -262,6 +262,7 @@ def _host_client(plan: _Plan) -> ModelHostClient:
         watch_pid=os.getppid(),
         model_uri=plan.model_uri or None,
         log_dir=plan.host_log_dir,
+        model_sha256=plan.shipped.sha256,
         **kwargs,
     )
     return ModelHostClient(spec)

@@ -425,6 +425,15 @@ def _build_env_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hosts_command(args: argparse.Namespace) -> int:
+    """``spark-pyfunc hosts``: the model hosts on this machine, from their status files."""
+    from spark_pyfunc._report import hosts_text, machine_hosts
+
+    rows = machine_hosts(args.dir)
+    print(json.dumps(rows, indent=1, default=str) if args.json else hosts_text(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
@@ -489,6 +498,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", help="where environments are built (default ~/.cache/spark_pyfunc/envs)"
     )
     env_parser.add_argument("--verbose", action="store_true", help="logs and full tracebacks")
+
+    hosts_parser = commands.add_parser(
+        "hosts",
+        help="list the model hosts on this machine: model, rows, latency, memory, restarts",
+        description="List this user's model hosts on this machine, live and recently exited, "
+        "from the status files they keep beside their pid files (found through the links in "
+        "the socket directory, <tmp>/spark_pyfunc-<uid>).",
+    )
+    hosts_parser.add_argument("--json", action="store_true", help="print a JSON list")
+    hosts_parser.add_argument(
+        "--dir",
+        action="append",
+        metavar="DIR",
+        help="read the status files in DIR (an executor's directory) instead; repeatable",
+    )
+    hosts_parser.add_argument("--verbose", action="store_true", help="full tracebacks")
     return parser
 
 
@@ -509,6 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _guarded(lambda: _run_score_command(args, session), args.verbose)
         if args.command == "info":
             return _guarded(lambda: _info_command(args), args.verbose)
+        if args.command == "hosts":
+            return _guarded(lambda: _hosts_command(args), args.verbose)
         if args.command == "build-env":
             return _guarded(lambda: _build_env_command(args), args.verbose)
         return _guarded(lambda: _demo_command(args), args.verbose)

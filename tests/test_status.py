@@ -1,0 +1,279 @@
+"""The model host's status file (_status.py), ``spark-pyfunc hosts`` and the host's log lines:
+real host processes in every mode, started through the real client."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+from host_models import PARAMS, Counting
+
+from spark_pyfunc import cli, save_model
+from spark_pyfunc._client import HostSpec, ModelHostClient
+from spark_pyfunc._rendezvous import socket_path, status_link_path, status_path
+from spark_pyfunc._status import WRITE_EVERY, Meter, _quantile_ms, read_status
+from spark_pyfunc.errors import PredictionError
+
+pytestmark = pytest.mark.timeout(120)
+
+FRAME = pd.DataFrame({"a": np.arange(200, dtype=np.float64), "b": np.linspace(-1, 1, 200)})
+#: Host modes: (mode, batching).
+MODES = [("prefork", False), ("thread", False), ("fork", False), ("thread", True)]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("status_model") / "counting"
+    save_model(str(path), python_model=Counting(), input_example=(FRAME.head(5), PARAMS))
+    return str(path)
+
+
+class Hosts:
+    """Clients of fresh host keys; stops their hosts and removes their status links."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.specs: list[HostSpec] = []
+
+    def client(self, model_dir: str, **options) -> ModelHostClient:
+        settings = {"idle_timeout": 60.0, "start_timeout": 60.0, "watch_pid": os.getpid()}
+        spec = HostSpec(
+            model_dir=model_dir,
+            key=uuid.uuid4().hex[:16],
+            state_dir=str(self.state_dir),
+            model_uri="models:/counting/3",
+            model_sha256="ab" * 32,
+            **{**settings, **options},
+        )
+        self.specs.append(spec)
+        return ModelHostClient(spec)
+
+    def cleanup(self) -> None:
+        for spec in self.specs:
+            sock = str(socket_path(spec.key))
+            for proc in psutil.process_iter(["cmdline"]):
+                if sock in (proc.info["cmdline"] or []):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        proc.kill()
+            for path in (sock, status_link_path(sock)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[Hosts]:
+    made = Hosts(tmp_path / "executor")
+    try:
+        yield made
+    finally:
+        made.cleanup()
+
+
+def status_of(client: ModelHostClient) -> dict:
+    status = read_status(status_path(str(client.pid_path)))
+    assert status is not None, f"no status file beside {client.pid_path}"
+    return status
+
+
+def wait_for_rows(client: ModelHostClient, rows: int) -> dict:
+    """The status once it counts ``rows`` (it is written every WRITE_EVERY seconds)."""
+    assert wait_until(lambda: status_of(client).get("rows") == rows, 4 * WRITE_EVERY + 5), (
+        status_of(client)
+    )
+    return status_of(client)
+
+
+@pytest.mark.parametrize(("mode", "batching"), MODES)
+def test_status_counts_what_the_host_answered(
+    hosts: Hosts, model_dir: str, mode: str, batching: bool
+) -> None:
+    client = hosts.client(model_dir, mode=mode, batching=batching, processes=2)
+    sizes = [200, 150, 7, 200, 31]
+    with client:
+        for n in sizes:
+            client.predict(FRAME.head(n))
+        with pytest.raises(PredictionError):
+            client.predict(FRAME.head(3), params={"fail": "on purpose"})
+        pid = client.host_pid
+        status = wait_for_rows(client, sum(sizes) + 3)
+    assert status["pid"] == pid and status["state"] == "serving"
+    assert status["mode"] == mode and status["batching"] is batching
+    assert status["requests"] == len(sizes) + 1
+    assert status["errors"] == 1
+    assert status["model_uri"] == "models:/counting/3" and status["model_sha256"] == "ab" * 32
+    assert status["load_seconds"] >= 0 and status["uptime_seconds"] > 0
+    assert 0 < status["predict_ms_p50"] <= status["predict_ms_p99"]
+    assert status["predict_seconds"] > 0
+    if batching:
+        assert status["queue_wait_ms_p50"] is not None
+        assert status["queue_wait_ms_p50"] <= status["queue_wait_ms_p99"]
+    else:
+        assert status["queue_wait_ms_p50"] is None
+    assert status["pss_mib"] > 10 and status["peak_pss_mib"] >= status["pss_mib"]
+    children = {p.pid for p in psutil.Process(pid).children()}
+    if mode == "prefork":
+        assert status["serving_processes"] == 2
+        assert set(status["serving_pids"]) == children and len(children) == 2
+    assert status["log"] == str(client.log_path)
+    assert status["restarts"] == 0
+    # the link in the socket directory leads to it
+    link = status_link_path(str(client.socket_path))
+    assert os.path.realpath(link) == os.path.realpath(status_path(str(client.pid_path)))
+
+    os.kill(pid, signal.SIGTERM)
+    assert wait_until(lambda: status_of(client)["state"] == "exited", 10)
+    final = status_of(client)
+    assert final["rows"] == sum(sizes) + 3 and final["requests"] == len(sizes) + 1
+    assert final["exit"]["signal"] == "SIGTERM"
+    assert "SIGTERM" in final["exit"]["reason"]
+    assert not os.path.lexists(link), "a host stopped by SIGTERM leaves no link behind"
+    log = client.log_path.read_text()
+    ready = [line for line in log.splitlines() if "model host ready" in line]
+    assert len(ready) == 1 and f"{mode} mode" in ready[0] and "MiB" in ready[0]
+    stopping = [line for line in log.splitlines() if "model host stopping" in line]
+    assert len(stopping) == 1
+    assert f"{len(sizes) + 1} requests, {sum(sizes) + 3} rows, 1 errors" in stopping[0]
+
+
+def test_prefork_child_replaced_keeps_the_counts_of_the_one_that_died(
+    hosts: Hosts, model_dir: str
+) -> None:
+    client = hosts.client(model_dir, mode="prefork", processes=1)
+    with client:
+        client.predict(FRAME)
+        wait_for_rows(client, 200)
+        (child,) = psutil.Process(client.host_pid).children()
+        client.close()
+        child.kill()
+        child.wait(10)
+        assert wait_until(lambda: status_of(client)["serving_pids"] not in ([], [child.pid]), 10)
+        client.predict(FRAME.head(50))
+        status = wait_for_rows(client, 250)
+    assert status["requests"] == 2
+
+
+def test_a_killed_host_restart_is_recorded_with_its_reason(hosts: Hosts, model_dir: str) -> None:
+    client = hosts.client(model_dir, mode="thread")
+    with client:
+        client.predict(FRAME)
+        first = client.host_pid
+        wait_for_rows(client, 200)
+        os.kill(first, signal.SIGKILL)
+        assert wait_until(lambda: not psutil.pid_exists(first), 10)
+        client.predict(FRAME.head(10))  # the lost connection restarts the host
+        assert client.host_pid != first
+        status = wait_for_rows(client, 10)
+    assert status["restarts"] == 1
+    (reason,) = status["restart_reasons"]
+    assert "SIGKILL" in reason and "no exit record" in reason
+
+
+def test_an_idle_host_says_why_it_ended_and_stays_listed(
+    hosts: Hosts, model_dir: str, capsys: pytest.CaptureFixture
+) -> None:
+    client = hosts.client(model_dir, mode="thread", idle_timeout=0.5)
+    with client:
+        client.predict(FRAME.head(20))
+        pid = client.host_pid
+    assert wait_until(lambda: status_of(client)["state"] == "exited", 20)
+    assert "exited idle" in status_of(client)["exit"]["reason"]
+    # the link stays: `spark-pyfunc hosts` lists the exited host
+    assert cli.main(["hosts", "--json"]) == 0
+    listed = {row["pid"]: row for row in json.loads(capsys.readouterr().out)}
+    assert listed[pid]["state"] == "exited" and listed[pid]["rows"] == 20
+    assert "exited idle" in listed[pid]["exit_reason"]
+    # the next start records why the previous host is gone
+    with client:
+        client.predict(FRAME.head(5))
+        status = wait_for_rows(client, 5)
+    assert status["restarts"] == 1 and "exited idle" in status["restart_reasons"][0]
+
+
+def test_hosts_lists_the_machines_hosts_as_a_table_and_as_json(
+    hosts: Hosts, model_dir: str, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    clients = [hosts.client(model_dir, mode=mode) for mode in ("prefork", "thread")]
+    for n, client in enumerate(clients, start=1):
+        client.predict(FRAME.head(10 * n))
+        wait_for_rows(client, 10 * n)
+    pids = [c.host_pid for c in clients]
+    assert cli.main(["hosts"]) == 0
+    text = capsys.readouterr().out
+    header, *lines = text.splitlines()
+    assert header.split()[:4] == ["PID", "STATE", "MODE", "PROCS"]
+    for pid, mode, rows in zip(pids, ("prefork", "thread"), ("10", "20"), strict=True):
+        (line,) = [line for line in lines if line.startswith(f"{pid} ")]
+        fields = line.split()
+        assert fields[1:3] == ["serving", mode] and fields[7] == rows
+        assert fields[-1] == "models:/counting/3"
+    assert cli.main(["hosts", "--json"]) == 0
+    rows = {row["pid"]: row for row in json.loads(capsys.readouterr().out)}
+    assert {rows[p]["rows"] for p in pids} == {10, 20}
+    assert all(rows[p]["executor_dir"] == str(hosts.state_dir) for p in pids)
+    # --dir reads the given directories only
+    assert cli.main(["hosts", "--json", "--dir", str(tmp_path / "nothing")]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert cli.main(["hosts", "--json", "--dir", str(hosts.state_dir)]) == 0
+    assert sorted(r["pid"] for r in json.loads(capsys.readouterr().out)) == sorted(pids)
+    for client in clients:
+        client.close()
+    # a host killed without a word shows as dead
+    os.kill(pids[1], signal.SIGKILL)
+    assert wait_until(lambda: not psutil.pid_exists(pids[1]), 10)
+    assert cli.main(["hosts", "--json", "--dir", str(hosts.state_dir)]) == 0
+    rows = {row["pid"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows[pids[1]]["state"] == "dead" and "SIGKILL" in rows[pids[1]]["exit_reason"]
+
+
+def test_meter_counts_across_forked_children_and_folds_those_that_ended() -> None:
+    meter = Meter()
+    meter.answered(10, True, 2_000_000)
+    pids = []
+    for rows in (5, 7):
+        pid = meter.claim(os.fork)
+        if pid == 0:
+            meter.answered(rows, False, 4_000_000)
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    assert meter.totals()["rows"] == 22  # live slots are read as they are
+    meter.retire(live=set())
+    totals = meter.totals()
+    assert (totals["rows"], totals["requests"], totals["errors"]) == (22, 3, 2)
+    assert totals["predict_seconds"] == pytest.approx(0.010)
+    # a slot given to a new child starts from zero: folded counts are not counted twice
+    pid = meter.claim(os.fork)
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert meter.totals()["rows"] == 22
+
+
+def test_histogram_quantiles_are_within_a_bucket() -> None:
+    meter = Meter()
+    for ms in range(1, 101):  # 1..100 ms, one each
+        meter.answered(1, True, ms * 1_000_000)
+    totals = meter.totals()
+    assert totals["predict_ms_p50"] == pytest.approx(50, rel=0.2)
+    assert totals["predict_ms_p99"] == pytest.approx(99, rel=0.2)
+    assert _quantile_ms([0] * 10, 0.5) is None
