@@ -137,7 +137,7 @@ def hosts_text(rows: list[dict]) -> str:
         if r.get("exit_reason"):
             notes.append(f"ended: {r['exit_reason']}")
         for reason in r.get("restart_reasons") or []:
-            notes.append(f"restart: the previous host {reason}")
+            notes.append(f"restarted after host {reason}")
         notes.append(f"log: {r['log']}")
         lines.append(f"pid {r['pid']}: " + "; ".join(notes))
     return "\n".join(lines)

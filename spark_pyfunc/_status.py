@@ -317,7 +317,7 @@ def note_start(pid_file: str) -> None:
         "at": time.time(),
         "previous_pid": pid,
         "previous_state": previous.get("state"),
-        "reason": describe_exit(exit_record),
+        "reason": f"pid {pid} ({previous.get('state')}): {describe_exit(exit_record)}",
     }
     with contextlib.suppress(OSError), open(restarts_path(pid_file), "a") as f:
         f.write(json.dumps(record) + "\n")

@@ -17,12 +17,14 @@ import pandas as pd
 import psutil
 import pytest
 from host_models import PARAMS, Counting
+from pyspark import SparkFiles
+from udf_models import FEATURES, LINEAR_WEIGHTS, save_linear
 
-from spark_pyfunc import cli, save_model
+from spark_pyfunc import cli, host_report, save_model, spark_udf
 from spark_pyfunc._client import HostSpec, ModelHostClient
 from spark_pyfunc._rendezvous import socket_path, status_link_path, status_path
 from spark_pyfunc._status import WRITE_EVERY, Meter, _quantile_ms, read_status
-from spark_pyfunc.errors import PredictionError
+from spark_pyfunc.errors import InvalidArgumentError, PredictionError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -184,7 +186,7 @@ def test_a_killed_host_restart_is_recorded_with_its_reason(hosts: Hosts, model_d
         status = wait_for_rows(client, 10)
     assert status["restarts"] == 1
     (reason,) = status["restart_reasons"]
-    assert "SIGKILL" in reason and "no exit record" in reason
+    assert f"pid {first}" in reason and "SIGKILL" in reason and "no exit record" in reason
 
 
 def test_an_idle_host_says_why_it_ended_and_stays_listed(
@@ -277,3 +279,81 @@ def test_histogram_quantiles_are_within_a_bucket() -> None:
     assert totals["predict_ms_p50"] == pytest.approx(50, rel=0.2)
     assert totals["predict_ms_p99"] == pytest.approx(99, rel=0.2)
     assert _quantile_ms([0] * 10, 0.5) is None
+
+
+# ------------------------------------------------------------------------------ through Spark
+
+
+@contextlib.contextmanager
+def session_settings(spark, settings: dict[str, str]) -> Iterator[None]:
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key in settings:
+            spark.conf.unset(key)
+
+
+@pytest.fixture(scope="module")
+def linear_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_linear(tmp_path_factory.mktemp("status-linear"))
+
+
+def score_rows(spark, model: Path, scope: str, rows: int) -> float:
+    """Score ``rows`` rows with a UDF over ``model``; the sum of the predictions."""
+    predict = spark_udf(spark, str(model), scope=scope)
+    frame = spark.range(0, rows, numPartitions=4).selectExpr(
+        *[f"cast(id as double) * {i} as f{i}" for i in range(8)]
+    )
+    return frame.select(predict(*FEATURES).alias("p")).groupBy().sum("p").collect()[0][0]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("scope", ["executor", "process"])
+@pytest.mark.parametrize(("mode", "batching"), MODES)
+def test_host_report_counts_the_rows_spark_scored(
+    spark, linear_model: Path, scope: str, mode: str, batching: bool
+) -> None:
+    settings = {
+        "spark.pyfunc.host.mode": mode,
+        "spark.pyfunc.host.batching.enabled": str(batching).lower(),
+    }
+    with session_settings(spark, settings):
+        total = score_rows(spark, linear_model, scope, 3000)
+    assert total == pytest.approx(np.arange(3000).sum() * (np.arange(8) @ LINEAR_WEIGHTS))
+    report = host_report(spark, since=time.time())
+    assert report.attrs["executors_answered"] == report.attrs["executors_expected"] == 1
+    ours = report[(report["model_uri"] == str(linear_model)) & (report["state"] == "serving")]
+    if scope == "process":  # the workers hold the model: no host runs
+        assert ours.empty, ours
+        return
+    assert len(ours) == 1, report
+    host = ours.iloc[0]
+    assert host["rows"] == 3000 and host["errors"] == 0
+    assert host["mode"] == mode and bool(host["batching"]) is batching
+    assert host["requests"] >= 4 and host["pss_mib"] > 0 and host["predict_ms_p99"] > 0
+    assert bool(pd.notna(host["queue_wait_ms_p99"])) is batching
+    assert host["executor_dir"] == os.path.abspath(SparkFiles.getRootDirectory())
+
+
+@pytest.mark.timeout(300)
+def test_a_host_killed_between_jobs_is_reported_restarted_with_its_reason(
+    spark, linear_model: Path
+) -> None:
+    """scope="executor" only: with scope="process" no host runs, so none can restart."""
+    score_rows(spark, linear_model, "executor", 1000)
+    (first,) = host_report(spark).query("state == 'serving'").pid.tolist()
+    os.kill(int(first), signal.SIGKILL)
+    assert wait_until(lambda: not psutil.pid_exists(int(first)), 10)
+    score_rows(spark, linear_model, "executor", 500)
+    report = host_report(spark, since=time.time())
+    (host,) = report.query("state == 'serving'").itertuples()
+    assert host.pid != first and host.rows == 500 and host.restarts == 1
+    (reason,) = host.restart_reasons
+    assert f"pid {first}" in reason and "SIGKILL" in reason
+
+
+def test_host_report_refuses_a_bad_task_count(spark) -> None:
+    with pytest.raises(InvalidArgumentError, match="tasks="):
+        host_report(spark, tasks=0)
