@@ -9,6 +9,7 @@ import os
 import signal
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+from conftest import LOCAL_MASTER, get_session
 from host_models import PARAMS, Counting
 from pyspark import SparkFiles
 from udf_models import FEATURES, LINEAR_WEIGHTS, save_linear
@@ -23,7 +25,13 @@ from udf_models import FEATURES, LINEAR_WEIGHTS, save_linear
 from spark_pyfunc import cli, host_report, save_model, spark_udf
 from spark_pyfunc._client import HostSpec, ModelHostClient
 from spark_pyfunc._rendezvous import socket_path, status_link_path, status_path
-from spark_pyfunc._status import WRITE_EVERY, Meter, _quantile_ms, read_status
+from spark_pyfunc._status import (
+    WRITE_EVERY,
+    Meter,
+    _quantile_ms,
+    host_memory_warning,
+    read_status,
+)
 from spark_pyfunc.errors import InvalidArgumentError, PredictionError
 
 pytestmark = pytest.mark.timeout(120)
@@ -357,3 +365,51 @@ def test_a_host_killed_between_jobs_is_reported_restarted_with_its_reason(
 def test_host_report_refuses_a_bad_task_count(spark) -> None:
     with pytest.raises(InvalidArgumentError, match="tasks="):
         host_report(spark, tasks=0)
+
+
+# ------------------------------------------------------------------- the memory warning
+
+
+@pytest.mark.parametrize(
+    ("model_mib", "pyspark_memory", "overhead", "cores", "warns"),
+    [
+        (300, "1g", None, 4, True),  # 256 MiB per Python process < 360
+        (300, "2g", None, 4, False),  # 512 MiB each
+        (300, "1200", "4g", 4, True),  # 300 MiB each: pyspark.memory decides
+        (300, None, "384m", 4, False),  # 360 MiB fits in 384
+        (500, None, "384m", 4, True),
+        (10_000, None, None, 4, False),  # nothing set: nothing to compare with
+    ],
+)
+def test_memory_warning_figures(model_mib, pyspark_memory, overhead, cores, warns) -> None:
+    message = host_memory_warning(
+        model_mib * 2**20,
+        model="models:/big/1",
+        pyspark_memory=pyspark_memory,
+        memory_overhead=overhead,
+        executor_cores=cores,
+    )
+    assert (message is not None) is warns
+    if warns:
+        need = f"{60 + model_mib:,} MiB"
+        assert "models:/big/1" in message and need in message
+        assert f"={pyspark_memory or overhead}" in message
+
+
+def test_no_memory_warning_where_the_session_sets_no_limit(spark, linear_model: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spark_udf(spark, str(linear_model), scope="executor")
+
+
+def test_memory_warning_fires_once_when_a_host_cannot_fit(spark_tmp, linear_model: Path) -> None:
+    # 64 MiB for the Python of a 2-core executor: 32 MiB each, below any host. No job runs.
+    session = get_session(LOCAL_MASTER, spark_tmp, {"spark.executor.pyspark.memory": "64m"})
+    with pytest.warns(UserWarning, match=r"spark.executor.pyspark.memory=64m gives each Python "
+                      r"process of a 2-core executor 32 MiB") as caught:  # fmt: skip
+        spark_udf(session, str(linear_model), scope="executor")
+    assert len([w for w in caught if "pyspark.memory" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spark_udf(session, str(linear_model), scope="executor")  # said once
+        spark_udf(session, str(linear_model), scope="process")  # no host: nothing to say
