@@ -265,6 +265,11 @@ def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT", help="input file or directory")
     parser.add_argument("output", metavar="OUTPUT", help="output directory Spark writes")
     parser.add_argument(
+        "--report",
+        metavar="FILE.json",
+        help="also write the summary (rows, time, host loads, restarts, memory) as JSON",
+    )
+    parser.add_argument(
         "--columns",
         type=parse_columns,
         metavar="COL,COL",
@@ -363,7 +368,17 @@ def _run_score_command(
     with session() as spark, _in_flags(), _plain_ctrl_c():
         summary = score(spark, args.model, args.input, args.output, **options)
     print("\n".join(summary.lines()))
+    if args.report is not None:
+        _write_report(args.report, summary.to_dict())
     return 0
+
+
+def _write_report(path: str, report: dict[str, Any]) -> None:
+    """``--report FILE.json``: the summary for scripts, written whole or not at all."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

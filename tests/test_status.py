@@ -413,3 +413,38 @@ def test_memory_warning_fires_once_when_a_host_cannot_fit(spark_tmp, linear_mode
         warnings.simplefilter("error")
         spark_udf(session, str(linear_model), scope="executor")  # said once
         spark_udf(session, str(linear_model), scope="process")  # no host: nothing to say
+
+
+# ----------------------------------------------------------------- spark-pyfunc score
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("scope", ["executor", "process"])
+def test_score_summary_and_report_tell_what_the_hosts_did(
+    spark, linear_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture, scope: str
+) -> None:
+    data = pd.DataFrame(np.arange(4000.0).reshape(500, 8), columns=FEATURES)
+    data.to_parquet(tmp_path / "in.parquet")
+    report_file = tmp_path / "report.json"
+    code = cli.main(
+        [
+            "score", str(linear_model), str(tmp_path / "in.parquet"), str(tmp_path / "out.parquet"),
+            "--scope", scope, "--report", str(report_file),
+        ]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads(report_file.read_text())
+    assert report["rows"] == 500 and report["scope"] == scope
+    lines = dict(line.split(None, 1) for line in out.strip().splitlines())
+    if scope == "process":  # no host ran: nothing to say about hosts
+        assert report["hosts"] is None and "hosts" not in lines
+        return
+    hosts = report["hosts"]
+    assert hosts["host_loads"] == 1 and hosts["host_restarts"] == 0
+    assert hosts["executors_answered"] == hosts["executors_expected"] == 1
+    assert hosts["predict_seconds"] > 0 and 0 <= hosts["predict_share"] < 1
+    assert hosts["peak_host_mib"] > 10
+    assert lines["hosts"].startswith("1 loaded") and "1 of 1 executors answered" in lines["hosts"]
+    assert lines["restarts"] == "0"
+    assert lines["peak-mem"] == f"{hosts['peak_host_mib']:,.1f} MiB in one host (PSS)"
