@@ -45,7 +45,7 @@ from spark_pyfunc._result_types import (
     result_type_from_signature,
 )
 from spark_pyfunc._shipping import ShippedModel, materialize, ship_model
-from spark_pyfunc._status import host_memory_warning
+from spark_pyfunc._sizing import host_memory_warning
 from spark_pyfunc._wire import prediction_to_frame, struct_rows
 from spark_pyfunc.errors import InvalidArgumentError
 

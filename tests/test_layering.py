@@ -24,7 +24,7 @@ PACKAGE_DIR = Path(spark_pyfunc.__file__).parent
 #: worker and driver side of the UDF; the batch-scoring library; the console script.
 TIERS: list[list[str]] = [
     ["errors", "_version"],
-    ["_config", "_paths", "_locks"],
+    ["_config", "_paths", "_locks", "_sizing"],
     ["schema._types", "_wire", "_spark_session", "_uris"],
     ["schema._coerce", "_rendezvous", "_shipping", "_batching"],
     ["schema._specs", "_status"],

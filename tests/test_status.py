@@ -25,13 +25,8 @@ from udf_models import FEATURES, LINEAR_WEIGHTS, save_linear
 from spark_pyfunc import cli, host_report, save_model, spark_udf
 from spark_pyfunc._client import HostSpec, ModelHostClient
 from spark_pyfunc._rendezvous import socket_path, status_link_path, status_path
-from spark_pyfunc._status import (
-    WRITE_EVERY,
-    Meter,
-    _quantile_ms,
-    host_memory_warning,
-    read_status,
-)
+from spark_pyfunc._sizing import host_memory_warning
+from spark_pyfunc._status import WRITE_EVERY, Meter, _quantile_ms, read_status
 from spark_pyfunc.errors import InvalidArgumentError, PredictionError
 
 pytestmark = pytest.mark.timeout(120)
