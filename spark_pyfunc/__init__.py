@@ -41,6 +41,7 @@ from spark_pyfunc.errors import (
 if TYPE_CHECKING:
     from spark_pyfunc._format import ModelMetadata
     from spark_pyfunc._loading import PyFuncModel, load_model
+    from spark_pyfunc._report import host_report
     from spark_pyfunc._saving import save_model
     from spark_pyfunc._udf import SparkPyfuncUDF, spark_udf
     from spark_pyfunc.python_model import PythonModel, PythonModelContext
@@ -72,6 +73,7 @@ _LAZY = {
     "infer_signature": "schema",
     "SparkPyfuncUDF": "_udf",
     "spark_udf": "_udf",
+    "host_report": "_report",
 }
 
 __all__ = [
@@ -103,6 +105,7 @@ __all__ = [
     "UnsafePathError",
     "UsageError",
     "__version__",
+    "host_report",
     "infer_signature",
     "load_model",
     "save_model",

@@ -91,6 +91,8 @@ class Batcher:
         max_wait: seconds the oldest queued request may wait for company.
         max_rows: rows a batch may reach by adding requests (a larger single request
             still goes alone, whole).
+        on_call: told, before each call of ``handle``, how many ns each of the batch's
+            requests queued (the host's status file reports it).
         max_calls: batches that may be in ``handle`` at once. 1: one at a time. 2: the next
             batch is converted (Arrow to pandas, the model's input to the device) while the
             model computes the current one; a model on a device then holds two batches.
@@ -103,7 +105,13 @@ class Batcher:
     """
 
     def __init__(
-        self, handle: Handler, *, max_wait: float, max_rows: int, max_calls: int = 1
+        self,
+        handle: Handler,
+        *,
+        max_wait: float,
+        max_rows: int,
+        max_calls: int = 1,
+        on_call: Callable[[list[int]], None] | None = None,
     ) -> None:
         if max_wait < 0 or max_rows < 1 or max_calls < 1:
             raise ValueError(
@@ -114,6 +122,7 @@ class Batcher:
         self.max_wait = max_wait
         self.max_rows = max_rows
         self.max_calls = max_calls
+        self.on_call = on_call
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
         self._connections = 0
@@ -252,6 +261,9 @@ class Batcher:
     def _call(self, batch: list[_Request]) -> list[tuple[dict, Any]]:
         rows = sum(r.rows for r in batch)
         self.sizes[rows] += 1
+        if self.on_call is not None:  # how long each request queued: the host's status
+            now = time.monotonic()
+            self.on_call([int((now - r.arrived) * 1e9) for r in batch])
         if len(batch) == 1:
             return [self.handle(batch[0].header, batch[0].payload)]
         # Requests that share a call have tables (see _key), with equal schemas but for

@@ -82,6 +82,7 @@ from spark_pyfunc._serving import (
     _warm_up_wire,
     admit,
 )
+from spark_pyfunc._status import HostStatus
 from spark_pyfunc.errors import HostError
 
 __all__ = ["Host", "choose_mode", "main"]
@@ -168,6 +169,8 @@ class Host:
     def activity(self) -> _Activity | None:
         """prefork only: the other modes see every connection in this process."""
         return self.prefork.activity if self.prefork is not None else None
+        #: The host's figures (_status.HostStatus), written as the supervising loop ticks.
+        self.status: HostStatus | None = None
 
     def bind(self) -> None:
         """Listen on a temporary name, then rename it into place: a client that finds the
@@ -214,6 +217,8 @@ class Host:
                     conn = None
                 if conn is not None:
                     self._start_connection(conn)
+            if self.status is not None:
+                self.status.tick()
             now = time.monotonic()
             if self._open_connections():
                 last_active = now
@@ -238,8 +243,9 @@ class Host:
 
     def _fork(self, work: Any, what: str) -> int:
         """Fork a child that dies with this process, runs ``work`` and exits (every fork of
-        the host, prefork's serving processes included, goes through here)."""
-        return fork_child(work, what)
+        the host, prefork's serving processes included, goes through here; the status file's
+        shared counters get their slot for the child in ``status.fork``)."""
+        return fork_child(work, what, fork=self.status.fork if self.status is not None else os.fork)
 
     # ----------------------------------------------------------------------- lifecycle
 
@@ -349,6 +355,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--log", required=True, help="log file (appended to)")
     parser.add_argument("--pid-file")
     parser.add_argument("--model-config", default="null", help="JSON object or null")
+    parser.add_argument("--model-uri", help="the model as the user named it (status file)")
+    parser.add_argument("--model-sha256", help="the shipped model's sha256 (status file)")
     parser.add_argument("--watch-pid", type=int, help="exit soon after this process is gone")
     add_host_arguments(parser)  # --idle-timeout, --mode, --processes, --batching, ...
     parser.add_argument(
@@ -433,8 +441,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     host: Host | None = None
     stage = "loading"
+    ended: dict | None = None  # the exit record, where the host wrote one
     with _pid_file(args.pid_file):
         write_stage(args.pid_file, stage)
+        status = HostStatus(
+            pid_file=args.pid_file,
+            socket_file=args.socket,
+            log_file=args.log,
+            model_dir=args.model_dir,
+            model_uri=args.model_uri,
+            model_sha256=args.model_sha256,
+            mode_asked=args.mode,
+            batching=args.batching,
+        )
         try:
             # Imported here, not at the top: the client imports this module too.
             from spark_pyfunc._loading import load_model
@@ -442,11 +461,12 @@ def main(argv: list[str] | None = None) -> int:
             threads_before = _thread_count()  # numpy's BLAS pool and the like: the host's own
             started = time.perf_counter()
             model = load_model(args.model_dir, model_config=model_config)
+            load_seconds = time.perf_counter() - started
             size = getattr(model.metadata, "model_size_bytes", None)
             logger.info(
                 "model %s loaded in %.2fs (size on disk: %s bytes); memory after load: %s",
                 args.model_dir,
-                time.perf_counter() - started,
+                load_seconds,
                 size,
                 _memory(),
             )
@@ -455,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             asked = args.mode
             mode, why = choose_mode(asked, threads_before, threads_after)
             server = ModelServer(model)
+            status.instrument(server)
             batcher = None
             if args.batching:
                 batched_mode, _ = serving_mode(asked, True, gpus=False)
@@ -466,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                     max_wait=args.batch_max_wait_ms / 1000.0,
                     max_rows=args.batch_max_rows,
                     max_calls=args.batch_calls,
+                    on_call=status.meter.waited,
                 )
                 why += (
                     f"; batching requests up to {args.batch_max_rows} rows, waiting at most "
@@ -491,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                 processes=processes,
                 batcher=batcher,
             )
+            host.status = status
             host.bind()
             stage = "serving"
             write_stage(args.pid_file, stage)
@@ -498,18 +521,24 @@ def main(argv: list[str] | None = None) -> int:
             logger.info(
                 "serving %s in %s mode%s (%s mode: %s)", args.socket, mode, extent, asked, why
             )
+            status.serving(host, mode, load_seconds)
             host.serve()
         except SystemExit as exc:
             logger.info("exiting on signal (code %s)", exc.code)
             code = exc.code if isinstance(exc.code, int) else 1
             name = signal.Signals(code - 128).name if code - 128 in signal.valid_signals() else None
-            write_exit_status(args.pid_file, {"code": code, "signal": name, "stage": stage})
+            ended = {"code": code, "signal": name, "stage": stage}
+            write_exit_status(args.pid_file, ended)
         except Exception as exc:
             logger.exception("model host failed")
             error = f"{type(exc).__name__}: {exc}"
-            write_exit_status(args.pid_file, {"code": 1, "stage": stage, "error": error})
+            ended = {"code": 1, "stage": stage, "error": error}
+            write_exit_status(args.pid_file, ended)
             return 1
         finally:
+            gone = host is not None and not host.watch.alive()
+            with contextlib.suppress(Exception):  # the figures must not stop the cleanup
+                status.stopped(ended, watched_gone=gone)
             if host is not None:
                 host.close()
             logger.info("model host %d stopped", os.getpid())

@@ -60,6 +60,7 @@ from spark_pyfunc._rendezvous import (
     socket_path,
     stage_path,
 )
+from spark_pyfunc._status import note_start
 from spark_pyfunc._wire import recv_message, tune_socket
 from spark_pyfunc.errors import HostError
 
@@ -111,6 +112,8 @@ class HostSpec:
     batch_max_wait_ms: float = BATCH_MAX_WAIT_MS.default
     batch_max_rows: int = BATCH_MAX_ROWS.default
     batch_calls: int = BATCH_CALLS.default
+    #: The shipped model's sha256, named in the host's status file (_status.py).
+    model_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -361,6 +364,10 @@ class HostLauncher:
         ]  # fmt: skip
         if spec.watch_pid is not None:
             cmd += ["--watch-pid", str(spec.watch_pid)]
+        if spec.model_uri is not None:
+            cmd += ["--model-uri", str(spec.model_uri)]
+        if spec.model_sha256 is not None:
+            cmd += ["--model-sha256", spec.model_sha256]
         settings: dict[Setting, Any] = {
             IDLE_TIMEOUT: float(spec.idle_timeout),
             HOST_MODE: spec.mode,
@@ -494,6 +501,7 @@ class HostLauncher:
             self.spec.model_dir,
             self.log_path,
         )
+        note_start(str(self.pid_path))  # why the previous host is gone, if there was one
         with contextlib.suppress(FileNotFoundError):
             self.status_path.unlink()  # a status left by an earlier host
         pid = self._launch(env, deadline)

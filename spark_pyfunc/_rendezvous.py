@@ -10,6 +10,10 @@ The files::
     <state dir>/<...>.pid                 the host's pid, written atomically once it listens
     <state dir>/<...>.exit                how it ended (JSON with its pid): a failed load
                                           fails fast instead of being started again
+    <state dir>/<...>.status.json         the host's figures (_status.py), rewritten as it runs
+    <state dir>/<...>.restarts            one JSON line per restart of the host, and why
+    <tmp>/spark_pyfunc-<uid>/<key>.status a link to the status file: how ``spark-pyfunc
+                                          hosts`` finds every host of the machine
 
 The state directory is the executor's own, chosen by the client.
 
@@ -41,6 +45,7 @@ from spark_pyfunc.errors import HostError
 __all__ = [
     "NoSuchProcess",
     "ProcessError",
+    "STATUS_SUFFIX",
     "STATUS_ZOMBIE",
     "ProcProcess",
     "exit_status_path",
@@ -49,9 +54,13 @@ __all__ = [
     "read_pid_file",
     "read_stage",
     "remove_pid_file",
+    "restarts_path",
     "socket_dir",
     "socket_path",
     "stage_path",
+    "status_link_path",
+    "status_links",
+    "status_path",
     "write_exit_status",
     "write_pid_file",
     "write_stage",
@@ -129,6 +138,36 @@ def read_pid_file(path: str) -> int | None:
 def exit_status_path(pid_file: str) -> str:
     """The exit status file beside a pid file (``<key>.pid`` -> ``<key>.exit``)."""
     return os.path.splitext(pid_file)[0] + ".exit"
+
+
+def status_path(pid_file: str) -> str:
+    """The status file beside a pid file (``<key>.pid`` -> ``<key>.status.json``)."""
+    return os.path.splitext(pid_file)[0] + STATUS_SUFFIX
+
+
+def restarts_path(pid_file: str) -> str:
+    """The restart record beside a pid file (``<key>.pid`` -> ``<key>.restarts``)."""
+    return os.path.splitext(pid_file)[0] + ".restarts"
+
+
+#: How a status file's name ends, for those who list a directory of them.
+STATUS_SUFFIX = ".status.json"
+
+
+def status_link_path(socket_file: str) -> str:
+    """The link to a host's status file beside its socket (``<key>.sock`` ->
+    ``<key>.status``): the socket directory is the one place every host of the user on the
+    machine shares, whatever its executor's state directory."""
+    return os.path.splitext(socket_file)[0] + ".status"
+
+
+def status_links(base: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The status links in the user's socket directory (none if it does not exist); read
+    only: the directory is not created."""
+    try:
+        return sorted(_socket_dir_path(base).glob("*.status"))
+    except OSError:
+        return []
 
 
 def write_exit_status(pid_file: str | None, status: dict) -> None:

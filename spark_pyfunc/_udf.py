@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from spark_pyfunc._result_types import (
     result_type_from_signature,
 )
 from spark_pyfunc._shipping import ShippedModel, materialize, ship_model
+from spark_pyfunc._sizing import host_memory_warning
 from spark_pyfunc._wire import prediction_to_frame, struct_rows
 from spark_pyfunc.errors import InvalidArgumentError
 
@@ -260,6 +262,7 @@ def _host_client(plan: _Plan) -> ModelHostClient:
         watch_pid=os.getppid(),
         model_uri=plan.model_uri or None,
         log_dir=plan.host_log_dir,
+        model_sha256=plan.shipped.sha256,
         **kwargs,
     )
     return ModelHostClient(spec)
@@ -713,6 +716,8 @@ def spark_udf(
     if scope == "auto":
         threshold = _setting(spark, _config.AUTO_THRESHOLD)
         scope = "executor" if shipped.model_size >= threshold else "process"
+    if scope == "executor":
+        _warn_if_a_host_cannot_fit(spark, shipped, os.fspath(model_uri))
     inputs = metadata.get_input_schema()
     names = (
         tuple(str(n) for n in inputs.input_names())
@@ -780,6 +785,29 @@ def _check_extra_env(extra_env: Any) -> None:
             f"extra_env: {', '.join(bad)}: environment variable names and values must be "
             "strings (names non-empty and without '=')"
         )
+
+
+#: The memory warnings given (one per model and settings, not one per spark_udf call).
+_MEMORY_WARNED: set[tuple] = set()
+
+
+def _warn_if_a_host_cannot_fit(spark: Any, shipped: ShippedModel, model: str) -> None:
+    """Warn, once, when the session's executor memory settings clearly leave no room for one
+    host copy of the model (estimated from its size on disk): better said here than as a
+    container killed by YARN or Kubernetes in the middle of a job."""
+    settings = {
+        "pyspark_memory": _conf(spark, "spark.executor.pyspark.memory", "") or None,
+        "memory_overhead": _conf(spark, "spark.executor.memoryOverhead", "") or None,
+        "executor_cores": _executor_cores(spark),
+    }
+    key = (shipped.sha256, tuple(settings.items()))
+    if key in _MEMORY_WARNED:
+        return
+    message = host_memory_warning(shipped.model_size, model=model, **settings)
+    if message is not None:
+        _MEMORY_WARNED.add(key)
+        logger.warning("%s", message)
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def _executor_cores(spark: Any) -> int | None:

@@ -265,6 +265,11 @@ def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT", help="input file or directory")
     parser.add_argument("output", metavar="OUTPUT", help="output directory Spark writes")
     parser.add_argument(
+        "--report",
+        metavar="FILE.json",
+        help="also write the summary (rows, time, host loads, restarts, memory) as JSON",
+    )
+    parser.add_argument(
         "--columns",
         type=parse_columns,
         metavar="COL,COL",
@@ -363,7 +368,17 @@ def _run_score_command(
     with session() as spark, _in_flags(), _plain_ctrl_c():
         summary = score(spark, args.model, args.input, args.output, **options)
     print("\n".join(summary.lines()))
+    if args.report is not None:
+        _write_report(args.report, summary.to_dict())
     return 0
+
+
+def _write_report(path: str, report: dict[str, Any]) -> None:
+    """``--report FILE.json``: the summary for scripts, written whole or not at all."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -422,6 +437,15 @@ def _build_env_command(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"OUT {args.out!r} already exists")
     out = pack_env(args.model, args.out, args.env_manager, args.cache_dir)
     print(f"{out} ({os.path.getsize(out) / 2**20:.1f} MiB): pass it as prebuilt_env_uri")
+    return 0
+
+
+def _hosts_command(args: argparse.Namespace) -> int:
+    """``spark-pyfunc hosts``: the model hosts on this machine, from their status files."""
+    from spark_pyfunc._report import hosts_text, machine_hosts
+
+    rows = machine_hosts(args.dir)
+    print(json.dumps(rows, indent=1, default=str) if args.json else hosts_text(rows))
     return 0
 
 
@@ -489,6 +513,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", help="where environments are built (default ~/.cache/spark_pyfunc/envs)"
     )
     env_parser.add_argument("--verbose", action="store_true", help="logs and full tracebacks")
+
+    hosts_parser = commands.add_parser(
+        "hosts",
+        help="list the model hosts on this machine: model, rows, latency, memory, restarts",
+        description="List this user's model hosts on this machine, live and recently exited, "
+        "from the status files they keep beside their pid files (found through the links in "
+        "the socket directory, <tmp>/spark_pyfunc-<uid>).",
+    )
+    hosts_parser.add_argument("--json", action="store_true", help="print a JSON list")
+    hosts_parser.add_argument(
+        "--dir",
+        action="append",
+        metavar="DIR",
+        help="read the status files in DIR (an executor's directory) instead; repeatable",
+    )
+    hosts_parser.add_argument("--verbose", action="store_true", help="full tracebacks")
     return parser
 
 
@@ -509,6 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _guarded(lambda: _run_score_command(args, session), args.verbose)
         if args.command == "info":
             return _guarded(lambda: _info_command(args), args.verbose)
+        if args.command == "hosts":
+            return _guarded(lambda: _hosts_command(args), args.verbose)
         if args.command == "build-env":
             return _guarded(lambda: _build_env_command(args), args.verbose)
         return _guarded(lambda: _demo_command(args), args.verbose)

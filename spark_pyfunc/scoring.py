@@ -309,6 +309,9 @@ class ScoreSummary:
     scope: str
     skipped: int | None = None
     host_log_dir: str | None = None
+    #: The model hosts' part (_report.host_summary): loads, restarts, predict share, peak
+    #: memory; None where no host ran (scope="process").
+    hosts: dict[str, Any] | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -326,7 +329,32 @@ class ScoreSummary:
             lines.append(f"skipped   {self.skipped:,} malformed rows")
         if self.host_log_dir is not None:
             lines.append(f"host logs {self.host_log_dir}")
-        return lines
+        return lines + _host_lines(self.hosts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-ready values (``spark-pyfunc score --report``)."""
+        return dict(vars(self), rows_per_second=round(self.rows_per_second, 1))
+
+
+def _host_lines(hosts: dict[str, Any] | None) -> list[str]:
+    """The summary's lines about the model hosts."""
+    if hosts is None:
+        return []
+    if not hosts["host_loads"]:
+        return ["hosts     none reported"]
+    share = hosts["predict_share"]
+    lines = [
+        f"hosts     {hosts['host_loads']} loaded (slowest load "
+        f"{hosts['host_load_seconds_max']:.2f} s; {hosts['executors_answered']} of "
+        f"{hosts['executors_expected'] or '?'} executors answered)",
+        f"restarts  {hosts['host_restarts']}",
+        f"predict   {hosts['predict_seconds']:,.2f} s in the model"
+        + (f", {share:.0%} of the serving processes' time" if share is not None else ""),
+    ]
+    if hosts["peak_host_mib"] is not None:
+        lines.append(f"peak-mem  {hosts['peak_host_mib']:,.1f} MiB in one host (PSS)")
+    lines += [f"restart   {reason}" for reason in hosts.get("restart_reasons", [])]
+    return lines
 
 
 def _bound_columns(job: ScoreJob, available: list[str]) -> list[tuple[str, str]]:
@@ -798,10 +826,15 @@ def score(
             writer.save(str(stage))
             rows = int(observation.get["rows"])
     seconds = time.perf_counter() - started
+    hosts = None
+    if udf.scope == "executor":  # what the hosts did, while the session is up
+        from spark_pyfunc._report import host_report, host_summary
+
+        hosts = host_summary(host_report(spark, since=time.time()), seconds)
     skipped = int(bad_rows.get["bad"]) if bad_rows is not None else None
     if skipped:
         logger.warning("skipped %d malformed rows of INPUT %s", skipped, job.input)
     logger.info("scored %d rows in %.2f s with scope=%s", rows, seconds, udf.scope)
     return ScoreSummary(
-        rows, seconds, job.output, job.output_format, udf.scope, skipped, job.host_log_dir
+        rows, seconds, job.output, job.output_format, udf.scope, skipped, job.host_log_dir, hosts
     )

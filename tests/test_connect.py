@@ -47,3 +47,21 @@ def test_connect_session_scores_with_one_host(linear_model, tmp_path):
     # One host served both UDFs: exactly one load_context, in a process other than the driver.
     assert len(loads) == 1 and list(loads.values()) == [1], loads
     assert str(result["driver_pid"]) not in loads
+
+
+def test_host_report_on_a_connect_session(linear_model):
+    pytest.importorskip("grpc", reason="the connect extra (pyspark[connect]) is not installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_CONNECT")}
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "connect_report_app.py"), str(linear_model)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["session_type"].startswith("pyspark.sql.connect")
+    # Connect has no SparkContext to count executors with: the report says it cannot tell.
+    assert result["answered"] == 1 and result["expected"] is None
+    assert result["rows"] == [{"state": "serving", "rows": 2000, "model_uri": str(linear_model)}]

@@ -25,10 +25,10 @@ PACKAGE_DIR = Path(spark_pyfunc.__file__).parent
 #: side of the UDF; the batch-scoring library; the console script.
 TIERS: list[list[str]] = [
     ["errors", "_version"],
-    ["_config", "_paths", "_locks", "_faultpoints"],
+    ["_config", "_paths", "_locks", "_faultpoints", "_sizing"],
     ["schema._types", "_wire", "_spark_session", "_uris"],
     ["schema._coerce", "_rendezvous", "_shipping", "_batching"],
-    ["schema._specs"],
+    ["schema._specs", "_status"],
     ["schema._infer", "schema._enforce"],
     ["schema"],
     ["_format", "_result_types"],
@@ -36,7 +36,7 @@ TIERS: list[list[str]] = [
     ["_loading", "_saving", "_env_spec", "_serving"],
     ["_launcher", "_environments", "_prefork"],
     ["_host", "_client", "_describe", "_env_prebuilt"],
-    ["_udf"],
+    ["_udf", "_report"],
     ["scoring", "_demo", ""],
     ["cli"],
 ]
@@ -57,6 +57,7 @@ CHECKED = [""]
 PYSPARK_IMPORTERS = {
     "spark_pyfunc._udf",
     "spark_pyfunc._result_types",
+    "spark_pyfunc._report",
     "spark_pyfunc._shipping",
     "spark_pyfunc.scoring",
     "spark_pyfunc._spark_session",
