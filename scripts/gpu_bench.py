@@ -604,7 +604,7 @@ def summary(results: list[Result]) -> list[str]:
                 parts.append(f"{r.rows_s / off.rows_s:.2f}x batching off")
             if r.hosts_per_address:
                 parts.append(f"hosts per GPU address {sorted(r.hosts_per_address.values())}")
-            lines.append(" ".join(parts))
+            lines.append(f"{parts[0]} " + "; ".join(parts[1:]))
     return lines
 
 
