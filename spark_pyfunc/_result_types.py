@@ -297,8 +297,9 @@ def _holds_sequences(values: pd.Series) -> bool:
 
 def _compatible_outputs(pred: pd.DataFrame, dtype: DataType) -> pd.DataFrame:
     """mlflow.pyfunc.spark_udf's rule for several outputs and a scalar (or array of scalar)
-    type: keep the outputs whose dtype converts to it (integers of at most the type's width
-    for int and bigint, any number for float and double, booleans for boolean), converted;
+    type: keep the outputs of the dtypes MLflow selects for it (int8, uint8, int16, uint16
+    and int32 for int; those and every signed integer for bigint; any number for float and
+    double; booleans for boolean), converted with ``astype``;
     every output as text for string; all outputs for other types. Beyond MLflow, which
     fails there: float outputs alone, for an integer type, are all kept for the safe cast."""
     if isinstance(dtype, StringType):
@@ -307,7 +308,8 @@ def _compatible_outputs(pred: pd.DataFrame, dtype: DataType) -> pd.DataFrame:
         kept = pred.select_dtypes([np.int8, np.uint8, np.int16, np.uint16, np.int32])
         wanted: Any = np.int32
     elif isinstance(dtype, LongType):
-        kept = pred.select_dtypes([np.int8, np.uint8, np.int16, np.uint16, np.int64])
+        # MLflow's ``select_dtypes([..., int])``: ``int`` selects every signed integer.
+        kept = pred.select_dtypes([np.int8, np.uint8, np.int16, np.uint16, np.signedinteger])
         wanted = np.int64
     elif isinstance(dtype, (FloatType, DoubleType)):
         kept = pred.select_dtypes(include=(np.number,))

@@ -233,7 +233,7 @@ _MIXED = pd.DataFrame(
     ("dtype", "expected"),
     [
         (ArrayType(DoubleType()), [[0.5, 1.0, 3.0], [1.5, 2.0, 4.0]]),
-        (ArrayType(LongType()), [[1], [2]]),  # int32 is not bigint's in MLflow's rule
+        (ArrayType(LongType()), [[1, 3], [2, 4]]),  # MLflow: every signed integer
         (ArrayType(IntegerType()), [[3], [4]]),
         (ArrayType(StringType()), [["a", "0.5", "1", "3"], ["b", "1.5", "2", "4"]]),
         (DoubleType(), [0.5, 1.5]),  # the first output that converts
