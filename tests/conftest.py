@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, settings
 
 # Property tests: the same examples on every run ("ci", the default: derandomized, no example
 # database), so that the suite cannot pass or fail by luck. `HYPOTHESIS_PROFILE=explore` draws
-# fresh random examples, many more of them, and keeps failures in .hypothesis/ to replay
-# (docs/testing.md); what it finds becomes an @example.
+# fresh random examples, many more of them (HYPOTHESIS_EXAMPLES per test), and keeps failures
+# in .hypothesis/ to replay (docs/testing.md); what it finds becomes an @example.
 settings.register_profile(
     "ci",
     max_examples=300,
@@ -31,7 +31,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "explore",
-    max_examples=50_000,
+    max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "50000")),
     derandomize=False,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
