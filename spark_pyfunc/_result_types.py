@@ -177,10 +177,11 @@ def _fit_column(values: pd.Series, dtype: DataType, output: str) -> pd.Series:
     """
     kind = values.dtype
     numpy = isinstance(kind, np.dtype)  # nullable pandas dtypes (Int64, ...) go through Arrow
-    if isinstance(dtype, DoubleType) and numpy and kind.kind in "fiu":
-        return values.astype(np.float64, copy=False)
-    if isinstance(dtype, FloatType) and numpy and kind.kind == "f":
-        return values.astype(np.float32, copy=False)
+    if isinstance(dtype, (DoubleType, FloatType)) and _is_number(kind):
+        # MLflow's rule (``astype``): any number converts, rounded to the nearest float, as
+        # 2**53 + 1 -> 2**53 for double; a missing value (pd.NA) becomes null.
+        wanted = np.float64 if isinstance(dtype, DoubleType) else np.float32
+        return values.astype(wanted, copy=False)
     if isinstance(dtype, BooleanType) and kind == np.bool_:
         return values
     if isinstance(dtype, (IntegerType, LongType)) and numpy and kind.kind in "iu":
@@ -200,6 +201,8 @@ def _fit_column(values: pd.Series, dtype: DataType, output: str) -> pd.Series:
     if isinstance(dtype, ArrayType) and kind == np.dtype(object):
         # A missing array (None or NaN) is a null array, as in MLflow (mlflow#8986).
         values = values.map(lambda v: None if _is_none_or_nan(v) else v)
+        if isinstance(dtype.elementType, (DoubleType, FloatType)):
+            values = values.map(functools.partial(_floats, dtype.elementType))
     try:
         if nested:
             pa.array(_plain(values), type=target, from_pandas=True)  # validates every element
@@ -213,6 +216,26 @@ def _fit_column(values: pd.Series, dtype: DataType, output: str) -> pd.Series:
     if nested:
         return values
     return pd.Series(array.to_pandas(types_mapper=_NULLABLE_INTS.get), index=values.index)
+
+
+def _is_number(kind: Any) -> bool:
+    """Integers and floats, numpy's or pandas' nullable ones (not booleans, not complex)."""
+    return pd.api.types.is_integer_dtype(kind) or pd.api.types.is_float_dtype(kind)
+
+
+def _floats(element: DataType, cell: Any) -> Any:
+    """A cell's integers as floats, rounded as MLflow's ``np.array(cell, dtype=...)`` rounds
+    them (2**53 + 1 -> 2**53 for double); anything else as it is, for Arrow to validate."""
+    wanted = np.float64 if isinstance(element, DoubleType) else np.float32
+    if isinstance(cell, np.ndarray) and cell.dtype.kind in "iu":
+        return cell.astype(wanted)
+    if isinstance(cell, (list, tuple)) and any(_is_int(v) for v in cell):
+        return [np.asarray(v).astype(wanted).item() if _is_int(v) else v for v in cell]
+    return cell
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _is_none_or_nan(value: Any) -> bool:
@@ -274,8 +297,9 @@ def _holds_sequences(values: pd.Series) -> bool:
 
 def _compatible_outputs(pred: pd.DataFrame, dtype: DataType) -> pd.DataFrame:
     """mlflow.pyfunc.spark_udf's rule for several outputs and a scalar (or array of scalar)
-    type: keep the outputs whose dtype converts to it (integers of at most the type's width
-    for int and bigint, any number for float and double, booleans for boolean), converted;
+    type: keep the outputs of the dtypes MLflow selects for it (int8, uint8, int16, uint16
+    and int32 for int; those and every signed integer for bigint; any number for float and
+    double; booleans for boolean), converted with ``astype``;
     every output as text for string; all outputs for other types. Beyond MLflow, which
     fails there: float outputs alone, for an integer type, are all kept for the safe cast."""
     if isinstance(dtype, StringType):
@@ -284,7 +308,8 @@ def _compatible_outputs(pred: pd.DataFrame, dtype: DataType) -> pd.DataFrame:
         kept = pred.select_dtypes([np.int8, np.uint8, np.int16, np.uint16, np.int32])
         wanted: Any = np.int32
     elif isinstance(dtype, LongType):
-        kept = pred.select_dtypes([np.int8, np.uint8, np.int16, np.uint16, np.int64])
+        # MLflow's ``select_dtypes([..., int])``: ``int`` selects every signed integer.
+        kept = pred.select_dtypes([np.int8, np.uint8, np.int16, np.uint16, np.signedinteger])
         wanted = np.int64
     elif isinstance(dtype, (FloatType, DoubleType)):
         kept = pred.select_dtypes(include=(np.number,))
@@ -357,7 +382,7 @@ def _fit_arrow_column(values: pa.Array, dtype: DataType) -> pa.Array | None:
     if isinstance(dtype, (DoubleType, FloatType)):
         target = pa.float64() if isinstance(dtype, DoubleType) else pa.float32()
         floating = source in (pa.float32(), pa.float64())
-        if floating or (isinstance(dtype, DoubleType) and pa.types.is_integer(source)):
+        if floating or pa.types.is_integer(source):
             fitted = values.cast(target, safe=False)  # numpy's astype: same rounding
             if floating:
                 nan = pc.is_nan(fitted)

@@ -370,6 +370,17 @@ def _cells(values: np.ndarray) -> Any:
     return values.tolist()  # Arrow takes no multi-dimensional cells: nest them as lists
 
 
+def _row_cell(item: Any) -> Any:
+    """One row of a list output as a cell both scopes fit alike: a pandas Index or Series is
+    its values (MLflow makes them a row, not their repr); a 2-D or deeper array is nested
+    rows, which Arrow takes where it refuses a multi-dimensional cell."""
+    if isinstance(item, (pd.Index, pd.Series)):
+        item = item.to_numpy()
+    if isinstance(item, np.ndarray) and item.ndim > 1:
+        return _cells(item)
+    return item
+
+
 def _array_to_frame(values: np.ndarray) -> pd.DataFrame:
     if values.dtype.names:  # a structured array: its fields are columns
         return pd.DataFrame(values)
@@ -437,7 +448,8 @@ def prediction_to_frame(output: Any) -> pd.DataFrame:
         if output and all(isinstance(item, dict) for item in output):
             df = pd.DataFrame(list(output))
         else:
-            df = pd.DataFrame({"0": pd.Series(list(output), dtype=None if output else object)})
+            rows = [_row_cell(item) for item in output]
+            df = pd.DataFrame({"0": pd.Series(rows, dtype=None if rows else object)})
     else:
         raise ResultTypeError(
             f"the model returned a {type(output).__name__}; expected a DataFrame, Series, "

@@ -15,6 +15,30 @@ from pathlib import Path
 
 import psutil
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests: the same examples on every run ("ci", the default: derandomized, no example
+# database), so that the suite cannot pass or fail by luck. `HYPOTHESIS_PROFILE=explore` draws
+# fresh random examples, many more of them (HYPOTHESIS_EXAMPLES per test), and keeps failures
+# in .hypothesis/ to replay (docs/testing.md); what it finds becomes an @example.
+settings.register_profile(
+    "ci",
+    max_examples=300,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile(
+    "explore",
+    max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "50000")),
+    derandomize=False,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Spark's Python workers must run this interpreter (the virtualenv with spark_pyfunc in it).
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

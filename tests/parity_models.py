@@ -65,6 +65,24 @@ class Parity(mlflow.pyfunc.PythonModel):
             return [[{"n": int(a), "s": f"s{a}"}, {"n": -int(a), "s": None}] for a in x]
         if self.case == "map":  # one column of dicts, a missing value among them
             return pd.DataFrame({"m": [{f"k{int(a)}": float(a), "z": None} for a in x]})
+        if self.case == "dtypes":  # one output of each common dtype
+            v = x.to_numpy(dtype=np.float64)
+            return pd.DataFrame(
+                {
+                    "i32": v.astype(np.int32),
+                    "i64": v.astype(np.int64) * 2,
+                    "s": [f"s{int(a)}" for a in v],
+                    "f32": (v / 4).astype(np.float32),
+                    "f64": v / 10,
+                    "b": v.astype(np.int64) % 2 == 1,
+                }
+            )
+        if self.case == "index_list":  # per row, the input columns as a pandas.Index
+            return [df.columns] * n
+        if self.case == "matrices":  # per row, a 2-D array (a (2, 3) tensor)
+            return [np.arange(6, dtype=np.float64).reshape(2, 3) * a for a in x]
+        if self.case == "big_ints":  # int64 values that no float or double holds exactly
+            return pd.DataFrame({"n": x.to_numpy(dtype=np.int64) * 2 + (2**53 + 1)})
         if self.case == "params":
             return pd.Series([repr(sorted((params or {}).items()))] * n)
         if self.case == "env":

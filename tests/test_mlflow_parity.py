@@ -311,3 +311,62 @@ def test_extra_env_must_be_strings(spark, models):
         spark_udf(spark, model, extra_env={"N": 1})
     with pytest.raises(InvalidArgumentError, match="extra_env must be a dict"):
         spark_udf(spark, model, extra_env=["N=1"])
+
+
+# Issue 22: MLflow's rules in the cases still left ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("result_type", "expected"),
+    [
+        # MLflow keeps the int32 outputs (and smaller) for int, every signed integer for
+        # bigint, every number for float and double, the booleans for boolean.
+        ("array<int>", lambda v: [v]),
+        ("array<bigint>", lambda v: [v, 2 * v]),
+        ("array<float>", lambda v: [v, 2 * v, float(np.float32(v / 4)), float(np.float32(v / 10))]),
+        ("array<double>", lambda v: [v, 2 * v, float(np.float32(v / 4)), v / 10]),
+        ("array<boolean>", lambda v: [v % 2 == 1]),
+        (
+            "array<string>",
+            lambda v: [str(v), str(2 * v), f"s{v}", str(v / 4), str(v / 10), str(v % 2 == 1)],
+        ),
+    ],
+)
+def test_an_array_over_outputs_of_every_dtype_keeps_mlflows_columns(
+    spark, models, frame, result_type, expected
+):
+    kind, rows = _same_everywhere(spark, models("dtypes"), frame, ["x"], result_type=result_type)
+    assert kind == result_type
+    assert rows == [expected(i) for i in range(ROWS)]
+
+
+def test_a_list_of_pandas_indexes_gives_string_arrays(spark, models, frame):
+    got = _same_everywhere(
+        spark, models("index_list"), frame, ["x", "y", "s"], result_type="array<string>"
+    )
+    assert got == ("array<string>", [["0", "1", "2"]] * ROWS)
+
+
+def test_a_list_of_2d_arrays_under_a_2d_tensor_spec(spark, models, frame):
+    model = models(
+        "matrices",
+        signature=ModelSignature(
+            inputs=Schema([ColSpec("double", "x")]),
+            outputs=Schema([TensorSpec(np.dtype("float64"), (2, 3))]),
+        ),
+    )
+    got = _same_everywhere(spark, model, frame, ["x"])
+    matrix = np.arange(6, dtype=np.float64).reshape(2, 3)
+    assert got == ("array<array<double>>", [(matrix * i).tolist() for i in range(ROWS)])
+
+
+@pytest.mark.parametrize("result_type", ["double", "float", "array<double>"])
+def test_integers_no_float_holds_are_rounded_as_mlflow_rounds_them(
+    spark, models, frame, result_type
+):
+    # Issue 28: 2**53 + 1 (and the odd numbers above it) convert to the nearest float.
+    kind, rows = _same_everywhere(spark, models("big_ints"), frame, ["x"], result_type=result_type)
+    width = np.float32 if result_type == "float" else np.float64
+    values = [float(width(np.int64(2**53 + 1 + 2 * i))) for i in range(ROWS)]
+    assert rows == ([[v] for v in values] if result_type.startswith("array") else values)
+    assert values[0] != 2**53 + 1

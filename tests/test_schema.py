@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import pandas as hpd
 
@@ -933,7 +933,6 @@ def frames(draw) -> pd.DataFrame:
     return frame
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(frames())
 def test_enforcing_the_inferred_schema_is_the_identity(frame):
     schema = Schema.from_json(infer_schema(frame).to_json())
@@ -955,7 +954,6 @@ _PARAM_VALUES = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None)
 @given(st.dictionaries(st.text("abcdef", min_size=1, max_size=4), _PARAM_VALUES, max_size=5))
 def test_params_round_trip(params):
     sig = infer_signature(pd.DataFrame({"a": [1.0]}), params=params or None)

@@ -142,7 +142,7 @@ def test_status_counts_what_the_host_answered(
     assert status["log"] == str(client.launcher.log_path)
     assert status["restarts"] == 0
     # the link in the socket directory leads to it
-    link = status_link_path(str(client.socket_path))
+    link = status_link_path(str(client.launcher.socket_path))
     assert os.path.realpath(link) == os.path.realpath(status_path(str(client.launcher.pid_path)))
 
     os.kill(pid, signal.SIGTERM)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from spark_pyfunc._wire import (
@@ -91,7 +91,6 @@ def _as_lists(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(frames())
 def test_frame_round_trip(df: pd.DataFrame) -> None:
     back = arrow_bytes_to_frame(frame_to_arrow_bytes(df))
