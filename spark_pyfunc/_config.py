@@ -20,6 +20,8 @@ __all__ = [
     "BATCH_CALLS",
     "BATCH_MAX_ROWS",
     "BATCH_MAX_WAIT_MS",
+    "CACHE_DIR",
+    "CACHE_MAX_BYTES",
     "DEFAULT_MODE",
     "DEFAULT_SCOPE",
     "ENV_BUILD_TIMEOUT",
@@ -37,6 +39,9 @@ __all__ = [
     "SCOPES",
     "SETTINGS",
     "SHIP_PACKAGE",
+    "SHIPPING",
+    "SHIPPING_CHOICES",
+    "SHIPPING_CHUNK_BYTES",
     "START_TIMEOUT",
     "Setting",
 ]
@@ -165,6 +170,31 @@ ENV_BUILD_TIMEOUT = Setting("spark.pyfunc.env.buildTimeout", 1800.0, float, "a n
 ENV_UV_OFFLINE_FIRST = Setting("spark.pyfunc.env.uvOfflineFirst", True, _boolean, "true or false")
 SHIP_PACKAGE = Setting("spark.pyfunc.shipPackage", "auto", _ship, f"one of {list(SHIP_CHOICES)}")
 
+#: How the model reaches the executors (see _distribution.py): ``auto`` picks per session.
+SHIPPING_CHOICES = ("auto", "files", "broadcast", "direct")
+
+
+def _shipping(text: str) -> str:
+    if text.lower() not in SHIPPING_CHOICES:
+        raise ValueError(text)
+    return text.lower()
+
+
+#: How the model reaches the executors: files (the driver serves each executor), broadcast
+#: (Spark's TorrentBroadcast, executors serve each other), direct (executors read the store).
+SHIPPING = Setting("spark.pyfunc.shipping", "auto", _shipping, f"one of {list(SHIPPING_CHOICES)}")
+#: Size of one broadcast piece of the model archive (each is one Spark broadcast; < 2 GiB).
+SHIPPING_CHUNK_BYTES = Setting(
+    "spark.pyfunc.shipping.chunkBytes", 64 << 20, _positive_int, "a positive integer (bytes)"
+)
+#: The machine-wide cache of unpacked models (default ~/.cache/spark_pyfunc/models of the
+#: executor's user), shared by every executor and application of the user on the machine.
+CACHE_DIR = Setting("spark.pyfunc.cache.dir", None, str, "a directory")
+#: The cache's cap: least recently used entries no process uses are evicted above it.
+CACHE_MAX_BYTES = Setting(
+    "spark.pyfunc.cache.maxBytes", 50 << 30, _positive_int, "a positive integer (bytes)"
+)
+
 #: Every setting, by key.
 SETTINGS: dict[str, Setting] = {
     s.key: s
@@ -184,5 +214,9 @@ SETTINGS: dict[str, Setting] = {
         ENV_BUILD_TIMEOUT,
         ENV_UV_OFFLINE_FIRST,
         SHIP_PACKAGE,
+        SHIPPING,
+        SHIPPING_CHUNK_BYTES,
+        CACHE_DIR,
+        CACHE_MAX_BYTES,
     )
 }

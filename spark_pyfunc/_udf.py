@@ -34,6 +34,7 @@ from pyspark.sql.types import ArrayType, DataType, MapType, StructType
 
 from spark_pyfunc import _config
 from spark_pyfunc._client import HostSpec, ModelHostClient, host_key
+from spark_pyfunc._distribution import deliver, materialize
 from spark_pyfunc._paths import local_path
 from spark_pyfunc._result_types import (
     arrow_type,
@@ -43,7 +44,7 @@ from spark_pyfunc._result_types import (
     relayable,
     result_type_from_signature,
 )
-from spark_pyfunc._shipping import ShippedModel, materialize, ship_model
+from spark_pyfunc._shipping import ShippedModel
 from spark_pyfunc._wire import prediction_to_frame, struct_rows
 from spark_pyfunc.errors import InvalidArgumentError
 
@@ -704,7 +705,7 @@ def spark_udf(
         env = read_environment(path, manager)
     checked = time.perf_counter()
     _ship_package_if_needed(spark)
-    shipped = ship_model(spark, path)
+    shipped = deliver(spark, path, _setting)
     logger.debug(
         "spark_udf on the driver: model URI resolved in %.3fs, model and environment read in "
         "%.3fs, package and model shipped in %.3fs",
