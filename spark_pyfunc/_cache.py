@@ -94,7 +94,8 @@ class ModelCache:
     """
 
     def __init__(self, root: str | os.PathLike[str] | None, max_bytes: int) -> None:
-        self.root = Path(root).expanduser() if root else default_cache_dir()
+        # $VARIABLES are the executor's: a per-machine path on a shared filesystem.
+        self.root = Path(os.path.expandvars(root)).expanduser() if root else default_cache_dir()
         self.max_bytes = max_bytes
         try:
             for sub in ("entries", "locks", "staging"):

@@ -166,7 +166,7 @@ def deliver(spark: Any, model_dir: str | os.PathLike[str], setting: Any = None) 
         len(chunks),
         why,
     )
-    return Delivery(
+    delivery = Delivery(
         archive_name=shipped.archive_name,
         sha256=shipped.sha256,
         model_size=shipped.model_size,
@@ -176,6 +176,80 @@ def deliver(spark: Any, model_dir: str | os.PathLike[str], setting: Any = None) 
         cache_dir=read(_config.CACHE_DIR),
         cache_max_bytes=read(_config.CACHE_MAX_BYTES),
     )
+    if chunks:
+        _seed(spark, delivery)
+    return delivery
+
+
+_seeded: set[tuple[str, str]] = set()
+
+
+def _seed(spark: Any, delivery: Delivery) -> None:
+    """Get the chunks to one executor, then drop the driver's own pieces of them.
+
+    TorrentBroadcast fetches each 4 MiB piece from a random holder, the driver included, so
+    executors arriving one after another would take 1/2, 1/3, ... of a copy from the driver
+    (about 2.1 copies at N=4). Once one executor holds every piece the driver stops offering
+    its own: every later fetch goes to executors, and the driver has served one copy. The
+    seed task also fills that machine's cache, so its first scoring task starts warm.
+    If the seed fails, the driver keeps its pieces (it serves more, nothing breaks).
+    """
+    sc = spark.sparkContext
+    key = (str(sc.applicationId), delivery.sha256)
+    with _lock:
+        if key in _seeded:
+            return
+        sc.setJobDescription(f"spark_pyfunc: seed {delivery.archive_name}")
+        try:
+            sc.parallelize([0], 1).map(lambda _: str(materialize(delivery))).collect()
+        except Exception as exc:  # noqa: BLE001 - any failure: fall back to serving on
+            _log.warning(
+                "seeding %s on an executor failed, the driver serves it: %s",
+                delivery.archive_name,
+                exc,
+            )
+            return
+        finally:
+            sc.setJobDescription(None)
+        dropped = _drop_driver_pieces(sc, delivery.chunks)
+        _seeded.add(key)
+    _log.info(
+        "seeded %s on one executor; the driver dropped %d pieces", delivery.archive_name, dropped
+    )
+
+
+def _driver_block_manager(sc: Any) -> Any:
+    """The driver's BlockManager, read through java.lang.reflect: py4j's own lookup of
+    SparkEnv's methods loads classes the pip PySpark lacks (protobuf) and kills the gateway
+    thread, so neither ``sc.env()`` nor ``SparkEnv.get()`` can be called through it."""
+    forname = sc._jvm.java.lang.Class.forName
+    module_class = forname("org.apache.spark.SparkEnv$")
+    module = module_class.getDeclaredField("MODULE$").get(None)
+    env_field = module_class.getDeclaredField("env")
+    env_field.setAccessible(True)
+    manager_field = forname("org.apache.spark.SparkEnv").getDeclaredField("blockManager")
+    manager_field.setAccessible(True)
+    return manager_field.get(env_field.get(module))
+
+
+def _drop_driver_pieces(sc: Any, chunks: tuple[Any, ...]) -> int:
+    """Remove the driver's copies of the chunks' broadcast pieces, telling the master, so
+    executors fetch them from each other; 0 (and a log line) where Spark's internals differ."""
+    try:
+        manager = _driver_block_manager(sc)
+        block_id = sc._jvm.org.apache.spark.storage.BroadcastBlockId
+        dropped = 0
+        for chunk in chunks:
+            bid = chunk._jbroadcast.id()
+            piece = 0
+            while manager.getStatus(block_id(bid, f"piece{piece}")).isDefined():
+                manager.removeBlock(block_id(bid, f"piece{piece}"), True)
+                dropped += 1
+                piece += 1
+        return dropped
+    except Exception as exc:  # noqa: BLE001 - py4j's errors; the driver then serves on
+        _log.info("the driver keeps its broadcast pieces (cannot reach its block manager): %s", exc)
+        return 0
 
 
 # --------------------------------------------------------------------------- executor
