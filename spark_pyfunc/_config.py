@@ -26,6 +26,8 @@ __all__ = [
     "BATCH_CALLS",
     "BATCH_MAX_ROWS",
     "BATCH_MAX_WAIT_MS",
+    "CACHE_DIR",
+    "CACHE_MAX_BYTES",
     "DEFAULT_MODE",
     "DEFAULT_SCOPE",
     "ENV_BUILD_TIMEOUT",
@@ -43,6 +45,9 @@ __all__ = [
     "SCOPES",
     "SETTINGS",
     "SHIP_PACKAGE",
+    "SHIPPING",
+    "SHIPPING_CHOICES",
+    "SHIPPING_CHUNK_BYTES",
     "START_TIMEOUT",
     "Setting",
 ]
@@ -220,6 +225,40 @@ SHIP_PACKAGE = Setting(
     "Python on a local master), `true`, `false`",
 )
 
+#: How the model reaches the executors (see _distribution.py): ``auto`` picks per session.
+SHIPPING_CHOICES = ("auto", "files", "broadcast", "direct")
+
+
+def _shipping(text: str) -> str:
+    if text.lower() not in SHIPPING_CHOICES:
+        raise ValueError(text)
+    return text.lower()
+
+
+SHIPPING = Setting(
+    "spark.pyfunc.shipping", "auto", _shipping, f"one of {list(SHIPPING_CHOICES)}",
+    doc="how the model reaches the executors: `files` (the driver serves each executor), "
+    "`broadcast` (Spark's TorrentBroadcast: executors fetch from each other), or `auto` "
+    "(broadcast on a classic cluster, files on local mode, Connect or with I/O encryption; "
+    "logged); `direct` is not built yet",
+)
+SHIPPING_CHUNK_BYTES = Setting(
+    "spark.pyfunc.shipping.chunkBytes", 64 << 20, _positive_int, "a positive integer (bytes)",
+    doc="size of one broadcast piece of the model archive (each is one Spark broadcast, under "
+    "2 GiB)",
+)
+CACHE_DIR = Setting(
+    "spark.pyfunc.cache.dir", None, str, "a directory",
+    doc="each executor machine's cache of unpacked models, shared by its executors and "
+    "applications; `$VARIABLES` are the executor's",
+    default_text="`~/.cache/spark_pyfunc/models`",
+)
+CACHE_MAX_BYTES = Setting(
+    "spark.pyfunc.cache.maxBytes", 50 << 30, _positive_int, "a positive integer (bytes)",
+    doc="the cache's cap: least recently used entries that no live process uses are evicted "
+    "above it",
+)
+
 #: Every setting, by key.
 SETTINGS: dict[str, Setting] = {
     s.key: s
@@ -239,6 +278,10 @@ SETTINGS: dict[str, Setting] = {
         ENV_BUILD_TIMEOUT,
         ENV_UV_OFFLINE_FIRST,
         SHIP_PACKAGE,
+        SHIPPING,
+        SHIPPING_CHUNK_BYTES,
+        CACHE_DIR,
+        CACHE_MAX_BYTES,
     )
 }
 

@@ -35,6 +35,7 @@ from pyspark.sql.types import ArrayType, DataType, MapType, StructType
 
 from spark_pyfunc import _config
 from spark_pyfunc._client import ModelHostClient
+from spark_pyfunc._distribution import deliver, materialize
 from spark_pyfunc._launcher import HostSpec, host_key
 from spark_pyfunc._paths import local_path
 from spark_pyfunc._result_types import (
@@ -45,7 +46,7 @@ from spark_pyfunc._result_types import (
     relayable,
     result_type_from_signature,
 )
-from spark_pyfunc._shipping import ShippedModel, materialize, ship_model
+from spark_pyfunc._shipping import ShippedModel
 from spark_pyfunc._sizing import host_memory_warning
 from spark_pyfunc._wire import prediction_to_frame, struct_rows
 from spark_pyfunc.errors import InvalidArgumentError
@@ -705,7 +706,7 @@ def spark_udf(
         env = read_environment(path, manager)
     checked = time.perf_counter()
     _ship_package_if_needed(spark)
-    shipped = ship_model(spark, path)
+    shipped = deliver(spark, path, _setting)
     logger.debug(
         "spark_udf on the driver: model URI resolved in %.3fs, model and environment read in "
         "%.3fs, package and model shipped in %.3fs",

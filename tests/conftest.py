@@ -83,6 +83,7 @@ def get_session(master: str, tmp_root: str, conf: dict[str, str] | None = None):
         .config("spark.local.dir", os.path.join(tmp_root, "spark-local"))
         .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={tmp_root}")
         .config("spark.pyfunc.host.idleTimeout", TEST_IDLE_TIMEOUT)
+        .config("spark.pyfunc.cache.dir", os.path.join(tmp_root, "model-cache"))
     )
     if master.startswith("local-cluster"):
         builder = (

@@ -129,18 +129,18 @@ def test_one_sklearn_host_per_executor_on_a_cluster(cluster_spark, sklearn_model
     big = pd.concat([x] * 10, ignore_index=True)
     df = cluster_spark.createDataFrame(big).repartition(8)
     predict = spark_udf(cluster_spark, path, scope="executor")
-    # The executors unpack the model into <their directory>/<archive stem>: the stem names
-    # this model's hosts on every executor (outside the test's temp root, on a cluster).
-    stem = predict._plan.shipped.stem
+    # The executors unpack the model into the machine's cache, under its sha256: that names
+    # this model's hosts on every executor.
+    stem = predict._plan.shipped.sha256
     try:
         out = df.select(*COLUMNS, predict(*COLUMNS).alias("pred")).toPandas()
         np.testing.assert_array_equal(out["pred"], estimator.predict(out[COLUMNS]))
         hosts = _hosts_of(stem)  # they outlive the job until their idle timeout
-        # local-cluster[2,2,1024]: two executors, one host each, on its executor's own
-        # copy of the model; none per worker.
+        # local-cluster[2,2,1024]: two executors, one host each, none per worker; both on
+        # the one unpacked copy of the machine's cache.
         assert len(hosts) == 2, [h.info["cmdline"] for h in hosts]
         model_dirs = {h.info["cmdline"][h.info["cmdline"].index("--model-dir") + 1] for h in hosts}
-        assert len(model_dirs) == 2, model_dirs
+        assert len(model_dirs) == 1, model_dirs
     finally:
         hosts = _hosts_of(stem)
         for host in hosts:

@@ -1,0 +1,353 @@
+"""How the model gets from the driver to every executor machine, and into its cache.
+
+Routes (``spark.pyfunc.shipping``; docs/distribution.md has the design and the figures):
+
+* ``files``: the archive is added with ``addFile`` (``addArtifacts`` on Spark Connect) and
+  every executor fetches it from the driver: N copies of driver egress for N executors.
+* ``broadcast``: the archive is cut into chunks, each one Spark broadcast of a ``bytes``.
+  Spark's TorrentBroadcast moves them in 4 MiB blocks that executors fetch from each other,
+  so the driver serves about one copy whatever the executor count. The executor's JVM writes
+  each chunk to a local file (PySpark's broadcast file, a pickle of the bytes); a Python
+  worker copies the raw bytes out of that file into the archive without unpickling them,
+  verifies the archive's sha256 and unpacks it, once per machine.
+
+Either way the unpacked model lands in the machine-wide cache (_cache.py), keyed by the
+archive's sha256, so a second executor or application on the machine fetches nothing.
+
+``auto`` picks ``files`` on Spark Connect (no broadcasts there) and in local mode (the driver
+is the executor), ``broadcast`` on a classic cluster unless I/O encryption is on (encrypted
+broadcasts reach Python workers only through a socket that unpickles each chunk).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spark_pyfunc import _config
+from spark_pyfunc._cache import ModelCache, sha256_file
+from spark_pyfunc._shipping import (
+    ShippedModel,
+    _is_connect,
+    _register,
+    _spark_files_root,
+    build_archive,
+    safe_extract,
+)
+from spark_pyfunc.errors import ShippingError
+
+__all__ = ["Delivery", "choose_route", "deliver", "materialize"]
+
+_log = logging.getLogger(__name__)
+_COPY = 1 << 20
+
+
+@dataclass(frozen=True)
+class Delivery(ShippedModel):
+    """A shipped model and how to get it on an executor (small and picklable: a broadcast
+    chunk pickles as its id)."""
+
+    route: str = "files"
+    chunks: tuple[Any, ...] = ()
+    chunk_sizes: tuple[int, ...] = ()
+    cache_dir: str | None = None
+    cache_max_bytes: int = _config.CACHE_MAX_BYTES.default
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _conf(spark: Any, key: str) -> str | None:
+    try:
+        value = spark.conf.get(key, None)
+    except Exception:  # noqa: BLE001 - Connect raises its own types for unknown keys
+        return None
+    return None if value is None else str(value)
+
+
+def choose_route(spark: Any, wanted: str) -> tuple[str, str]:
+    """The route for this session and why, given the setting's value ``wanted``.
+
+    Raises:
+        ShippingError: ``broadcast`` was asked for where it cannot work (Spark Connect).
+    """
+    connect = _is_connect(spark)
+    if wanted == "broadcast" and connect:
+        raise ShippingError(
+            "spark.pyfunc.shipping=broadcast needs a classic session: Spark Connect has no "
+            "broadcast variables (use files or auto)"
+        )
+    if wanted == "direct":
+        raise ShippingError(
+            "spark.pyfunc.shipping=direct is not available in this version: use files, "
+            "broadcast or auto"
+        )
+    if wanted != "auto":
+        return wanted, "asked for by spark.pyfunc.shipping"
+    if connect:
+        return "files", "Spark Connect ships with addArtifacts"
+    master = spark.sparkContext.master or ""
+    if master.startswith("local") and not master.startswith("local-cluster"):
+        return "files", "local mode: the driver is the only executor"
+    if (_conf(spark, "spark.io.encryption.enabled") or "").lower() == "true":
+        return "files", "I/O encryption makes Python workers unpickle broadcasts"
+    return "broadcast", "classic cluster: executors fetch from each other"
+
+
+_lock = threading.Lock()
+# (application id, sha256, chunk bytes) -> (chunk broadcasts, their sizes)
+_broadcasts: dict[tuple[str, str, int], tuple[tuple[Any, ...], tuple[int, ...]]] = {}
+
+
+def _broadcast_chunks(
+    spark: Any, archive: Path, sha256: str, chunk_bytes: int
+) -> tuple[tuple[Any, ...], tuple[int, ...]]:
+    """Broadcast the archive as chunks of ``chunk_bytes``, once per session and content.
+
+    The driver holds one chunk in memory at a time (PySpark pickles it to a file at once).
+    """
+    sc = spark.sparkContext
+    key = (str(sc.applicationId), sha256, chunk_bytes)
+    with _lock:
+        known = _broadcasts.get(key)
+        if known is not None:
+            return known
+        chunks, sizes = [], []
+        with open(archive, "rb") as handle:
+            while piece := handle.read(chunk_bytes):
+                chunks.append(sc.broadcast(piece))
+                sizes.append(len(piece))
+                del piece
+        _broadcasts[key] = (tuple(chunks), tuple(sizes))
+        return _broadcasts[key]
+
+
+def deliver(spark: Any, model_dir: str | os.PathLike[str], setting: Any = None) -> Delivery:
+    """Ship ``model_dir`` to the executors by the route the session's settings pick.
+
+    Args:
+        spark: The session (classic or Spark Connect).
+        model_dir: The model directory on the driver.
+        setting: A callable reading a :class:`_config.Setting` from the session (``_udf``'s
+            ``_setting``); None reads the defaults.
+
+    Returns:
+        The :class:`Delivery` the workers' :func:`materialize` takes.
+
+    Raises:
+        ShippingError: the model cannot be packed, or the route asked for cannot work here.
+
+    Example:
+        >>> delivery = deliver(spark, "/models/forest")  # doctest: +SKIP
+    """
+
+    def read(item: _config.Setting) -> Any:
+        return item.default if setting is None else setting(spark, item)
+
+    route, why = choose_route(spark, read(_config.SHIPPING))
+    shipped, archive = build_archive(model_dir)
+    chunks: tuple[Any, ...] = ()
+    sizes: tuple[int, ...] = ()
+    if route == "files":
+        _register(spark, archive, shipped.archive_name)
+    else:
+        chunk_bytes = min(read(_config.SHIPPING_CHUNK_BYTES), (1 << 31) - (1 << 20))
+        chunks, sizes = _broadcast_chunks(spark, archive, shipped.sha256, chunk_bytes)
+    _log.info(
+        "spark_pyfunc shipping: %s route for %s (%d bytes, %d chunks): %s",
+        route,
+        shipped.archive_name,
+        archive.stat().st_size,
+        len(chunks),
+        why,
+    )
+    delivery = Delivery(
+        archive_name=shipped.archive_name,
+        sha256=shipped.sha256,
+        model_size=shipped.model_size,
+        route=route,
+        chunks=chunks,
+        chunk_sizes=sizes,
+        cache_dir=read(_config.CACHE_DIR),
+        cache_max_bytes=read(_config.CACHE_MAX_BYTES),
+    )
+    if chunks:
+        _seed(spark, delivery)
+    return delivery
+
+
+_seeded: set[tuple[str, str]] = set()
+
+
+def _seed(spark: Any, delivery: Delivery) -> None:
+    """Get the chunks to one executor, then drop the driver's own pieces of them.
+
+    TorrentBroadcast fetches each 4 MiB piece from a random holder, the driver included, so
+    executors arriving one after another would take 1/2, 1/3, ... of a copy from the driver
+    (about 2.1 copies at N=4). Once one executor holds every piece the driver stops offering
+    its own: every later fetch goes to executors, and the driver has served one copy. The
+    seed task also fills that machine's cache, so its first scoring task starts warm.
+    If the seed fails, the driver keeps its pieces (it serves more, nothing breaks).
+    """
+    sc = spark.sparkContext
+    key = (str(sc.applicationId), delivery.sha256)
+    with _lock:
+        if key in _seeded:
+            return
+        sc.setJobDescription(f"spark_pyfunc: seed {delivery.archive_name}")
+        try:
+            sc.parallelize([0], 1).map(lambda _: str(materialize(delivery))).collect()
+        except Exception as exc:  # noqa: BLE001 - any failure: fall back to serving on
+            _log.warning(
+                "seeding %s on an executor failed, the driver serves it: %s",
+                delivery.archive_name,
+                exc,
+            )
+            return
+        finally:
+            sc.setJobDescription(None)
+        dropped = _drop_driver_pieces(sc, delivery.chunks)
+        _seeded.add(key)
+    _log.info(
+        "seeded %s on one executor; the driver dropped %d pieces", delivery.archive_name, dropped
+    )
+
+
+def _driver_block_manager(sc: Any) -> Any:
+    """The driver's BlockManager, read through java.lang.reflect: py4j's own lookup of
+    SparkEnv's methods loads classes the pip PySpark lacks (protobuf) and kills the gateway
+    thread, so neither ``sc.env()`` nor ``SparkEnv.get()`` can be called through it."""
+    forname = sc._jvm.java.lang.Class.forName
+    module_class = forname("org.apache.spark.SparkEnv$")
+    module = module_class.getDeclaredField("MODULE$").get(None)
+    env_field = module_class.getDeclaredField("env")
+    env_field.setAccessible(True)
+    manager_field = forname("org.apache.spark.SparkEnv").getDeclaredField("blockManager")
+    manager_field.setAccessible(True)
+    return manager_field.get(env_field.get(module))
+
+
+def _drop_driver_pieces(sc: Any, chunks: tuple[Any, ...]) -> int:
+    """Remove the driver's copies of the chunks' broadcast pieces, telling the master, so
+    executors fetch them from each other; 0 (and a log line) where Spark's internals differ."""
+    try:
+        manager = _driver_block_manager(sc)
+        block_id = sc._jvm.org.apache.spark.storage.BroadcastBlockId
+        dropped = 0
+        for chunk in chunks:
+            bid = chunk._jbroadcast.id()
+            piece = 0
+            while manager.getStatus(block_id(bid, f"piece{piece}")).isDefined():
+                manager.removeBlock(block_id(bid, f"piece{piece}"), True)
+                dropped += 1
+                piece += 1
+        return dropped
+    except Exception as exc:  # noqa: BLE001 - py4j's errors; the driver then serves on
+        _log.info("the driver keeps its broadcast pieces (cannot reach its block manager): %s", exc)
+        return 0
+
+
+# --------------------------------------------------------------------------- executor
+
+
+def materialize(shipped: ShippedModel) -> Path:
+    """The unpacked model directory for ``shipped`` on this machine, from the machine's cache,
+    fetched and unpacked into it first if no intact copy is there.
+
+    Raises:
+        ShippingError: the model cannot be fetched, or what arrived fails its sha256.
+    """
+    if not isinstance(shipped, Delivery):
+        from spark_pyfunc._shipping import materialize as unpack_in_spark_files
+
+        return unpack_in_spark_files(shipped)
+    cache = ModelCache(shipped.cache_dir, shipped.cache_max_bytes)
+
+    def fill(dest: Path) -> None:
+        if shipped.route == "files":
+            archive = _spark_files_root(shipped.archive_name) / shipped.archive_name
+            _verify(archive, shipped)
+            safe_extract(archive, dest)
+            return
+        archive = dest.parent / "archive"
+        try:
+            _assemble(shipped, archive)
+            _verify(archive, shipped)
+            safe_extract(archive, dest)
+        finally:
+            archive.unlink(missing_ok=True)
+
+    return cache.get(shipped.sha256, fill, kind=shipped.route)
+
+
+def _verify(archive: Path, shipped: ShippedModel) -> None:
+    if not archive.is_file():
+        raise ShippingError(f"model archive {shipped.archive_name!r} is missing from {archive}")
+    actual = sha256_file(archive)
+    if actual != shipped.sha256:
+        raise ShippingError(
+            f"model archive {str(archive)!r} is corrupt: sha256 {actual} does not match the "
+            f"shipped sha256 {shipped.sha256}"
+        )
+
+
+def _assemble(shipped: Delivery, out: Path) -> None:
+    """Write the broadcast chunks, in order, into the archive ``out``."""
+    with open(out, "wb") as sink:
+        for index, (chunk, size) in enumerate(
+            zip(shipped.chunks, shipped.chunk_sizes, strict=True)
+        ):
+            path = getattr(chunk, "_path", None)
+            if path is not None and _copy_pickled_bytes(Path(path), size, sink):
+                continue
+            # No file to read (I/O encryption) or an unexpected layout: unpickle this chunk.
+            _log.info("broadcast chunk %d of %s unpickled in the worker", index, out.name)
+            data = chunk.value
+            if len(data) != size:
+                raise ShippingError(f"broadcast chunk {index} has {len(data)} bytes, not {size}")
+            sink.write(data)
+            del data
+
+
+# Pickle opcodes of a protocol 4/5 pickle of one bytes object (see pickletools).
+_PROTO, _FRAME = 0x80, 0x95
+_BYTES_HEADERS = {0x43: "<B", 0x42: "<I", 0x8E: "<Q"}  # SHORT_BINBYTES, BINBYTES, BINBYTES8
+
+
+def _copy_pickled_bytes(path: Path, size: int, sink: Any) -> bool:
+    """Copy the payload of ``path``, a pickle of one ``bytes`` of ``size`` bytes, to ``sink``
+    in 1 MiB pieces; False (nothing written) if the file is not laid out that way."""
+    with open(path, "rb") as source:
+        head = source.read(32)
+        pos = 0
+        while pos < len(head):
+            op = head[pos]
+            if op == _PROTO:
+                pos += 2
+            elif op == _FRAME:
+                pos += 9
+            elif op in _BYTES_HEADERS:
+                fmt = _BYTES_HEADERS[op]
+                width = struct.calcsize(fmt)
+                if pos + 1 + width > len(head):
+                    return False
+                (length,) = struct.unpack_from(fmt, head, pos + 1)
+                if length != size:
+                    return False
+                source.seek(pos + 1 + width)
+                left = size
+                while left:
+                    piece = source.read(min(_COPY, left))
+                    if not piece:
+                        raise ShippingError(f"broadcast file {path} ends early")
+                    sink.write(piece)
+                    left -= len(piece)
+                return True
+            else:
+                return False
+    return False
