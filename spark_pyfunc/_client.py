@@ -175,7 +175,12 @@ def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
 def _remote_error(reply: dict, method: str, host_pid: int | None) -> Exception:
     """The exception for an error response: the package's own error types (a schema
     mismatch, an unrepresentable result) keep their type, anything else the model raised
-    becomes a PredictionError. Both carry the remote traceback."""
+    becomes a PredictionError. Both carry the remote traceback.
+
+    A PredictionError's message ends as a traceback of the model's own does: the model's
+    frames (the host's relay frames left out), then its ``Type: message``, so that the last
+    line a user sees, in any scope, is the model's error.
+    """
     name = str(reply.get("error", "Exception"))
     message = str(reply.get("message", ""))
     remote_tb = str(reply.get("traceback", ""))
@@ -189,25 +194,57 @@ def _remote_error(reply: dict, method: str, host_pid: int | None) -> Exception:
         exc.remote_traceback = remote_tb
         return exc
     return PredictionError(
-        f"the model's {method} raised {name}: {message}\n"
-        f"--- traceback in the model host (pid {host_pid}) ---\n"
-        f"{_frames_only(remote_tb, name, message)}",
+        f"the model's {method} raised {name} in the model host (pid {host_pid}):\n"
+        f"{_model_frames(remote_tb, name, message)}",
         remote_traceback=remote_tb,
     )
 
 
-def _frames_only(remote_tb: str, name: str, message: str) -> str:
-    """The traceback without its closing ``Type: message`` line(s), which the error's first
-    line already says: a Spark stack trace then shows the model's message once."""
-    text = remote_tb.rstrip("\n")
+#: A traceback's frame line in one of spark_pyfunc's own modules (the host's relay).
+_OWN_FRAME = re.compile(r'^  File ".*[/\\]spark_pyfunc[/\\][\w/\\]*\.py", line \d+, in ')
+
+
+def _model_frames(remote_tb: str, name: str, message: str) -> str:
+    """The host's traceback without spark_pyfunc's own frames, ending with the closing
+    ``Type: message`` (added when the text ends otherwise)."""
+    text = _without_own_frames(remote_tb.rstrip("\n").splitlines())
     closing = f"{name}: {message}" if message else name
-    if not text.endswith(closing):
-        return text
-    head = text[: len(text) - len(closing)]
-    qualifier = head[head.rfind("\n") + 1 :]  # "pkg.module." of a class outside builtins
-    if qualifier and not re.fullmatch(r"[\w.]*\.", qualifier):
-        return text
-    return head[: len(head) - len(qualifier)].rstrip("\n")
+    return text if text.endswith(closing) else f"{text}\n{closing}".lstrip("\n")
+
+
+def _without_own_frames(lines: list[str]) -> str:
+    """Traceback lines without the frames (and their source lines) of spark_pyfunc's own
+    modules: the relay around the model's code."""
+    kept: list[str] = []
+    skipping = False
+    for line in lines:
+        if line.startswith("  File "):
+            skipping = bool(_OWN_FRAME.match(line))
+        elif not line.startswith("    "):
+            skipping = False
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def _ending_with_traceback(tail: str) -> str:
+    """A host log's tail cut after the closing line(s) of its last traceback, so that an
+    error carrying it ends with the model's ``Type: message`` (what the host logged after
+    that, its shutdown, stays in the log file)."""
+    lines = tail.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if not starts:
+        return tail
+    end = starts[-1] + 1
+    while end < len(lines) and lines[end].startswith((" ", "\t")):
+        end += 1  # the frames
+    while end < len(lines) and not _LOG_RECORD.match(lines[end]):
+        end += 1  # the exception's lines, up to the next log record
+    return "\n".join([*lines[: starts[-1]], _without_own_frames(lines[starts[-1] : end])])
+
+
+#: The start of a line of the host's log (see _host's logging format).
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 
 def _defines_init(cls: type) -> bool:
@@ -653,11 +690,16 @@ class ModelHostClient:
         """Where the host records how it ended (see host.write_exit_status)."""
         return Path(exit_status_path(str(self.pid_path)))
 
-    def _fail(self, message: str, cls: type[HostError] = HostError) -> HostError:
+    def _fail(
+        self, message: str, cls: type[HostError] = HostError, *, model_error: bool = False
+    ) -> HostError:
+        """A HostError with the log's tail; ``model_error``: cut after the last traceback
+        (the model's, when loading it failed), so that the error ends with its line."""
+        tail = _log_tail(self.log_path)
         return cls(
             f"{message} (model {self.model_name}, log {self.log_path})",
             log_path=str(self.log_path),
-            log_tail=_log_tail(self.log_path),
+            log_tail=_ending_with_traceback(tail) if model_error else tail,
         )
 
     def _ended(self, pid: int) -> HostError:
@@ -680,7 +722,8 @@ class ModelHostClient:
         error = f": {status['error']}" if status.get("error") else ""
         return self._fail(
             f"the model host (pid {pid}) exited with code {status.get('code')} before it was "
-            f"ready; loading the model failed{error}"
+            f"ready; loading the model failed{error}",
+            model_error=True,
         )
 
     def _host_environ(self) -> dict[str, str]:

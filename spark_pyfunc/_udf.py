@@ -45,7 +45,7 @@ from spark_pyfunc._result_types import (
 )
 from spark_pyfunc._shipping import ShippedModel, materialize, ship_model
 from spark_pyfunc._wire import prediction_to_frame, struct_rows
-from spark_pyfunc.errors import InvalidArgumentError
+from spark_pyfunc.errors import HostError, InvalidArgumentError, SparkPyfuncError
 
 if TYPE_CHECKING:
     from spark_pyfunc._environments import EnvSpec
@@ -487,6 +487,18 @@ def _bind_arrow(batch: Any, names: tuple[str, ...] | None, timezone: str | None)
     )
 
 
+def _model_errors_first(results: Iterator[Any]) -> Iterator[Any]:
+    """``results``; an error from the model host is raised without the relay's frames
+    (generators and sockets of this worker): ahead of the model's own traceback, which its
+    message ends with, they read as the cause."""
+    try:
+        yield from results
+    except SparkPyfuncError as exc:
+        if exc.remote_traceback is None and not isinstance(exc, HostError):
+            raise
+        raise exc.with_traceback(None)  # noqa: B904 - the same error, its cause kept
+
+
 def _score_arrow_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pa.Array]:
     client: ModelHostClient | None = None
 
@@ -557,13 +569,13 @@ class SparkPyfuncUDF:
         if plan.scope == "executor" and arrow_udf is not None and relayable(plan.result_type):
 
             def relay(batches: Iterator[tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
-                return _score_arrow_batches(plan, batches)
+                return _model_errors_first(_score_arrow_batches(plan, batches))
 
             return arrow_udf(relay, plan.result_type)(*columns)
 
         # typing.Union, not "|": pandas_udf reads these hints and does not know types.UnionType.
         def predict(batches: Iterator[Union[pd.Series, pd.DataFrame]]) -> Iterator[pd.DataFrame]:  # noqa: UP007
-            return _score_batches(plan, batches)
+            return _model_errors_first(_score_batches(plan, batches))
 
         udf = pandas_udf(predict, plan.result_type)  # type: ignore[call-overload]
         return udf(*columns)

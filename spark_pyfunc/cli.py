@@ -161,10 +161,10 @@ def _guarded(action: Callable[[], int], verbose: bool) -> int:
         code = 2 if isinstance(exc, UsageError) else 1
         if verbose and not isinstance(exc, UsageError):
             logger.exception("%s failed", PROG)
-        line = _first_line(exc)
         if not verbose and (len(str(exc).splitlines()) > 1 or not _is_expected(exc)):
-            line += " (run with --verbose for details)"
-        print(f"{PROG}: error: {line}", file=sys.stderr)
+            # before the error, which stays the last line: the model's own, for its errors
+            print(f"{PROG}: run with --verbose for details", file=sys.stderr)
+        print(f"{PROG}: error: {_first_line(exc)}", file=sys.stderr)
         return code
 
 

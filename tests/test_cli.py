@@ -34,6 +34,9 @@ from spark_pyfunc.schema import ColSpec, DataType, ModelSignature, Schema
 
 CONF_HOST_LOG_DIR = "spark.pyfunc.host.logDir"
 
+#: Printed before an error that --verbose would tell more about (the error stays last).
+VERBOSE_HINT = "spark-pyfunc: run with --verbose for details"
+
 CONSOLE_SCRIPT = Path(sys.executable).with_name("spark-pyfunc")
 
 # The models below are pickled by value, so Spark's workers need no tests directory on their path.
@@ -109,7 +112,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
+    lines = [x for x in err.strip().splitlines() if x != VERBOSE_HINT]
     assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
     assert lines[0].startswith("spark-pyfunc: error: ")
     return lines[0]
