@@ -639,7 +639,9 @@ def spark_udf(
             the Python worker while the model loads and predicts (``scope="process"``), or
             in the model host's environment (``scope="executor"``; hosts differ by them).
         model_config: given to the model as ``context.model_config`` on the executors.
-        method: the python model's method to call (``"predict_proba"``, ...).
+        method: the python model's method to call (``"predict_proba"``, ...). Its default
+            result type is ``double`` (MLflow's without a signature): MLflow records the
+            outputs of ``predict`` only.
         scope: ``"executor"`` (one host per executor), ``"process"`` (one copy per Python
             worker, like MLflow) or ``"auto"`` (the host for models of at least
             ``spark.pyfunc.scope.autoThresholdBytes``, default 64 MiB, on disk).
@@ -701,10 +703,13 @@ def spark_udf(
         config_key = json.dumps(model_config, sort_keys=True) if model_config else ""
     except TypeError as exc:
         raise InvalidArgumentError(f"model_config must be JSON-serialisable: {exc}") from exc
+    # The signature describes predict: another method's default is MLflow's without outputs.
     dtype = (
         parse_result_type(result_type)
         if result_type is not None
-        else result_type_from_signature(metadata.get_output_schema())
+        else result_type_from_signature(
+            metadata.get_output_schema() if method == "predict" else None
+        )
     )
     host_mode = _setting(spark, _config.HOST_MODE)
     env = prebuilt = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -25,10 +24,11 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from spark_pyfunc._commit import CommitState, gate
 from spark_pyfunc._config import DEFAULT_SCOPE, HOST_LOG_DIR, PROG, SCOPES
 from spark_pyfunc._describe import describe, info_lines
 from spark_pyfunc._paths import local_path
-from spark_pyfunc._spark_session import DEFAULT_MASTER, spark_session
+from spark_pyfunc._spark_session import DEFAULT_MASTER, runtime_conf, spark_session
 from spark_pyfunc._version import __version__
 from spark_pyfunc.errors import (
     InvalidArgumentError,
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "EXIT_STATUSES",
     "build_parser",
     "main",
     "parse_columns",
@@ -81,6 +82,37 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
         except ValueError:
             params[name] = text
     return params
+
+
+def parse_model_config(text: str) -> dict[str, Any]:
+    """``'{"k": 1}'`` or ``@file.json`` -> the JSON object, refusing anything else."""
+    source = f"--model-config {text!r}"
+    if text.startswith("@"):
+        try:
+            text = local_path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"{source}: cannot read the file: {exc.strerror or exc}") from exc
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{source} is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise UsageError(f"{source} must be a JSON object, like '{{\"threshold\": 0.8}}'")
+    return value
+
+
+def parse_conf(items: Sequence[str]) -> dict[str, str]:
+    """``["spark.k=v", ...]`` -> dict, refusing items without ``=`` and repeated keys."""
+    conf: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--conf {item!r} must look like KEY=VALUE")
+        if key in conf:
+            raise UsageError(f"--conf {key!r} is given twice")
+        conf[key] = value
+    return conf
 
 
 def parse_columns(text: str) -> tuple[str, ...]:
@@ -209,6 +241,9 @@ def _logging(verbose: bool) -> Iterator[None]:
 #: The library's keyword arguments -> the flags of ``score`` that set them.
 _FLAGS = {
     "bad_records": "--bad-records",
+    "batch_size": "--batch-size",
+    "method": "--method",
+    "model_config": "--model-config",
     "columns": "--columns",
     "input_format": "--input-format",
     "mode": "--mode",
@@ -249,6 +284,16 @@ def _in_flags() -> Iterator[None]:
             raise
         cls = UsageError if exc.argument is not None else InvalidArgumentError
         raise cls(message) from exc
+
+
+#: The exit statuses of every command, in --help and in the README (tests check both).
+EXIT_STATUSES = """exit status:
+  0    done; OUTPUT written (also when Ctrl-C or an error came after OUTPUT was
+       committed: a line on stderr says OUTPUT was written)
+  1    the model, INPUT, OUTPUT, a setting or Spark failed; OUTPUT is as it was
+  2    usage: a missing or malformed argument or flag; nothing ran
+  130  interrupted (Ctrl-C) before OUTPUT was committed; OUTPUT is as it was and
+       the same command can be run again"""
 
 
 #: MODEL, for score and info: every form spark_udf takes, resolved on the driver.
@@ -294,6 +339,32 @@ def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
         "else as text; repeatable",
     )
     parser.add_argument(
+        "--method",
+        default="predict",
+        help="the model's method to call, e.g. predict_proba (default: predict); its result "
+        "type defaults to double, as MLflow's: the signature describes predict",
+    )
+    parser.add_argument(
+        "--model-config",
+        type=parse_model_config,
+        metavar="JSON|@FILE",
+        help="model_config given to the model: a JSON object, or @FILE holding one",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="at most N rows per call of the model (default: Spark's Arrow batch)",
+    )
+    parser.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Spark or spark.pyfunc.* setting for this run, e.g. "
+        "spark.pyfunc.host.mode=prefork; repeatable",
+    )
+    parser.add_argument(
         "--scope",
         choices=SCOPES,
         default=DEFAULT_SCOPE,
@@ -311,7 +382,8 @@ def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="show rows scored / total and the rate on stderr (default: only on a terminal)",
+        help="show the finished tasks of the job on stderr (default: only on a terminal); "
+        "OUTPUT is the same either way",
     )
     parser.add_argument(
         "--host-log-dir",
@@ -347,11 +419,14 @@ def _score_options(args: argparse.Namespace) -> dict[str, Any]:
         "scope": args.scope,
         "bad_records": args.bad_records,
         "progress": sys.stderr.isatty() if args.progress is None else args.progress,
+        "method": args.method,
+        "model_config": args.model_config,
+        "batch_size": args.batch_size,
     }
 
 
 def _run_score_command(
-    args: argparse.Namespace, session: Callable[[], contextlib.AbstractContextManager]
+    args: argparse.Namespace, session: Callable[[dict[str, str]], contextlib.AbstractContextManager]
 ) -> int:
     """Check, start Spark through ``session``, score, print the summary."""
     options = _score_options(args)
@@ -360,9 +435,30 @@ def _run_score_command(
     options["host_log_dir"] = _host_log_dir(args)
     if options["host_log_dir"] is not None:
         logger.info("model host logs go to %s", options["host_log_dir"])
-    with session() as spark, _in_flags(), _plain_ctrl_c():
-        summary = score(spark, args.model, args.input, args.output, **options)
-    print("\n".join(summary.lines()))
+    conf = parse_conf(args.conf)
+    gate("before-spark")
+    state = CommitState()
+    summary = None
+    try:
+        with session(conf) as spark, _in_flags(), _plain_ctrl_c():
+            summary = score(
+                spark, args.model, args.input, args.output, **options, commit_state=state
+            )
+            gate("stop")
+    except BaseException as exc:
+        if not state.committed:
+            raise  # OUTPUT is as it was: the error (or Ctrl-C: 130) says so
+        # OUTPUT is in place and nothing undoes that: a Ctrl-C (or a failure) while Spark
+        # stops must not read as if it were not.
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else _first_line(exc)
+        written = summary.output if summary is not None else args.output
+        print(f"{PROG}: {what} after OUTPUT was written: {written} is complete", file=sys.stderr)
+    if state.interrupted:
+        print(
+            f"{PROG}: Ctrl-C came while OUTPUT was being committed: it was written", file=sys.stderr
+        )
+    if summary is not None:
+        print("\n".join(summary.lines()))
     return 0
 
 
@@ -429,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Score MLflow-format Python models in Spark, one model copy per executor.",
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -437,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
         "score",
         help="score a parquet/csv/json file with a model",
         description="Score INPUT with MODEL and write INPUT's columns plus the predictions.",
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_score_arguments(score_parser)
     score_parser.add_argument(
@@ -505,7 +605,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help, --version
             return int(exc.code or 0)
         if args.command == "score":
-            session = functools.partial(spark_session, args.master, verbose=args.verbose)
+
+            def session(conf: dict[str, str]) -> contextlib.AbstractContextManager:
+                return spark_session(args.master, verbose=args.verbose, conf=conf)
+
             return _guarded(lambda: _run_score_command(args, session), args.verbose)
         if args.command == "info":
             return _guarded(lambda: _info_command(args), args.verbose)
@@ -533,12 +636,16 @@ def submit_main(argv: Sequence[str] | None = None) -> int:
             return int(exc.code or 0)
 
         @contextlib.contextmanager
-        def session() -> Iterator[SparkSession]:
+        def session(conf: dict[str, str]) -> Iterator[SparkSession]:
             from pyspark.sql import SparkSession
 
-            spark = SparkSession.builder.appName(f"{PROG} score_job").getOrCreate()
+            builder = SparkSession.builder.appName(f"{PROG} score_job")
+            for key, value in conf.items():
+                builder = builder.config(key, value)
+            spark = builder.getOrCreate()
             try:
-                yield spark
+                with runtime_conf(spark, conf):
+                    yield spark
             finally:
                 spark.stop()
 

@@ -13,13 +13,12 @@ CLI rewords them with its flags. pyspark is imported inside the functions that u
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
+import json
 import logging
 import os
 import re
-import shutil
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -27,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spark_pyfunc._commit import staged_output
 from spark_pyfunc._config import HOST_LOG_DIR, PROG, SCOPES
 from spark_pyfunc._format import read_metadata
 from spark_pyfunc._loading import check_loader
 from spark_pyfunc._paths import is_remote, local_path
+from spark_pyfunc._progress import Progress
 from spark_pyfunc._uris import resolve_model_uri
 from spark_pyfunc.errors import (
     InvalidArgumentError,
@@ -60,9 +61,6 @@ MODES = ("error", "overwrite", "append")
 BAD_RECORDS = ("fail", "skip", "keep")
 #: Where Spark's csv/json readers put the text of a row they cannot parse.
 CORRUPT_RECORD = "_corrupt_record"
-#: Spark conf naming a directory for the model hosts' logs that outlives the job.
-#: Tasks per core the input is split into when progress is shown, so that the bar moves.
-_TASKS_PER_CORE = 4
 _EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",
@@ -73,7 +71,6 @@ _EXTENSIONS = {
 }
 # Compression suffixes Spark reads transparently: "x.csv.gz" is a csv file.
 _COMPRESSIONS = {".gz", ".bz2", ".zst", ".lz4", ".snappy", ".deflate", ".xz"}
-_SUCCESS_FILES = ("_SUCCESS", "._SUCCESS.crc")
 logger = logging.getLogger(__name__)
 
 
@@ -206,6 +203,9 @@ class ScoreJob:
     bad_records: str = "fail"
     progress: bool = False
     host_log_dir: str | None = None
+    method: str = "predict"
+    model_config: dict[str, Any] | None = None
+    batch_size: int | None = None
 
 
 def prepare_score(
@@ -224,8 +224,20 @@ def prepare_score(
     bad_records: str = "fail",
     progress: bool = False,
     host_log_dir: str | None = None,
+    method: str = "predict",
+    model_config: dict[str, Any] | None = None,
+    batch_size: int | None = None,
 ) -> ScoreJob:
-    """Check everything that does not need Spark: model, input, output, formats, options."""
+    """Check everything that does not need Spark: model, input, output, formats, options,
+    and INPUT's columns where they can be read without Spark (parquet, plain csv and json)."""
+    if not isinstance(method, str) or not method.isidentifier() or method.startswith("_"):
+        raise _bad_argument("method", f"method= must name a method of the model: {method!r}")
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0
+    ):
+        raise _bad_argument("batch_size", f"batch_size= must be a positive integer: {batch_size!r}")
+    if model_config is not None and not isinstance(model_config, dict):
+        raise _bad_argument("model_config", "model_config= must be a JSON object (a dict)")
     for value, allowed, what in (
         (mode, MODES, "mode"),
         (scope, SCOPES, "scope"),
@@ -279,7 +291,7 @@ def prepare_score(
                     f"{', '.join(names[: len(columns)])} in order; the required inputs "
                     f"{', '.join(unbound)} are left without a column",
                 )
-    return ScoreJob(
+    job = ScoreJob(
         model=model_path,
         metadata=metadata,
         input=str(local_in.resolve()) if local_in is not None else input,
@@ -295,7 +307,60 @@ def prepare_score(
         bad_records=bad_records,
         progress=progress,
         host_log_dir=host_log_dir,
+        method=method,
+        model_config=model_config,
+        batch_size=batch_size,
     )
+    available = _peek_columns(local_in, in_format)
+    if available is not None:  # a wrong column found now, not once Spark read INPUT
+        _bound_columns(job, [c for c in available if c != CORRUPT_RECORD])
+        _check_output_column(job, available)
+    return job
+
+
+def _check_output_column(job: ScoreJob, available: Sequence[str]) -> None:
+    if job.output_column in available:
+        raise _bad_argument(
+            "output_column",
+            f"INPUT already has a column {job.output_column!r}; name the predictions "
+            "with output_column=",
+        )
+
+
+def _peek_columns(local: Path | None, fmt: str) -> list[str] | None:
+    """INPUT's column names read without Spark (a parquet footer, a csv header, the keys
+    of the first json line), or None when they cannot be read that way."""
+    if local is None:
+        return None
+    try:
+        if any(c in str(local) for c in "*?[{"):
+            files = sorted(Path(p) for p in glob.glob(str(local)))
+        elif local.is_dir():
+            files = sorted(
+                p for p in local.rglob("*")
+                if p.is_file() and not p.name.startswith(("_", "."))
+            )  # fmt: skip
+        else:
+            files = [local]
+        if fmt != "parquet":  # compressed text is left to Spark
+            files = [f for f in files if not set(f.suffixes) & _COMPRESSIONS]
+        if not files:
+            return None
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(files[0]).names)
+        with open(files[0], encoding="utf-8", newline="") as handle:
+            first = handle.readline()
+        if fmt == "csv":
+            return next(csv.reader([first])) if first.strip() else None
+        value = json.loads(first) if first.strip() else None
+        return None if not isinstance(value, dict) else list(value)
+    except (OSError, ValueError, UnicodeDecodeError, StopIteration):
+        return None  # Spark reads it, and says what is wrong
+    except Exception as exc:  # pyarrow's own errors: leave the verdict to Spark
+        logger.debug("could not read the columns of %s without Spark: %s", local, exc)
+        return None
 
 
 @dataclass(frozen=True)
@@ -334,11 +399,10 @@ def _bound_columns(job: ScoreJob, available: list[str]) -> list[tuple[str, str]]
     named = _input_names(job.metadata)
     if job.columns is not None:
         missing = [c for c in job.columns if c not in available]
-        if missing:
-            raise _bad_argument(
-                "columns",
+        if missing:  # about INPUT's content, as a missing signature column: not a usage error
+            raise InvalidArgumentError(
                 f"columns= names {', '.join(missing)}, not in INPUT {job.input!r} "
-                f"(its columns: {', '.join(available)})",
+                f"(its columns: {', '.join(available)})"
             )
         names = named[0] if named is not None else list(job.columns)
         return list(zip(job.columns, names, strict=False))
@@ -491,214 +555,6 @@ def _cancel_and_wait(sc: Any, group: str, timeout: float = 120.0) -> None:
     logger.warning("tasks of the cancelled job were still running after %.0f s", timeout)
 
 
-def _sibling(output: Path, role: str) -> Path:
-    """A hidden, unique name next to OUTPUT: same filesystem, so renames are atomic."""
-    return output.parent / f".{output.name}.spark-pyfunc-{role}-{uuid.uuid4().hex[:12]}"
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _make_parents(directory: Path) -> list[Path]:
-    """Create ``directory`` and its missing parents; return those created, outermost first."""
-    missing = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    missing.reverse()
-    for path in missing:
-        path.mkdir()
-    return missing
-
-
-def _append_parts(stage: Path, output: Path) -> None:
-    """Move the staged files into OUTPUT; on any failure move back those already moved.
-
-    Spark's part file names carry the job's UUID, so they never replace existing files; only
-    the ``_SUCCESS`` marker is replaced.
-    """
-    entries = sorted(p for p in stage.iterdir() if p.name not in _SUCCESS_FILES)
-    moved: list[Path] = []
-    try:
-        for entry in entries:
-            target = output / entry.name
-            if target.exists() or target.is_symlink():
-                raise SparkPyfuncError(
-                    f"OUTPUT {str(output)!r} already has {entry.name}; nothing was appended"
-                )
-            os.rename(entry, target)
-            moved.append(target)
-    except BaseException:
-        for target in reversed(moved):
-            os.rename(target, stage / target.name)
-        raise
-    for name in _SUCCESS_FILES:
-        if (stage / name).exists():
-            os.replace(stage / name, output / name)
-
-
-def _commit(stage: Path, output: Path, mode: str) -> None:
-    """Put the staged output in place: as a whole, or its files for an append."""
-    exists = output.exists() or output.is_symlink()
-    if exists and mode == "append":
-        _append_parts(stage, output)
-        _remove(stage)
-    elif exists and mode == "overwrite":
-        old = _sibling(output, "old")
-        os.rename(output, old)
-        try:
-            os.rename(stage, output)
-        except BaseException:
-            os.rename(old, output)
-            raise
-        try:
-            _remove(old)
-        except OSError as exc:
-            logger.warning("could not remove the previous OUTPUT, moved to %s: %s", old, exc)
-    elif exists:
-        raise SparkPyfuncError(
-            f"OUTPUT {str(output)!r} appeared while scoring; nothing was written to it"
-        )
-    else:
-        os.rename(stage, output)
-
-
-@contextlib.contextmanager
-def staged_output(output: str | os.PathLike, mode: str) -> Iterator[Path]:
-    """A fresh path to write OUTPUT to, committed into place only if the block succeeds.
-
-    Args:
-        output: the local OUTPUT path.
-        mode: ``error`` (OUTPUT must not exist), ``overwrite`` (the previous OUTPUT is renamed
-            aside, replaced, then deleted; put back if the replacement fails) or ``append``
-            (the new part files are moved into OUTPUT, or all moved back).
-
-    Returns:
-        A context manager yielding a hidden, not yet existing sibling of OUTPUT.
-
-    Raises:
-        SparkPyfuncError: if the commit cannot be done; whatever the block raises. Either way
-            the sibling and any parent directory made for it are removed.
-
-    Example:
-        >>> with staged_output("out.parquet", "overwrite") as stage:  # doctest: +SKIP
-        ...     frame.write.parquet(str(stage))
-    """
-    output = Path(output)
-    created = _make_parents(output.parent)
-    stage = _sibling(output, "new")
-    try:
-        yield stage
-        _commit(stage, output, mode)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            _remove(stage)
-        for directory in reversed(created):
-            with contextlib.suppress(OSError):
-                directory.rmdir()
-        raise
-
-
-class _Progress:
-    """Rows scored / total and the rate on stderr, from Spark's status tracker.
-
-    Spark reports tasks, not rows: the input is split into equal partitions (see
-    ``_split``), so the rows scored are the total times the share of the write stage's tasks
-    done. tqdm draws the bar when it is installed (the ``progress`` extra); without it a plain
-    line is printed every ``interval`` seconds.
-    """
-
-    def __init__(
-        self, spark: SparkSession, group: str, total: int, tasks: int, interval: float = 10.0
-    ) -> None:
-        self._tracker = spark.sparkContext.statusTracker()
-        self._group, self._total, self._tasks, self._interval = group, total, tasks, interval
-        self._known = set(self._tracker.getJobIdsForGroup(group))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="spark-pyfunc-progress", daemon=True)
-        self._started = time.monotonic()
-        self._shown = 0
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            self._bar = None
-        else:
-            self._bar = tqdm(
-                total=total,
-                unit="rows",
-                unit_scale=total >= 10_000,
-                file=sys.stderr,
-                desc="scoring",
-            )
-
-    def __enter__(self) -> _Progress:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        if self._bar is not None:
-            self._bar.close()
-
-    def finish(self, rows: int) -> None:
-        """Show the final count (the exact one, from the job's own observation)."""
-        self._stop.set()
-        self._thread.join()
-        self._show(rows, final=True)
-
-    def _scored(self) -> int:
-        """Rows done: the total times the share of completed tasks in the scoring stage."""
-        jobs = [j for j in self._tracker.getJobIdsForGroup(self._group) if j not in self._known]
-        best = 0.0
-        for job_id in jobs:
-            info = self._tracker.getJobInfo(job_id)
-            for stage_id in info.stageIds if info is not None else ():
-                stage = self._tracker.getStageInfo(stage_id)
-                if stage is not None and stage.numTasks == self._tasks:
-                    best = max(best, stage.numCompletedTasks / stage.numTasks)
-        return round(self._total * best)
-
-    def _run(self) -> None:
-        last_line = self._started
-        while not self._stop.wait(0.5):
-            try:
-                rows = self._scored()
-            except Exception:  # the context is going away: the job's outcome says the rest
-                return
-            if self._bar is not None:
-                self._show(rows)
-            elif time.monotonic() - last_line >= self._interval:
-                last_line = time.monotonic()
-                self._show(rows)
-
-    def _show(self, rows: int, final: bool = False) -> None:
-        if self._bar is not None:
-            if final:
-                self._bar.total = max(self._bar.total, rows)
-            self._bar.update(max(rows - self._shown, 0))
-            self._shown = max(rows, self._shown)
-            return
-        seconds = time.monotonic() - self._started
-        rate = rows / seconds if seconds > 0 else 0.0
-        percent = 100.0 * rows / self._total if self._total else 100.0
-        print(
-            f"{PROG}: scored {rows:,} / {self._total:,} rows ({percent:.0f}%), {rate:,.0f} rows/s",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
-def _split(frame: DataFrame, spark: SparkSession) -> DataFrame:
-    """Enough equal partitions for the progress to move (2 files would be 2 tasks)."""
-    wanted = _TASKS_PER_CORE * spark.sparkContext.defaultParallelism
-    return frame.repartition(wanted) if frame.rdd.getNumPartitions() < wanted else frame
-
-
 def score(
     spark: SparkSession,
     model: str | os.PathLike,
@@ -716,7 +572,9 @@ def score(
         model: the model directory (or ``file:`` URI).
         input: the file, directory or glob to score (local, ``file:``, or any URI Spark reads).
         output: the local OUTPUT path (or ``file:`` URI).
-        options: those of :func:`prepare_score`.
+        options: those of :func:`prepare_score`, and ``commit_state``: a
+            :class:`~spark_pyfunc._commit.CommitState` that records whether OUTPUT was
+            committed (for a caller that must tell a Ctrl-C before the commit from one after).
 
     Returns:
         A :class:`ScoreSummary`.
@@ -737,22 +595,18 @@ def score(
 
     from spark_pyfunc._udf import spark_udf
 
+    commit_state = options.pop("commit_state", None)
     job = prepare_score(model, input, output, **options)
     dtype = _result_type(job.result_type)
     frame = _read(spark, job)
     corrupt = CORRUPT_RECORD in frame.columns and job.input_format != "parquet"
-    if job.output_column in frame.columns:
-        raise _bad_argument(
-            "output_column",
-            f"INPUT already has a column {job.output_column!r}; name the predictions "
-            "with output_column=",
-        )
+    _check_output_column(job, frame.columns)
     data_columns = [c for c in frame.columns if not (corrupt and c == CORRUPT_RECORD)]
     pairs = _bound_columns(job, data_columns)
     started = time.perf_counter()
     with (
         _host_log_conf(spark, job.host_log_dir),
-        staged_output(job.output, job.mode) as stage,
+        staged_output(job.output, job.mode, commit_state) as stage,
         _job_group(spark) as group,
     ):
         total = None
@@ -767,11 +621,16 @@ def score(
             frame = frame.where(F.col(CORRUPT_RECORD).isNull())
         kept = [*data_columns, CORRUPT_RECORD] if corrupt and job.bad_records == "keep" else []
         frame = frame.select(*[F.col(f"`{c}`") for c in kept or data_columns])
-        if job.progress:
-            if total is None:
-                total = frame.count()
-            frame = _split(frame, spark)
-        udf = spark_udf(spark, job.model, result_type=dtype, params=job.params, scope=job.scope)
+        udf = spark_udf(
+            spark,
+            job.model,
+            result_type=dtype,
+            params=job.params,
+            scope=job.scope,
+            method=job.method,
+            model_config=job.model_config,
+            batch_size=job.batch_size,
+        )
         inputs = F.struct(*[F.col(f"`{column}`").alias(name) for column, name in pairs])
         scored = frame.withColumn(job.output_column, udf(inputs))
         if job.output_format == "csv" and isinstance(udf.result_type, StructType):
@@ -788,15 +647,9 @@ def score(
         writer = writer.format(job.output_format).mode("error")
         if job.output_format == "csv":
             writer = writer.option("header", True)
-        if job.progress and total is not None:
-            tasks = frame.rdd.getNumPartitions()
-            with _Progress(spark, group, total, tasks) as progress:
-                writer.save(str(stage))
-                rows = int(observation.get["rows"])
-                progress.finish(rows)
-        else:
+        with Progress(spark, group) if job.progress else contextlib.nullcontext():
             writer.save(str(stage))
-            rows = int(observation.get["rows"])
+        rows = int(observation.get["rows"])
     seconds = time.perf_counter() - started
     skipped = int(bad_rows.get["bad"]) if bad_rows is not None else None
     if skipped:
