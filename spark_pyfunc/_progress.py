@@ -11,12 +11,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from spark_pyfunc._config import PROG
-
-if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
 
 __all__ = ["Progress"]
 
@@ -28,7 +25,7 @@ class Progress:
     is printed every ``interval`` seconds, and whenever the count changes.
     """
 
-    def __init__(self, spark: SparkSession, group: str, interval: float = 10.0) -> None:
+    def __init__(self, spark: Any, group: str, interval: float = 10.0) -> None:
         self._tracker = spark.sparkContext.statusTracker()
         self._group, self._interval = group, interval
         self._known = set(self._tracker.getJobIdsForGroup(group))

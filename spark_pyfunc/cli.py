@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 from spark_pyfunc._commit import CommitState, gate
 from spark_pyfunc._config import DEFAULT_SCOPE, HOST_LOG_DIR, PROG, SCOPES
 from spark_pyfunc._describe import describe, info_lines
+from spark_pyfunc._error_line import first_line, is_expected
 from spark_pyfunc._paths import local_path
 from spark_pyfunc._spark_session import DEFAULT_MASTER, runtime_conf, spark_session
 from spark_pyfunc._version import __version__
 from spark_pyfunc.errors import (
     InvalidArgumentError,
-    SparkPyfuncError,
     UsageError,
 )
 from spark_pyfunc.scoring import (
@@ -126,62 +126,6 @@ def parse_columns(text: str) -> tuple[str, ...]:
     return names
 
 
-def _exception_line(text: str) -> str:
-    """The final exception's line of a Python traceback embedded in ``text``."""
-    lines = text.splitlines()
-    start = max(i for i, line in enumerate(lines) if "Traceback (most recent" in line)
-    for line in lines[start + 1 :]:
-        if line.strip() and not line.startswith((" ", "\t")):
-            return re.sub(r"^(\w+\.)+(?=\w+: )", "", line)
-    return lines[start]
-
-
-def _java_message(java: Any) -> str:
-    """The most telling message of a Java exception's cause chain.
-
-    A wrapper ("Job aborted due to stage failure", "Exception thrown in awaitResult") says
-    little; the first cause carrying a Spark error class (``[CANNOT_READ_FILE_FOOTER] ...``)
-    names the file or column at fault, else the root cause does.
-    """
-    chain, seen = [], set()
-    while java is not None and id(java) not in seen and len(chain) < 20:
-        seen.add(id(java))
-        chain.append(str(java.toString()))
-        try:
-            java = java.getCause()
-        except Exception:  # py4j errors: keep what we have
-            break
-    if "Traceback (most recent" in chain[0]:
-        return chain[0]
-    for message in chain:
-        if re.match(r"^(?:[\w$]+\.)*[\w$]+: \[[A-Z_]+(?:\.[A-Z_]+)*\]", message):
-            return message
-    return chain[-1] if len(chain) > 1 else chain[0]
-
-
-def _first_line(exc: BaseException) -> str:
-    """One meaningful line for any error Spark or spark_pyfunc raises."""
-    text = str(exc)
-    java = getattr(exc, "java_exception", None)  # py4j's Py4JJavaError
-    if java is not None and "Traceback (most recent" not in text:
-        text = _java_message(java)
-    if "Traceback (most recent" in text:
-        return _exception_line(text)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    line = lines[0] if lines else type(exc).__name__
-    line = re.sub(r"\s*SQLSTATE: \w+\.?$", "", line)
-    # A Java class name before Spark's [ERROR_CLASS] adds nothing for the reader.
-    line = re.sub(r"^(?:[a-z]\w*\.)+[A-Z]\w*: (?=\[)", "", line)
-    if not isinstance(exc, SparkPyfuncError) and not _is_spark_error(exc):
-        line = f"{type(exc).__name__}: {line}"
-    return line
-
-
-def _is_spark_error(exc: BaseException) -> bool:
-    module = type(exc).__module__
-    return module.startswith(("pyspark", "py4j"))
-
-
 def _guarded(action: Callable[[], int], verbose: bool) -> int:
     """Run a command; every failure becomes ``spark-pyfunc: error: ...`` and an exit status."""
     try:
@@ -193,15 +137,11 @@ def _guarded(action: Callable[[], int], verbose: bool) -> int:
         code = 2 if isinstance(exc, UsageError) else 1
         if verbose and not isinstance(exc, UsageError):
             logger.exception("%s failed", PROG)
-        if not verbose and (len(str(exc).splitlines()) > 1 or not _is_expected(exc)):
+        if not verbose and (len(str(exc).splitlines()) > 1 or not is_expected(exc)):
             # before the error, which stays the last line: the model's own, for its errors
             print(f"{PROG}: run with --verbose for details", file=sys.stderr)
-        print(f"{PROG}: error: {_first_line(exc)}", file=sys.stderr)
+        print(f"{PROG}: error: {first_line(exc)}", file=sys.stderr)
         return code
-
-
-def _is_expected(exc: BaseException) -> bool:
-    return isinstance(exc, (SparkPyfuncError, OSError)) or _is_spark_error(exc)
 
 
 @contextlib.contextmanager
@@ -450,7 +390,7 @@ def _run_score_command(
             raise  # OUTPUT is as it was: the error (or Ctrl-C: 130) says so
         # OUTPUT is in place and nothing undoes that: a Ctrl-C (or a failure) while Spark
         # stops must not read as if it were not.
-        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else _first_line(exc)
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else first_line(exc)
         written = summary.output if summary is not None else args.output
         print(f"{PROG}: {what} after OUTPUT was written: {written} is complete", file=sys.stderr)
     if state.interrupted:

@@ -13,9 +13,6 @@ CLI rewords them with its flags. pyspark is imported inside the functions that u
 from __future__ import annotations
 
 import contextlib
-import csv
-import glob
-import json
 import logging
 import os
 import re
@@ -29,6 +26,14 @@ from typing import TYPE_CHECKING, Any
 from spark_pyfunc._commit import staged_output
 from spark_pyfunc._config import HOST_LOG_DIR, PROG, SCOPES
 from spark_pyfunc._format import read_metadata
+from spark_pyfunc._input import (
+    CORRUPT_RECORD,
+    FORMATS,
+    bad_argument,
+    check_input,
+    peek_columns,
+    resolve_format,
+)
 from spark_pyfunc._loading import check_loader
 from spark_pyfunc._paths import is_remote, local_path
 from spark_pyfunc._progress import Progress
@@ -56,35 +61,9 @@ __all__ = [
     "staged_output",
 ]
 
-FORMATS = ("parquet", "csv", "json")
 MODES = ("error", "overwrite", "append")
 BAD_RECORDS = ("fail", "skip", "keep")
-#: Where Spark's csv/json readers put the text of a row they cannot parse.
-CORRUPT_RECORD = "_corrupt_record"
-_EXTENSIONS = {
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".csv": "csv",
-    ".json": "json",
-    ".jsonl": "json",
-    ".ndjson": "json",
-}
-# Compression suffixes Spark reads transparently: "x.csv.gz" is a csv file.
-_COMPRESSIONS = {".gz", ".bz2", ".zst", ".lz4", ".snappy", ".deflate", ".xz"}
 logger = logging.getLogger(__name__)
-
-
-def _bad_argument(keyword: str, message: str) -> InvalidArgumentError:
-    """An error in the keyword argument ``keyword``; the message names it as ``keyword=``,
-    which the CLI rewords into its flag (``output_column=`` -> ``--output-column``)."""
-    error = InvalidArgumentError(message)
-    error.argument = keyword
-    return error
-
-
-def _local_input(path: str) -> Path | None:
-    """The local file behind INPUT, or None for a remote URI that Spark reads as it is."""
-    return None if is_remote(path) else local_path(path)
 
 
 def _local_output(path: str) -> Path:
@@ -99,56 +78,6 @@ def _local_output(path: str) -> Path:
     return local_path(path).resolve()
 
 
-def _format_of_name(path: str) -> str | None:
-    suffixes = [s.lower() for s in Path(path.rstrip("/")).suffixes]
-    while suffixes and suffixes[-1] in _COMPRESSIONS:
-        suffixes.pop()
-    return _EXTENSIONS.get(suffixes[-1]) if suffixes else None
-
-
-def _format_of_dir(path: Path) -> str | None:
-    """The one format of the data files in a directory Spark wrote (part-*.parquet, ...)."""
-    found = {
-        _format_of_name(child.name)
-        for child in path.iterdir()
-        if child.is_file() and not child.name.startswith(("_", "."))
-    }
-    found.discard(None)
-    return found.pop() if len(found) == 1 else None
-
-
-def _resolve_format(path: str, given: str | None, local: Path | None, role: str) -> str:
-    if given is not None:
-        return given
-    fmt = _format_of_name(path)
-    if fmt is None and local is not None and local.is_dir():
-        fmt = _format_of_dir(local)
-    if fmt is None:
-        keyword = "input_format" if role == "INPUT" else "output_format"
-        raise _bad_argument(
-            keyword,
-            f"cannot tell the format of {role} {path!r} from its name; name it *.parquet, "
-            f"*.csv or *.json, or pass {keyword}= {'|'.join(FORMATS)}",
-        )
-    return fmt
-
-
-def _check_input(path: str) -> Path | None:
-    local = _local_input(path)
-    if local is None:
-        return None
-    if any(c in str(local) for c in "*?[") and "{" not in str(local):  # Spark's globs
-        if not glob.glob(str(local)):
-            raise InvalidArgumentError(f"INPUT {path!r} matches no file")
-        return local
-    if not local.exists():
-        raise InvalidArgumentError(f"INPUT {path!r} does not exist")
-    wanted = os.R_OK | (os.X_OK if local.is_dir() else 0)
-    if not os.access(local, wanted):
-        raise InvalidArgumentError(f"INPUT {path!r} is not readable (permission denied)")
-    return local
-
-
 def _check_params(params: dict[str, Any], metadata: ModelMetadata) -> dict[str, Any] | None:
     """Refuse unknown names (spark_udf would only warn) and values the params schema refuses."""
     if not params:
@@ -157,7 +86,7 @@ def _check_params(params: dict[str, Any], metadata: ModelMetadata) -> dict[str, 
 
     schema = metadata.get_params_schema()
     if schema is None:
-        raise _bad_argument(
+        raise bad_argument(
             "params",
             f"the model takes no params (its signature has no params schema), but params= "
             f"{', '.join(params)} was given",
@@ -165,7 +94,7 @@ def _check_params(params: dict[str, Any], metadata: ModelMetadata) -> dict[str, 
     known = [p.name for p in schema.params]
     unknown = [n for n in params if n not in known]
     if unknown:
-        raise _bad_argument(
+        raise bad_argument(
             "params",
             f"the model has no param {', '.join(map(repr, unknown))}; "
             f"its params are: {', '.join(known)}",
@@ -173,7 +102,7 @@ def _check_params(params: dict[str, Any], metadata: ModelMetadata) -> dict[str, 
     try:
         return enforce_params(params, schema)
     except SchemaEnforcementError as exc:
-        raise _bad_argument("params", f"params=: {exc}") from exc
+        raise bad_argument("params", f"params=: {exc}") from exc
 
 
 def _input_names(metadata: ModelMetadata) -> tuple[list[str], set[str]] | None:
@@ -231,13 +160,13 @@ def prepare_score(
     """Check everything that does not need Spark: model, input, output, formats, options,
     and INPUT's columns where they can be read without Spark (parquet, plain csv and json)."""
     if not isinstance(method, str) or not method.isidentifier() or method.startswith("_"):
-        raise _bad_argument("method", f"method= must name a method of the model: {method!r}")
+        raise bad_argument("method", f"method= must name a method of the model: {method!r}")
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0
     ):
-        raise _bad_argument("batch_size", f"batch_size= must be a positive integer: {batch_size!r}")
+        raise bad_argument("batch_size", f"batch_size= must be a positive integer: {batch_size!r}")
     if model_config is not None and not isinstance(model_config, dict):
-        raise _bad_argument("model_config", "model_config= must be a JSON object (a dict)")
+        raise bad_argument("model_config", "model_config= must be a JSON object (a dict)")
     for value, allowed, what in (
         (mode, MODES, "mode"),
         (scope, SCOPES, "scope"),
@@ -246,21 +175,21 @@ def prepare_score(
         (output_format, (*FORMATS, None), "output_format"),
     ):
         if value not in allowed:
-            raise _bad_argument(
+            raise bad_argument(
                 what, f"{what}= must be one of {', '.join(filter(None, allowed))}: {value!r}"
             )
     if not output_column:
-        raise _bad_argument("output_column", "output_column= must not be empty")
+        raise bad_argument("output_column", "output_column= must not be empty")
     model_text = os.fspath(model)
     model_path = resolve_model_uri(model_text)
     metadata = read_metadata(model_path)
     check_loader(metadata, f"MODEL {model_text!r}")
-    local_in = _check_input(input)
+    local_in = check_input(input)
     local_out = _local_output(output)
-    in_format = _resolve_format(input, input_format, local_in, "INPUT")
-    out_format = _resolve_format(output, output_format, local_out, "OUTPUT")
+    in_format = resolve_format(input, input_format, local_in, "INPUT")
+    out_format = resolve_format(output, output_format, local_out, "OUTPUT")
     if local_in is not None and local_in.resolve() == local_out:
-        raise _bad_argument(
+        raise bad_argument(
             "output", f"INPUT and OUTPUT are the same path {input!r}; write somewhere else"
         )
     if mode == "error" and (local_out.exists() or local_out.is_symlink()):
@@ -278,14 +207,14 @@ def prepare_score(
         if named is not None:
             names, required = named
             if len(columns) > len(names):
-                raise _bad_argument(
+                raise bad_argument(
                     "columns",
                     f"columns= gives {len(columns)} columns but the model takes "
                     f"{len(names)} inputs: {', '.join(names)}",
                 )
             unbound = [n for n in names[len(columns) :] if n in required]
             if unbound:
-                raise _bad_argument(
+                raise bad_argument(
                     "columns",
                     f"columns= binds {len(columns)} columns to the inputs "
                     f"{', '.join(names[: len(columns)])} in order; the required inputs "
@@ -311,7 +240,7 @@ def prepare_score(
         model_config=model_config,
         batch_size=batch_size,
     )
-    available = _peek_columns(local_in, in_format)
+    available = peek_columns(local_in, in_format)
     if available is not None:  # a wrong column found now, not once Spark read INPUT
         _bound_columns(job, [c for c in available if c != CORRUPT_RECORD])
         _check_output_column(job, available)
@@ -320,47 +249,11 @@ def prepare_score(
 
 def _check_output_column(job: ScoreJob, available: Sequence[str]) -> None:
     if job.output_column in available:
-        raise _bad_argument(
+        raise bad_argument(
             "output_column",
             f"INPUT already has a column {job.output_column!r}; name the predictions "
             "with output_column=",
         )
-
-
-def _peek_columns(local: Path | None, fmt: str) -> list[str] | None:
-    """INPUT's column names read without Spark (a parquet footer, a csv header, the keys
-    of the first json line), or None when they cannot be read that way."""
-    if local is None:
-        return None
-    try:
-        if any(c in str(local) for c in "*?[{"):
-            files = sorted(Path(p) for p in glob.glob(str(local)))
-        elif local.is_dir():
-            files = sorted(
-                p for p in local.rglob("*")
-                if p.is_file() and not p.name.startswith(("_", "."))
-            )  # fmt: skip
-        else:
-            files = [local]
-        if fmt != "parquet":  # compressed text is left to Spark
-            files = [f for f in files if not set(f.suffixes) & _COMPRESSIONS]
-        if not files:
-            return None
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            return list(pq.read_schema(files[0]).names)
-        with open(files[0], encoding="utf-8", newline="") as handle:
-            first = handle.readline()
-        if fmt == "csv":
-            return next(csv.reader([first])) if first.strip() else None
-        value = json.loads(first) if first.strip() else None
-        return None if not isinstance(value, dict) else list(value)
-    except (OSError, ValueError, UnicodeDecodeError, StopIteration):
-        return None  # Spark reads it, and says what is wrong
-    except Exception as exc:  # pyarrow's own errors: leave the verdict to Spark
-        logger.debug("could not read the columns of %s without Spark: %s", local, exc)
-        return None
 
 
 @dataclass(frozen=True)
@@ -493,7 +386,7 @@ def _result_type(text: str | None) -> Any:
         cause = exc.__cause__ if exc.__cause__ is not None else exc
         lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
         reason = re.sub(r"\s*SQLSTATE: \w+\.?", "", lines[0]) if lines else type(cause).__name__
-        raise _bad_argument(
+        raise bad_argument(
             "result_type", f"result_type= {text!r} is not a valid Spark type: {reason}"
         ) from exc
 

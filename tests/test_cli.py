@@ -488,7 +488,6 @@ def test_errors_found_once_spark_reads_the_input(spark, capsys, tmp_path, model_
     assert "end of input" in line  # Spark's reason, not an empty one
 
 
-
 def test_failure_inside_spark_is_one_line(spark, capsys, tmp_path, model_dir, features):
     broken = features.astype({"f2": str})
     broken["f2"] = "not a number"

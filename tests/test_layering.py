@@ -25,7 +25,8 @@ PACKAGE_DIR = Path(spark_pyfunc.__file__).parent
 TIERS: list[list[str]] = [
     ["errors", "_version"],
     ["_config", "_paths", "_locks"],
-    ["schema._types", "_wire", "_spark_session", "_uris", "_progress", "_commit"],
+    ["schema._types", "_wire", "_spark_session", "_uris"],
+    ["_progress", "_commit", "_input", "_error_line"],
     ["schema._coerce", "_rendezvous", "_shipping", "_batching"],
     ["schema._specs"],
     ["schema._infer", "schema._enforce"],
