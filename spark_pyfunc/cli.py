@@ -245,7 +245,7 @@ _MODEL_HELP = (
 
 
 def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``score``, shared with scripts/score_job.py (which has no --master)."""
+    """The options of ``score``, shared with score_job.py (which has no --master)."""
     parser.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     parser.add_argument("input", metavar="INPUT", help="input file or directory")
     parser.add_argument("output", metavar="OUTPUT", help="output directory Spark writes")
@@ -558,10 +558,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def submit_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of scripts/score_job.py: ``score`` in the session spark-submit configured."""
+    """Entry point of spark_pyfunc/score_job.py: ``score`` in the session spark-submit
+    configured."""
     parser = _Parser(
         prog="score_job.py",
-        description="spark-submit scripts/score_job.py MODEL INPUT OUTPUT [options]: "
+        description='spark-submit "$(python -m spark_pyfunc.score_job --path)" MODEL INPUT '
+        "OUTPUT [options]: "
         "score INPUT with MODEL in the session spark-submit configured.",
     )
     _add_score_arguments(parser)

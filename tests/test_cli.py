@@ -320,13 +320,28 @@ def test_info_text(capsys, model_dir):
     assert "weights" in out and "requirements:" in out and "cloudpickle" in out
 
 
+def test_info_shows_model_config(capsys, sized_model, tmp_path):
+    model = tmp_path / "configured"
+    save_model(model, python_model=Sized(), model_config={"threshold": 0.8, "name": "x"})
+    code, out, _ = run_cli(capsys, "info", model)
+    assert code == 0
+    at = out.splitlines().index("model_config:")
+    shown = sorted(line.split() for line in out.splitlines()[at + 1 : at + 3])
+    assert shown == [["name", '"x"'], ["threshold", "0.8"]]
+    code, out, _ = run_cli(capsys, "info", model, "--json")
+    assert json.loads(out)["model_config"] == {"threshold": 0.8, "name": "x"}
+    code, out, _ = run_cli(capsys, "info", sized_model)
+    assert "model_config  -" in out
+
+
 def test_info_json_is_a_stable_dict(capsys, model_dir):
     code, out, _ = run_cli(capsys, "info", model_dir, "--json")
     assert code == 0
     info = json.loads(out)
     assert set(info) == {
-        "path", "flavors", "loader_module", "model_uuid", "utc_time_created",
-        "model_size_bytes", "python_version", "cloudpickle_version", "mlflow_version",
+        "model", "path", "model_config", "flavors", "loader_module", "model_uuid",
+        "utc_time_created", "model_size_bytes", "python_version", "cloudpickle_version",
+        "mlflow_version",
         "inputs", "outputs", "params", "artifacts", "requirements",
     }  # fmt: skip
     assert info["path"] == str(model_dir.resolve()) or info["path"] == str(model_dir)

@@ -38,6 +38,7 @@ TIERS: list[list[str]] = [
     ["_udf"],
     ["scoring", "_demo", ""],
     ["cli"],
+    ["score_job"],
 ]
 
 #: Module -> layer.
