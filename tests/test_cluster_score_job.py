@@ -105,6 +105,8 @@ def test_score_job_under_spark_submit_matches_local_predict(tmp_path):
     )  # fmt: skip
     assert broken.returncode == 1
     errors = [line for line in broken.stdout.splitlines() if line.startswith("spark-pyfunc:")]
-    assert len(errors) == 1 and "f0 above 2.0: refusing to score this batch" in errors[0]
+    hint = "spark-pyfunc: run with --verbose for details"  # before the error, which ends it
+    assert errors[-1].startswith("spark-pyfunc: error: ") and set(errors[:-1]) <= {hint}
+    assert errors[-1].endswith("ValueError: f0 above 2.0: refusing to score this batch")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
