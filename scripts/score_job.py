@@ -1,17 +1,14 @@
-"""Score a file with a model as a spark-submit application.
+"""A thin wrapper kept for old command lines: the entry point ships in the package as
+``spark_pyfunc/score_job.py`` (``python -m spark_pyfunc.score_job --path`` prints its path).
 
     spark-submit [--master ...] scripts/score_job.py MODEL INPUT OUTPUT [options]
-
-The options are those of ``spark-pyfunc score`` except ``--master`` (spark-submit sets the
-master and every other Spark setting); ``--help`` lists them. The scoring is
-``spark_pyfunc.scoring.score``, the same code the console script runs.
 """
 
 from __future__ import annotations
 
 import sys
 
-from spark_pyfunc.cli import submit_main
+from spark_pyfunc.score_job import main
 
 if __name__ == "__main__":
-    sys.exit(submit_main())
+    sys.exit(main())

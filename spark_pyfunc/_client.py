@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import re
 import socket
 import threading
 from collections import deque
@@ -28,7 +27,7 @@ import pyarrow as pa
 
 from spark_pyfunc import errors
 from spark_pyfunc._config import PIPELINE_DEPTH
-from spark_pyfunc._launcher import HostKilled, HostLauncher, HostSpec
+from spark_pyfunc._launcher import HostKilled, HostLauncher, HostSpec, without_own_frames
 from spark_pyfunc._wire import (
     arrow_bytes_to_frame,
     arrow_bytes_to_table,
@@ -54,7 +53,12 @@ ATTEMPTS = 3
 def _remote_error(reply: dict, method: str, host_pid: int | None) -> Exception:
     """The exception for an error response: the package's own error types (a schema
     mismatch, an unrepresentable result) keep their type, anything else the model raised
-    becomes a PredictionError. Both carry the remote traceback."""
+    becomes a PredictionError. Both carry the remote traceback.
+
+    A PredictionError's message ends as a traceback of the model's own does: the model's
+    frames (the host's relay frames left out), then its ``Type: message``, so that the last
+    line a user sees, in any scope, is the model's error.
+    """
     name = str(reply.get("error", "Exception"))
     message = str(reply.get("message", ""))
     remote_tb = str(reply.get("traceback", ""))
@@ -68,27 +72,18 @@ def _remote_error(reply: dict, method: str, host_pid: int | None) -> Exception:
         exc.remote_traceback = remote_tb
         return exc
     return PredictionError(
-        f"the model's {method} raised {name}: {message}\n"
-        f"--- traceback in the model host (pid {host_pid}) ---\n"
-        f"{_frames_only(remote_tb, name, message)}",
+        f"the model's {method} raised {name} in the model host (pid {host_pid}):\n"
+        f"{_model_frames(remote_tb, name, message)}",
         remote_traceback=remote_tb,
     )
 
 
-
-def _frames_only(remote_tb: str, name: str, message: str) -> str:
-    """The traceback without its closing ``Type: message`` line(s), which the error's first
-    line already says: a Spark stack trace then shows the model's message once."""
-    text = remote_tb.rstrip("\n")
+def _model_frames(remote_tb: str, name: str, message: str) -> str:
+    """The host's traceback without spark_pyfunc's own frames, ending with the closing
+    ``Type: message`` (added when the text ends otherwise)."""
+    text = without_own_frames(remote_tb.rstrip("\n").splitlines())
     closing = f"{name}: {message}" if message else name
-    if not text.endswith(closing):
-        return text
-    head = text[: len(text) - len(closing)]
-    qualifier = head[head.rfind("\n") + 1 :]  # "pkg.module." of a class outside builtins
-    if qualifier and not re.fullmatch(r"[\w.]*\.", qualifier):
-        return text
-    return head[: len(head) - len(qualifier)].rstrip("\n")
-
+    return text if text.endswith(closing) else f"{text}\n{closing}".lstrip("\n")
 
 
 def _defines_init(cls: type) -> bool:

@@ -11,6 +11,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from spark_pyfunc._format import read_metadata
+from spark_pyfunc._paths import is_remote
 from spark_pyfunc._uris import resolve_model_uri
 
 if TYPE_CHECKING:
@@ -29,7 +30,10 @@ def describe(model: str | os.PathLike) -> dict[str, Any]:
     ``struct<a: long, b?: string>``, ``tensor<float64>(-1, 3)``); an unnamed column is
     named by its position.
     """
+    text = os.fspath(model)
     metadata = read_metadata(resolve_model_uri(model))
+    # A URI's local copy is a download deleted at exit: show what the user gave instead.
+    remote = is_remote(text) and not text.startswith("file:")
 
     def columns(schema: Schema | None) -> list[dict[str, Any]] | None:
         if schema is None:
@@ -46,7 +50,9 @@ def describe(model: str | os.PathLike) -> dict[str, Any]:
     params = metadata.get_params_schema()
     artifacts = metadata.pyfunc_conf.get("artifacts") or {}
     return {
-        "path": str(metadata.path),
+        "model": text,
+        "path": None if remote else str(metadata.path),
+        "model_config": metadata.model_config or None,
         "flavors": sorted(metadata.flavors),
         "loader_module": metadata.loader_module,
         "model_uuid": metadata.model_uuid,
@@ -103,7 +109,8 @@ def _shown(value: Any) -> str:
 def info_lines(info: dict[str, Any]) -> list[str]:
     """The human form of :func:`describe`."""
     lines = [
-        f"model         {info['path']}",
+        f"model         {info['model']}"
+        + (f" ({info['path']})" if info["path"] not in (None, info["model"]) else ""),
         f"flavors       {', '.join(info['flavors'])} (loader module {info['loader_module']})",
         f"uuid          {_shown(info['model_uuid'])}",
         f"created       {_shown(info['utc_time_created'])} UTC",
@@ -131,6 +138,11 @@ def info_lines(info: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append("params        -")
+    if info["model_config"]:
+        lines.append("model_config:")
+        lines += _table([[k, json.dumps(v, default=str)] for k, v in info["model_config"].items()])
+    else:
+        lines.append("model_config  -")
     if info["artifacts"]:
         lines.append("artifacts:")
         lines += _table([[name, _shown(path)] for name, path in info["artifacts"].items()])

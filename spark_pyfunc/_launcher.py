@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import select
 import signal
 import socket
@@ -64,7 +65,14 @@ from spark_pyfunc._status import note_start
 from spark_pyfunc._wire import recv_message, tune_socket
 from spark_pyfunc.errors import HostError
 
-__all__ = ["HostKilled", "HostLauncher", "HostSpec", "host_key"]
+__all__ = [
+    "HostKilled",
+    "HostLauncher",
+    "HostSpec",
+    "ending_with_traceback",
+    "host_key",
+    "without_own_frames",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +204,45 @@ def _signal_name(number: int) -> str:
     except ValueError:
         return f"signal {number}"
 
+
+
+#: A traceback's frame line in one of spark_pyfunc's own modules (the host's relay).
+_OWN_FRAME = re.compile(r'^  File ".*[/\\]spark_pyfunc[/\\][\w/\\]*\.py", line \d+, in ')
+
+
+def without_own_frames(lines: list[str]) -> str:
+    """Traceback lines without the frames (and their source lines) of spark_pyfunc's own
+    modules: the relay around the model's code."""
+    kept: list[str] = []
+    skipping = False
+    for line in lines:
+        if line.startswith("  File "):
+            skipping = bool(_OWN_FRAME.match(line))
+        elif not line.startswith("    "):
+            skipping = False
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def ending_with_traceback(tail: str) -> str:
+    """A host log's tail cut after the closing line(s) of its last traceback, so that an
+    error carrying it ends with the model's ``Type: message`` (what the host logged after
+    that, its shutdown, stays in the log file)."""
+    lines = tail.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if not starts:
+        return tail
+    end = starts[-1] + 1
+    while end < len(lines) and lines[end].startswith((" ", "\t")):
+        end += 1  # the frames
+    while end < len(lines) and not _LOG_RECORD.match(lines[end]):
+        end += 1  # the exception's lines, up to the next log record
+    return "\n".join([*lines[: starts[-1]], without_own_frames(lines[starts[-1] : end])])
+
+
+#: The start of a line of the host's log (see _host's logging format).
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 
 class HostKilled(HostError):
@@ -389,13 +436,17 @@ class HostLauncher:
         return Path(exit_status_path(str(self.pid_path)))
 
 
-    def _fail(self, message: str, cls: type[HostError] = HostError) -> HostError:
+    def _fail(
+        self, message: str, cls: type[HostError] = HostError, *, model_error: bool = False
+    ) -> HostError:
+        """A HostError with the log's tail; ``model_error``: cut after the last traceback
+        (the model's, when loading it failed), so that the error ends with its line."""
+        tail = _log_tail(self.log_path)
         return cls(
             f"{message} (model {self.model_name}, log {self.log_path})",
             log_path=str(self.log_path),
-            log_tail=_log_tail(self.log_path),
+            log_tail=ending_with_traceback(tail) if model_error else tail,
         )
-
 
     def _ended(self, pid: int) -> HostError:
         """The error for host ``pid``, gone before it was ready, saying how it ended: a
@@ -418,7 +469,8 @@ class HostLauncher:
         error = f": {status['error']}" if status.get("error") else ""
         return self._fail(
             f"the model host (pid {pid}) exited with code {status.get('code')} before it was "
-            f"ready; loading the model failed{error}"
+            f"ready; loading the model failed{error}",
+            model_error=True,
         )
 
 

@@ -25,6 +25,7 @@ import pickle
 import platform
 import sys
 import time
+import traceback
 import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,7 +35,7 @@ import cloudpickle
 
 from spark_pyfunc._format import ModelMetadata, read_metadata, read_model_config
 from spark_pyfunc._uris import resolve_model_uri
-from spark_pyfunc.errors import MissingDependencyError, ModelFormatError
+from spark_pyfunc.errors import MissingDependencyError, ModelExitError, ModelFormatError
 from spark_pyfunc.python_model import PythonModel, PythonModelContext, bind_inference
 from spark_pyfunc.schema import enforce_params, enforce_schema
 
@@ -145,7 +146,13 @@ class PyFuncModel:
         if inputs is not None and not self._metadata.raw.get("is_signature_from_type_hint"):
             data = enforce_schema(data, inputs)
         params = enforce_params(params, self._metadata.get_params_schema())
-        return call(data, params)
+        try:
+            return call(data, params)
+        except SystemExit as exc:  # would end the worker or the host's serving thread
+            raise ModelExitError(
+                f"the model's {method} called sys.exit, which would end the process serving "
+                f"it; a model must raise an exception instead:\n{_model_traceback(exc)}"
+            ) from None
 
     def unwrap_python_model(self) -> Any:
         """The user's python model object (a PythonModel instance), as loaded."""
@@ -181,6 +188,18 @@ def _is_public_name(name: Any) -> bool:
         and not name.startswith("_")
         and name not in _NOT_INFERENCE
     )
+
+
+def _model_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback without spark_pyfunc's own frames, ending ``Type: message``."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if os.path.dirname(os.path.abspath(f.filename)) != here
+    ]
+    closing = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames)) + closing
 
 
 def load_model(

@@ -14,13 +14,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spark_pyfunc._config import PROG
 from spark_pyfunc.errors import (
     EnvironmentSetupError,
+    InvalidArgumentError,
 )
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MASTER",
     "check_java",
+    "runtime_conf",
     "spark_session",
 ]
 
@@ -97,9 +99,16 @@ def check_java() -> str:
 
 @contextlib.contextmanager
 def spark_session(
-    master: str | None, *, verbose: bool = False, app_name: str = PROG
+    master: str | None,
+    *,
+    verbose: bool = False,
+    app_name: str = PROG,
+    conf: Mapping[str, str] | None = None,
 ) -> Iterator[SparkSession]:
     """The active session if there is one (left running), else an embedded one (stopped after).
+
+    ``conf`` (``--conf``) configures the embedded session; on the active one it is set for the
+    block (settings Spark fixes at start cannot be: the error names them).
 
     The embedded driver gets its own log4j2 file: Spark's ERROR logs of a failed task carry
     Java stack traces, which the CLI reduces to one line; ``verbose`` brings back WARN.
@@ -113,7 +122,8 @@ def spark_session(
             logger.warning(
                 "reusing the active Spark session on %s, not --master %s", running, master
             )
-        yield active
+        with runtime_conf(active, conf or {}):
+            yield active
         return
     check_java()
     # Spark's Python workers must run this interpreter: the one spark_pyfunc is installed in.
@@ -134,8 +144,39 @@ def spark_session(
             builder = builder.config("spark.driver.host", "127.0.0.1").config(
                 "spark.driver.bindAddress", "127.0.0.1"
             )
+        for key, value in (conf or {}).items():
+            builder = builder.config(key, value)
         spark = builder.getOrCreate()
         try:
             yield spark
         finally:
             spark.stop()
+
+
+@contextlib.contextmanager
+def runtime_conf(spark: SparkSession, conf: Mapping[str, str]) -> Iterator[None]:
+    """``conf`` set on a running session for the block, the previous values put back."""
+    previous: dict[str, str | None] = {}
+    try:
+        for key, value in conf.items():
+            current = spark.conf.get(key, None)
+            if current == value:
+                continue
+            previous[key] = current
+            try:
+                spark.conf.set(key, value)
+            except Exception as exc:  # a setting Spark fixes when it starts
+                reason = (
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                )
+                raise InvalidArgumentError(
+                    f"--conf {key}={value}: the running Spark session refuses it: {reason}"
+                ) from exc
+        yield
+    finally:
+        for key, value in previous.items():
+            with contextlib.suppress(Exception):
+                if value is None:
+                    spark.conf.unset(key)
+                else:
+                    spark.conf.set(key, value)

@@ -49,7 +49,7 @@ from spark_pyfunc._result_types import (
 from spark_pyfunc._shipping import ShippedModel
 from spark_pyfunc._sizing import host_memory_warning
 from spark_pyfunc._wire import prediction_to_frame, struct_rows
-from spark_pyfunc.errors import InvalidArgumentError
+from spark_pyfunc.errors import HostError, InvalidArgumentError, SparkPyfuncError
 
 if TYPE_CHECKING:
     from spark_pyfunc._env_spec import EnvSpec
@@ -489,6 +489,18 @@ def _bind_arrow(batch: Any, names: tuple[str, ...] | None, timezone: str | None)
     )
 
 
+def _model_errors_first(results: Iterator[Any]) -> Iterator[Any]:
+    """``results``; an error from the model host is raised without the relay's frames
+    (generators and sockets of this worker): ahead of the model's own traceback, which its
+    message ends with, they read as the cause."""
+    try:
+        yield from results
+    except SparkPyfuncError as exc:
+        if exc.remote_traceback is None and not isinstance(exc, HostError):
+            raise
+        raise exc.with_traceback(None)  # noqa: B904 - the same error, its cause kept
+
+
 def _score_arrow_batches(plan: _Plan, batches: Iterator[Any]) -> Iterator[pa.Array]:
     client: ModelHostClient | None = None
 
@@ -559,13 +571,13 @@ class SparkPyfuncUDF:
         if plan.scope == "executor" and arrow_udf is not None and relayable(plan.result_type):
 
             def relay(batches: Iterator[tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
-                return _score_arrow_batches(plan, batches)
+                return _model_errors_first(_score_arrow_batches(plan, batches))
 
             return arrow_udf(relay, plan.result_type)(*columns)
 
         # typing.Union, not "|": pandas_udf reads these hints and does not know types.UnionType.
         def predict(batches: Iterator[Union[pd.Series, pd.DataFrame]]) -> Iterator[pd.DataFrame]:  # noqa: UP007
-            return _score_batches(plan, batches)
+            return _model_errors_first(_score_batches(plan, batches))
 
         udf = pandas_udf(predict, plan.result_type)  # type: ignore[call-overload]
         return udf(*columns)
@@ -629,7 +641,9 @@ def spark_udf(
             the Python worker while the model loads and predicts (``scope="process"``), or
             in the model host's environment (``scope="executor"``; hosts differ by them).
         model_config: given to the model as ``context.model_config`` on the executors.
-        method: the python model's method to call (``"predict_proba"``, ...).
+        method: the python model's method to call (``"predict_proba"``, ...). Its default
+            result type is ``double`` (MLflow's without a signature): MLflow records the
+            outputs of ``predict`` only.
         scope: ``"executor"`` (one host per executor), ``"process"`` (one copy per Python
             worker, like MLflow) or ``"auto"`` (the host for models of at least
             ``spark.pyfunc.scope.autoThresholdBytes``, default 64 MiB, on disk).
@@ -691,10 +705,13 @@ def spark_udf(
         config_key = json.dumps(model_config, sort_keys=True) if model_config else ""
     except TypeError as exc:
         raise InvalidArgumentError(f"model_config must be JSON-serialisable: {exc}") from exc
+    # The signature describes predict: another method's default is MLflow's without outputs.
     dtype = (
         parse_result_type(result_type)
         if result_type is not None
-        else result_type_from_signature(metadata.get_output_schema())
+        else result_type_from_signature(
+            metadata.get_output_schema() if method == "predict" else None
+        )
     )
     host_mode = _setting(spark, _config.HOST_MODE)
     env = prebuilt = None

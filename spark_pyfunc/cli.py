@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -25,14 +24,15 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from spark_pyfunc._commit import CommitState, gate
 from spark_pyfunc._config import DEFAULT_SCOPE, HOST_LOG_DIR, PROG, SCOPES
 from spark_pyfunc._describe import describe, info_lines
+from spark_pyfunc._error_line import first_line, is_expected
 from spark_pyfunc._paths import local_path
-from spark_pyfunc._spark_session import DEFAULT_MASTER, spark_session
+from spark_pyfunc._spark_session import DEFAULT_MASTER, runtime_conf, spark_session
 from spark_pyfunc._version import __version__
 from spark_pyfunc.errors import (
     InvalidArgumentError,
-    SparkPyfuncError,
     UsageError,
 )
 from spark_pyfunc.scoring import (
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "EXIT_STATUSES",
     "build_parser",
     "main",
     "parse_columns",
@@ -83,6 +84,37 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
     return params
 
 
+def parse_model_config(text: str) -> dict[str, Any]:
+    """``'{"k": 1}'`` or ``@file.json`` -> the JSON object, refusing anything else."""
+    source = f"--model-config {text!r}"
+    if text.startswith("@"):
+        try:
+            text = local_path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"{source}: cannot read the file: {exc.strerror or exc}") from exc
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{source} is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise UsageError(f"{source} must be a JSON object, like '{{\"threshold\": 0.8}}'")
+    return value
+
+
+def parse_conf(items: Sequence[str]) -> dict[str, str]:
+    """``["spark.k=v", ...]`` -> dict, refusing items without ``=`` and repeated keys."""
+    conf: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--conf {item!r} must look like KEY=VALUE")
+        if key in conf:
+            raise UsageError(f"--conf {key!r} is given twice")
+        conf[key] = value
+    return conf
+
+
 def parse_columns(text: str) -> tuple[str, ...]:
     """``"a,b"`` -> ("a", "b"), refusing empty and repeated names."""
     names = tuple(n.strip() for n in text.split(","))
@@ -92,62 +124,6 @@ def parse_columns(text: str) -> tuple[str, ...]:
     if repeated:
         raise UsageError(f"--columns {text!r} repeats {', '.join(repeated)}")
     return names
-
-
-def _exception_line(text: str) -> str:
-    """The final exception's line of a Python traceback embedded in ``text``."""
-    lines = text.splitlines()
-    start = max(i for i, line in enumerate(lines) if "Traceback (most recent" in line)
-    for line in lines[start + 1 :]:
-        if line.strip() and not line.startswith((" ", "\t")):
-            return re.sub(r"^(\w+\.)+(?=\w+: )", "", line)
-    return lines[start]
-
-
-def _java_message(java: Any) -> str:
-    """The most telling message of a Java exception's cause chain.
-
-    A wrapper ("Job aborted due to stage failure", "Exception thrown in awaitResult") says
-    little; the first cause carrying a Spark error class (``[CANNOT_READ_FILE_FOOTER] ...``)
-    names the file or column at fault, else the root cause does.
-    """
-    chain, seen = [], set()
-    while java is not None and id(java) not in seen and len(chain) < 20:
-        seen.add(id(java))
-        chain.append(str(java.toString()))
-        try:
-            java = java.getCause()
-        except Exception:  # py4j errors: keep what we have
-            break
-    if "Traceback (most recent" in chain[0]:
-        return chain[0]
-    for message in chain:
-        if re.match(r"^(?:[\w$]+\.)*[\w$]+: \[[A-Z_]+(?:\.[A-Z_]+)*\]", message):
-            return message
-    return chain[-1] if len(chain) > 1 else chain[0]
-
-
-def _first_line(exc: BaseException) -> str:
-    """One meaningful line for any error Spark or spark_pyfunc raises."""
-    text = str(exc)
-    java = getattr(exc, "java_exception", None)  # py4j's Py4JJavaError
-    if java is not None and "Traceback (most recent" not in text:
-        text = _java_message(java)
-    if "Traceback (most recent" in text:
-        return _exception_line(text)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    line = lines[0] if lines else type(exc).__name__
-    line = re.sub(r"\s*SQLSTATE: \w+\.?$", "", line)
-    # A Java class name before Spark's [ERROR_CLASS] adds nothing for the reader.
-    line = re.sub(r"^(?:[a-z]\w*\.)+[A-Z]\w*: (?=\[)", "", line)
-    if not isinstance(exc, SparkPyfuncError) and not _is_spark_error(exc):
-        line = f"{type(exc).__name__}: {line}"
-    return line
-
-
-def _is_spark_error(exc: BaseException) -> bool:
-    module = type(exc).__module__
-    return module.startswith(("pyspark", "py4j"))
 
 
 def _guarded(action: Callable[[], int], verbose: bool) -> int:
@@ -161,15 +137,11 @@ def _guarded(action: Callable[[], int], verbose: bool) -> int:
         code = 2 if isinstance(exc, UsageError) else 1
         if verbose and not isinstance(exc, UsageError):
             logger.exception("%s failed", PROG)
-        line = _first_line(exc)
-        if not verbose and (len(str(exc).splitlines()) > 1 or not _is_expected(exc)):
-            line += " (run with --verbose for details)"
-        print(f"{PROG}: error: {line}", file=sys.stderr)
+        if not verbose and (len(str(exc).splitlines()) > 1 or not is_expected(exc)):
+            # before the error, which stays the last line: the model's own, for its errors
+            print(f"{PROG}: run with --verbose for details", file=sys.stderr)
+        print(f"{PROG}: error: {first_line(exc)}", file=sys.stderr)
         return code
-
-
-def _is_expected(exc: BaseException) -> bool:
-    return isinstance(exc, (SparkPyfuncError, OSError)) or _is_spark_error(exc)
 
 
 @contextlib.contextmanager
@@ -209,6 +181,9 @@ def _logging(verbose: bool) -> Iterator[None]:
 #: The library's keyword arguments -> the flags of ``score`` that set them.
 _FLAGS = {
     "bad_records": "--bad-records",
+    "batch_size": "--batch-size",
+    "method": "--method",
+    "model_config": "--model-config",
     "columns": "--columns",
     "input_format": "--input-format",
     "mode": "--mode",
@@ -251,6 +226,16 @@ def _in_flags() -> Iterator[None]:
         raise cls(message) from exc
 
 
+#: The exit statuses of every command, in --help and in the README (tests check both).
+EXIT_STATUSES = """exit status:
+  0    done; OUTPUT written (also when Ctrl-C or an error came after OUTPUT was
+       committed: a line on stderr says OUTPUT was written)
+  1    the model, INPUT, OUTPUT, a setting or Spark failed; OUTPUT is as it was
+  2    usage: a missing or malformed argument or flag; nothing ran
+  130  interrupted (Ctrl-C) before OUTPUT was committed; OUTPUT is as it was and
+       the same command can be run again"""
+
+
 #: MODEL, for score and info: every form spark_udf takes, resolved on the driver.
 _MODEL_HELP = (
     "model directory (MLflow pyfunc format) or model URI: file:, runs:/ID/PATH, "
@@ -260,7 +245,7 @@ _MODEL_HELP = (
 
 
 def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``score``, shared with scripts/score_job.py (which has no --master)."""
+    """The options of ``score``, shared with score_job.py (which has no --master)."""
     parser.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     parser.add_argument("input", metavar="INPUT", help="input file or directory")
     parser.add_argument("output", metavar="OUTPUT", help="output directory Spark writes")
@@ -299,6 +284,32 @@ def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
         "else as text; repeatable",
     )
     parser.add_argument(
+        "--method",
+        default="predict",
+        help="the model's method to call, e.g. predict_proba (default: predict); its result "
+        "type defaults to double, as MLflow's: the signature describes predict",
+    )
+    parser.add_argument(
+        "--model-config",
+        type=parse_model_config,
+        metavar="JSON|@FILE",
+        help="model_config given to the model: a JSON object, or @FILE holding one",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="at most N rows per call of the model (default: Spark's Arrow batch)",
+    )
+    parser.add_argument(
+        "--conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Spark or spark.pyfunc.* setting for this run, e.g. "
+        "spark.pyfunc.host.mode=prefork; repeatable",
+    )
+    parser.add_argument(
         "--scope",
         choices=SCOPES,
         default=DEFAULT_SCOPE,
@@ -316,7 +327,8 @@ def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="show rows scored / total and the rate on stderr (default: only on a terminal)",
+        help="show the finished tasks of the job on stderr (default: only on a terminal); "
+        "OUTPUT is the same either way",
     )
     parser.add_argument(
         "--host-log-dir",
@@ -352,11 +364,14 @@ def _score_options(args: argparse.Namespace) -> dict[str, Any]:
         "scope": args.scope,
         "bad_records": args.bad_records,
         "progress": sys.stderr.isatty() if args.progress is None else args.progress,
+        "method": args.method,
+        "model_config": args.model_config,
+        "batch_size": args.batch_size,
     }
 
 
 def _run_score_command(
-    args: argparse.Namespace, session: Callable[[], contextlib.AbstractContextManager]
+    args: argparse.Namespace, session: Callable[[dict[str, str]], contextlib.AbstractContextManager]
 ) -> int:
     """Check, start Spark through ``session``, score, print the summary."""
     options = _score_options(args)
@@ -365,11 +380,32 @@ def _run_score_command(
     options["host_log_dir"] = _host_log_dir(args)
     if options["host_log_dir"] is not None:
         logger.info("model host logs go to %s", options["host_log_dir"])
-    with session() as spark, _in_flags(), _plain_ctrl_c():
-        summary = score(spark, args.model, args.input, args.output, **options)
-    print("\n".join(summary.lines()))
-    if args.report is not None:
-        _write_report(args.report, summary.to_dict())
+    conf = parse_conf(args.conf)
+    gate("before-spark")
+    state = CommitState()
+    summary = None
+    try:
+        with session(conf) as spark, _in_flags(), _plain_ctrl_c():
+            summary = score(
+                spark, args.model, args.input, args.output, **options, commit_state=state
+            )
+            gate("stop")
+    except BaseException as exc:
+        if not state.committed:
+            raise  # OUTPUT is as it was: the error (or Ctrl-C: 130) says so
+        # OUTPUT is in place and nothing undoes that: a Ctrl-C (or a failure) while Spark
+        # stops must not read as if it were not.
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else first_line(exc)
+        written = summary.output if summary is not None else args.output
+        print(f"{PROG}: {what} after OUTPUT was written: {written} is complete", file=sys.stderr)
+    if state.interrupted:
+        print(
+            f"{PROG}: Ctrl-C came while OUTPUT was being committed: it was written", file=sys.stderr
+        )
+    if summary is not None:
+        print("\n".join(summary.lines()))
+        if args.report is not None:
+            _write_report(args.report, summary.to_dict())
     return 0
 
 
@@ -453,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Score MLflow-format Python models in Spark, one model copy per executor.",
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -461,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
         "score",
         help="score a parquet/csv/json file with a model",
         description="Score INPUT with MODEL and write INPUT's columns plus the predictions.",
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_score_arguments(score_parser)
     score_parser.add_argument(
@@ -545,7 +585,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as exc:  # --help, --version
             return int(exc.code or 0)
         if args.command == "score":
-            session = functools.partial(spark_session, args.master, verbose=args.verbose)
+
+            def session(conf: dict[str, str]) -> contextlib.AbstractContextManager:
+                return spark_session(args.master, verbose=args.verbose, conf=conf)
+
             return _guarded(lambda: _run_score_command(args, session), args.verbose)
         if args.command == "info":
             return _guarded(lambda: _info_command(args), args.verbose)
@@ -557,10 +600,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def submit_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of scripts/score_job.py: ``score`` in the session spark-submit configured."""
+    """Entry point of spark_pyfunc/score_job.py: ``score`` in the session spark-submit
+    configured."""
     parser = _Parser(
         prog="score_job.py",
-        description="spark-submit scripts/score_job.py MODEL INPUT OUTPUT [options]: "
+        description='spark-submit "$(python -m spark_pyfunc.score_job --path)" MODEL INPUT '
+        "OUTPUT [options]: "
         "score INPUT with MODEL in the session spark-submit configured.",
     )
     _add_score_arguments(parser)
@@ -575,12 +620,16 @@ def submit_main(argv: Sequence[str] | None = None) -> int:
             return int(exc.code or 0)
 
         @contextlib.contextmanager
-        def session() -> Iterator[SparkSession]:
+        def session(conf: dict[str, str]) -> Iterator[SparkSession]:
             from pyspark.sql import SparkSession
 
-            spark = SparkSession.builder.appName(f"{PROG} score_job").getOrCreate()
+            builder = SparkSession.builder.appName(f"{PROG} score_job")
+            for key, value in conf.items():
+                builder = builder.config(key, value)
+            spark = builder.getOrCreate()
             try:
-                yield spark
+                with runtime_conf(spark, conf):
+                    yield spark
             finally:
                 spark.stop()
 

@@ -19,6 +19,7 @@ the file, the field, the column, the module or the host log. The hierarchy::
     ├── ShippingError                             the model archive on its way to executors
     ├── HostError                                 the model host cannot be started or reached
     ├── PredictionError                           the model's own predict raised
+    ├── ModelExitError                            the model's predict called sys.exit
     └── ResultTypeError                           a prediction that does not fit the result type
 
 Errors rebuilt from the model host: an exception raised in the host crosses the socket as
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidArgumentError",
     "MissingDependencyError",
     "ModelExistsError",
+    "ModelExitError",
     "ModelFormatError",
     "ModelURIError",
     "ModelSaveError",
@@ -152,6 +154,13 @@ class PredictionError(SparkPyfuncError):
     def __init__(self, message: str, *, remote_traceback: str | None = None) -> None:
         super().__init__(message)
         self.remote_traceback = remote_traceback
+
+
+class ModelExitError(SparkPyfuncError):
+    """The model's predict (or custom method) called ``sys.exit``: raised in its place, so
+    that the process serving the model (a Python worker, a model host) lives on and the
+    task fails with this error. The message ends with the model's frames and its
+    ``SystemExit: ...``, in both scopes (it takes its message alone: rebuilt as itself)."""
 
 
 class ResultTypeError(SparkPyfuncError):

@@ -13,13 +13,9 @@ CLI rewords them with its flags. pyspark is imported inside the functions that u
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
 import re
-import shutil
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -27,10 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spark_pyfunc._commit import staged_output
 from spark_pyfunc._config import HOST_LOG_DIR, PROG, SCOPES
 from spark_pyfunc._format import read_metadata
+from spark_pyfunc._input import (
+    CORRUPT_RECORD,
+    FORMATS,
+    bad_argument,
+    check_input,
+    peek_columns,
+    resolve_format,
+)
 from spark_pyfunc._loading import check_loader
 from spark_pyfunc._paths import is_remote, local_path
+from spark_pyfunc._progress import Progress
 from spark_pyfunc._uris import resolve_model_uri
 from spark_pyfunc.errors import (
     InvalidArgumentError,
@@ -55,39 +61,9 @@ __all__ = [
     "staged_output",
 ]
 
-FORMATS = ("parquet", "csv", "json")
 MODES = ("error", "overwrite", "append")
 BAD_RECORDS = ("fail", "skip", "keep")
-#: Where Spark's csv/json readers put the text of a row they cannot parse.
-CORRUPT_RECORD = "_corrupt_record"
-#: Spark conf naming a directory for the model hosts' logs that outlives the job.
-#: Tasks per core the input is split into when progress is shown, so that the bar moves.
-_TASKS_PER_CORE = 4
-_EXTENSIONS = {
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".csv": "csv",
-    ".json": "json",
-    ".jsonl": "json",
-    ".ndjson": "json",
-}
-# Compression suffixes Spark reads transparently: "x.csv.gz" is a csv file.
-_COMPRESSIONS = {".gz", ".bz2", ".zst", ".lz4", ".snappy", ".deflate", ".xz"}
-_SUCCESS_FILES = ("_SUCCESS", "._SUCCESS.crc")
 logger = logging.getLogger(__name__)
-
-
-def _bad_argument(keyword: str, message: str) -> InvalidArgumentError:
-    """An error in the keyword argument ``keyword``; the message names it as ``keyword=``,
-    which the CLI rewords into its flag (``output_column=`` -> ``--output-column``)."""
-    error = InvalidArgumentError(message)
-    error.argument = keyword
-    return error
-
-
-def _local_input(path: str) -> Path | None:
-    """The local file behind INPUT, or None for a remote URI that Spark reads as it is."""
-    return None if is_remote(path) else local_path(path)
 
 
 def _local_output(path: str) -> Path:
@@ -102,56 +78,6 @@ def _local_output(path: str) -> Path:
     return local_path(path).resolve()
 
 
-def _format_of_name(path: str) -> str | None:
-    suffixes = [s.lower() for s in Path(path.rstrip("/")).suffixes]
-    while suffixes and suffixes[-1] in _COMPRESSIONS:
-        suffixes.pop()
-    return _EXTENSIONS.get(suffixes[-1]) if suffixes else None
-
-
-def _format_of_dir(path: Path) -> str | None:
-    """The one format of the data files in a directory Spark wrote (part-*.parquet, ...)."""
-    found = {
-        _format_of_name(child.name)
-        for child in path.iterdir()
-        if child.is_file() and not child.name.startswith(("_", "."))
-    }
-    found.discard(None)
-    return found.pop() if len(found) == 1 else None
-
-
-def _resolve_format(path: str, given: str | None, local: Path | None, role: str) -> str:
-    if given is not None:
-        return given
-    fmt = _format_of_name(path)
-    if fmt is None and local is not None and local.is_dir():
-        fmt = _format_of_dir(local)
-    if fmt is None:
-        keyword = "input_format" if role == "INPUT" else "output_format"
-        raise _bad_argument(
-            keyword,
-            f"cannot tell the format of {role} {path!r} from its name; name it *.parquet, "
-            f"*.csv or *.json, or pass {keyword}= {'|'.join(FORMATS)}",
-        )
-    return fmt
-
-
-def _check_input(path: str) -> Path | None:
-    local = _local_input(path)
-    if local is None:
-        return None
-    if any(c in str(local) for c in "*?[") and "{" not in str(local):  # Spark's globs
-        if not glob.glob(str(local)):
-            raise InvalidArgumentError(f"INPUT {path!r} matches no file")
-        return local
-    if not local.exists():
-        raise InvalidArgumentError(f"INPUT {path!r} does not exist")
-    wanted = os.R_OK | (os.X_OK if local.is_dir() else 0)
-    if not os.access(local, wanted):
-        raise InvalidArgumentError(f"INPUT {path!r} is not readable (permission denied)")
-    return local
-
-
 def _check_params(params: dict[str, Any], metadata: ModelMetadata) -> dict[str, Any] | None:
     """Refuse unknown names (spark_udf would only warn) and values the params schema refuses."""
     if not params:
@@ -160,7 +86,7 @@ def _check_params(params: dict[str, Any], metadata: ModelMetadata) -> dict[str, 
 
     schema = metadata.get_params_schema()
     if schema is None:
-        raise _bad_argument(
+        raise bad_argument(
             "params",
             f"the model takes no params (its signature has no params schema), but params= "
             f"{', '.join(params)} was given",
@@ -168,7 +94,7 @@ def _check_params(params: dict[str, Any], metadata: ModelMetadata) -> dict[str, 
     known = [p.name for p in schema.params]
     unknown = [n for n in params if n not in known]
     if unknown:
-        raise _bad_argument(
+        raise bad_argument(
             "params",
             f"the model has no param {', '.join(map(repr, unknown))}; "
             f"its params are: {', '.join(known)}",
@@ -176,7 +102,7 @@ def _check_params(params: dict[str, Any], metadata: ModelMetadata) -> dict[str, 
     try:
         return enforce_params(params, schema)
     except SchemaEnforcementError as exc:
-        raise _bad_argument("params", f"params=: {exc}") from exc
+        raise bad_argument("params", f"params=: {exc}") from exc
 
 
 def _input_names(metadata: ModelMetadata) -> tuple[list[str], set[str]] | None:
@@ -206,6 +132,9 @@ class ScoreJob:
     bad_records: str = "fail"
     progress: bool = False
     host_log_dir: str | None = None
+    method: str = "predict"
+    model_config: dict[str, Any] | None = None
+    batch_size: int | None = None
 
 
 def prepare_score(
@@ -224,8 +153,20 @@ def prepare_score(
     bad_records: str = "fail",
     progress: bool = False,
     host_log_dir: str | None = None,
+    method: str = "predict",
+    model_config: dict[str, Any] | None = None,
+    batch_size: int | None = None,
 ) -> ScoreJob:
-    """Check everything that does not need Spark: model, input, output, formats, options."""
+    """Check everything that does not need Spark: model, input, output, formats, options,
+    and INPUT's columns where they can be read without Spark (parquet, plain csv and json)."""
+    if not isinstance(method, str) or not method.isidentifier() or method.startswith("_"):
+        raise bad_argument("method", f"method= must name a method of the model: {method!r}")
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0
+    ):
+        raise bad_argument("batch_size", f"batch_size= must be a positive integer: {batch_size!r}")
+    if model_config is not None and not isinstance(model_config, dict):
+        raise bad_argument("model_config", "model_config= must be a JSON object (a dict)")
     for value, allowed, what in (
         (mode, MODES, "mode"),
         (scope, SCOPES, "scope"),
@@ -234,21 +175,21 @@ def prepare_score(
         (output_format, (*FORMATS, None), "output_format"),
     ):
         if value not in allowed:
-            raise _bad_argument(
+            raise bad_argument(
                 what, f"{what}= must be one of {', '.join(filter(None, allowed))}: {value!r}"
             )
     if not output_column:
-        raise _bad_argument("output_column", "output_column= must not be empty")
+        raise bad_argument("output_column", "output_column= must not be empty")
     model_text = os.fspath(model)
     model_path = resolve_model_uri(model_text)
     metadata = read_metadata(model_path)
     check_loader(metadata, f"MODEL {model_text!r}")
-    local_in = _check_input(input)
+    local_in = check_input(input)
     local_out = _local_output(output)
-    in_format = _resolve_format(input, input_format, local_in, "INPUT")
-    out_format = _resolve_format(output, output_format, local_out, "OUTPUT")
+    in_format = resolve_format(input, input_format, local_in, "INPUT")
+    out_format = resolve_format(output, output_format, local_out, "OUTPUT")
     if local_in is not None and local_in.resolve() == local_out:
-        raise _bad_argument(
+        raise bad_argument(
             "output", f"INPUT and OUTPUT are the same path {input!r}; write somewhere else"
         )
     if mode == "error" and (local_out.exists() or local_out.is_symlink()):
@@ -266,20 +207,20 @@ def prepare_score(
         if named is not None:
             names, required = named
             if len(columns) > len(names):
-                raise _bad_argument(
+                raise bad_argument(
                     "columns",
                     f"columns= gives {len(columns)} columns but the model takes "
                     f"{len(names)} inputs: {', '.join(names)}",
                 )
             unbound = [n for n in names[len(columns) :] if n in required]
             if unbound:
-                raise _bad_argument(
+                raise bad_argument(
                     "columns",
                     f"columns= binds {len(columns)} columns to the inputs "
                     f"{', '.join(names[: len(columns)])} in order; the required inputs "
                     f"{', '.join(unbound)} are left without a column",
                 )
-    return ScoreJob(
+    job = ScoreJob(
         model=model_path,
         metadata=metadata,
         input=str(local_in.resolve()) if local_in is not None else input,
@@ -295,7 +236,24 @@ def prepare_score(
         bad_records=bad_records,
         progress=progress,
         host_log_dir=host_log_dir,
+        method=method,
+        model_config=model_config,
+        batch_size=batch_size,
     )
+    available = peek_columns(local_in, in_format)
+    if available is not None:  # a wrong column found now, not once Spark read INPUT
+        _bound_columns(job, [c for c in available if c != CORRUPT_RECORD])
+        _check_output_column(job, available)
+    return job
+
+
+def _check_output_column(job: ScoreJob, available: Sequence[str]) -> None:
+    if job.output_column in available:
+        raise bad_argument(
+            "output_column",
+            f"INPUT already has a column {job.output_column!r}; name the predictions "
+            "with output_column=",
+        )
 
 
 @dataclass(frozen=True)
@@ -362,11 +320,10 @@ def _bound_columns(job: ScoreJob, available: list[str]) -> list[tuple[str, str]]
     named = _input_names(job.metadata)
     if job.columns is not None:
         missing = [c for c in job.columns if c not in available]
-        if missing:
-            raise _bad_argument(
-                "columns",
+        if missing:  # about INPUT's content, as a missing signature column: not a usage error
+            raise InvalidArgumentError(
                 f"columns= names {', '.join(missing)}, not in INPUT {job.input!r} "
-                f"(its columns: {', '.join(available)})",
+                f"(its columns: {', '.join(available)})"
             )
         names = named[0] if named is not None else list(job.columns)
         return list(zip(job.columns, names, strict=False))
@@ -457,7 +414,7 @@ def _result_type(text: str | None) -> Any:
         cause = exc.__cause__ if exc.__cause__ is not None else exc
         lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
         reason = re.sub(r"\s*SQLSTATE: \w+\.?", "", lines[0]) if lines else type(cause).__name__
-        raise _bad_argument(
+        raise bad_argument(
             "result_type", f"result_type= {text!r} is not a valid Spark type: {reason}"
         ) from exc
 
@@ -519,214 +476,6 @@ def _cancel_and_wait(sc: Any, group: str, timeout: float = 120.0) -> None:
     logger.warning("tasks of the cancelled job were still running after %.0f s", timeout)
 
 
-def _sibling(output: Path, role: str) -> Path:
-    """A hidden, unique name next to OUTPUT: same filesystem, so renames are atomic."""
-    return output.parent / f".{output.name}.spark-pyfunc-{role}-{uuid.uuid4().hex[:12]}"
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _make_parents(directory: Path) -> list[Path]:
-    """Create ``directory`` and its missing parents; return those created, outermost first."""
-    missing = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    missing.reverse()
-    for path in missing:
-        path.mkdir()
-    return missing
-
-
-def _append_parts(stage: Path, output: Path) -> None:
-    """Move the staged files into OUTPUT; on any failure move back those already moved.
-
-    Spark's part file names carry the job's UUID, so they never replace existing files; only
-    the ``_SUCCESS`` marker is replaced.
-    """
-    entries = sorted(p for p in stage.iterdir() if p.name not in _SUCCESS_FILES)
-    moved: list[Path] = []
-    try:
-        for entry in entries:
-            target = output / entry.name
-            if target.exists() or target.is_symlink():
-                raise SparkPyfuncError(
-                    f"OUTPUT {str(output)!r} already has {entry.name}; nothing was appended"
-                )
-            os.rename(entry, target)
-            moved.append(target)
-    except BaseException:
-        for target in reversed(moved):
-            os.rename(target, stage / target.name)
-        raise
-    for name in _SUCCESS_FILES:
-        if (stage / name).exists():
-            os.replace(stage / name, output / name)
-
-
-def _commit(stage: Path, output: Path, mode: str) -> None:
-    """Put the staged output in place: as a whole, or its files for an append."""
-    exists = output.exists() or output.is_symlink()
-    if exists and mode == "append":
-        _append_parts(stage, output)
-        _remove(stage)
-    elif exists and mode == "overwrite":
-        old = _sibling(output, "old")
-        os.rename(output, old)
-        try:
-            os.rename(stage, output)
-        except BaseException:
-            os.rename(old, output)
-            raise
-        try:
-            _remove(old)
-        except OSError as exc:
-            logger.warning("could not remove the previous OUTPUT, moved to %s: %s", old, exc)
-    elif exists:
-        raise SparkPyfuncError(
-            f"OUTPUT {str(output)!r} appeared while scoring; nothing was written to it"
-        )
-    else:
-        os.rename(stage, output)
-
-
-@contextlib.contextmanager
-def staged_output(output: str | os.PathLike, mode: str) -> Iterator[Path]:
-    """A fresh path to write OUTPUT to, committed into place only if the block succeeds.
-
-    Args:
-        output: the local OUTPUT path.
-        mode: ``error`` (OUTPUT must not exist), ``overwrite`` (the previous OUTPUT is renamed
-            aside, replaced, then deleted; put back if the replacement fails) or ``append``
-            (the new part files are moved into OUTPUT, or all moved back).
-
-    Returns:
-        A context manager yielding a hidden, not yet existing sibling of OUTPUT.
-
-    Raises:
-        SparkPyfuncError: if the commit cannot be done; whatever the block raises. Either way
-            the sibling and any parent directory made for it are removed.
-
-    Example:
-        >>> with staged_output("out.parquet", "overwrite") as stage:  # doctest: +SKIP
-        ...     frame.write.parquet(str(stage))
-    """
-    output = Path(output)
-    created = _make_parents(output.parent)
-    stage = _sibling(output, "new")
-    try:
-        yield stage
-        _commit(stage, output, mode)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            _remove(stage)
-        for directory in reversed(created):
-            with contextlib.suppress(OSError):
-                directory.rmdir()
-        raise
-
-
-class _Progress:
-    """Rows scored / total and the rate on stderr, from Spark's status tracker.
-
-    Spark reports tasks, not rows: the input is split into equal partitions (see
-    ``_split``), so the rows scored are the total times the share of the write stage's tasks
-    done. tqdm draws the bar when it is installed (the ``progress`` extra); without it a plain
-    line is printed every ``interval`` seconds.
-    """
-
-    def __init__(
-        self, spark: SparkSession, group: str, total: int, tasks: int, interval: float = 10.0
-    ) -> None:
-        self._tracker = spark.sparkContext.statusTracker()
-        self._group, self._total, self._tasks, self._interval = group, total, tasks, interval
-        self._known = set(self._tracker.getJobIdsForGroup(group))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="spark-pyfunc-progress", daemon=True)
-        self._started = time.monotonic()
-        self._shown = 0
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            self._bar = None
-        else:
-            self._bar = tqdm(
-                total=total,
-                unit="rows",
-                unit_scale=total >= 10_000,
-                file=sys.stderr,
-                desc="scoring",
-            )
-
-    def __enter__(self) -> _Progress:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        if self._bar is not None:
-            self._bar.close()
-
-    def finish(self, rows: int) -> None:
-        """Show the final count (the exact one, from the job's own observation)."""
-        self._stop.set()
-        self._thread.join()
-        self._show(rows, final=True)
-
-    def _scored(self) -> int:
-        """Rows done: the total times the share of completed tasks in the scoring stage."""
-        jobs = [j for j in self._tracker.getJobIdsForGroup(self._group) if j not in self._known]
-        best = 0.0
-        for job_id in jobs:
-            info = self._tracker.getJobInfo(job_id)
-            for stage_id in info.stageIds if info is not None else ():
-                stage = self._tracker.getStageInfo(stage_id)
-                if stage is not None and stage.numTasks == self._tasks:
-                    best = max(best, stage.numCompletedTasks / stage.numTasks)
-        return round(self._total * best)
-
-    def _run(self) -> None:
-        last_line = self._started
-        while not self._stop.wait(0.5):
-            try:
-                rows = self._scored()
-            except Exception:  # the context is going away: the job's outcome says the rest
-                return
-            if self._bar is not None:
-                self._show(rows)
-            elif time.monotonic() - last_line >= self._interval:
-                last_line = time.monotonic()
-                self._show(rows)
-
-    def _show(self, rows: int, final: bool = False) -> None:
-        if self._bar is not None:
-            if final:
-                self._bar.total = max(self._bar.total, rows)
-            self._bar.update(max(rows - self._shown, 0))
-            self._shown = max(rows, self._shown)
-            return
-        seconds = time.monotonic() - self._started
-        rate = rows / seconds if seconds > 0 else 0.0
-        percent = 100.0 * rows / self._total if self._total else 100.0
-        print(
-            f"{PROG}: scored {rows:,} / {self._total:,} rows ({percent:.0f}%), {rate:,.0f} rows/s",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
-def _split(frame: DataFrame, spark: SparkSession) -> DataFrame:
-    """Enough equal partitions for the progress to move (2 files would be 2 tasks)."""
-    wanted = _TASKS_PER_CORE * spark.sparkContext.defaultParallelism
-    return frame.repartition(wanted) if frame.rdd.getNumPartitions() < wanted else frame
-
-
 def score(
     spark: SparkSession,
     model: str | os.PathLike,
@@ -744,7 +493,9 @@ def score(
         model: the model directory (or ``file:`` URI).
         input: the file, directory or glob to score (local, ``file:``, or any URI Spark reads).
         output: the local OUTPUT path (or ``file:`` URI).
-        options: those of :func:`prepare_score`.
+        options: those of :func:`prepare_score`, and ``commit_state``: a
+            :class:`~spark_pyfunc._commit.CommitState` that records whether OUTPUT was
+            committed (for a caller that must tell a Ctrl-C before the commit from one after).
 
     Returns:
         A :class:`ScoreSummary`.
@@ -765,22 +516,18 @@ def score(
 
     from spark_pyfunc._udf import spark_udf
 
+    commit_state = options.pop("commit_state", None)
     job = prepare_score(model, input, output, **options)
     dtype = _result_type(job.result_type)
     frame = _read(spark, job)
     corrupt = CORRUPT_RECORD in frame.columns and job.input_format != "parquet"
-    if job.output_column in frame.columns:
-        raise _bad_argument(
-            "output_column",
-            f"INPUT already has a column {job.output_column!r}; name the predictions "
-            "with output_column=",
-        )
+    _check_output_column(job, frame.columns)
     data_columns = [c for c in frame.columns if not (corrupt and c == CORRUPT_RECORD)]
     pairs = _bound_columns(job, data_columns)
     started = time.perf_counter()
     with (
         _host_log_conf(spark, job.host_log_dir),
-        staged_output(job.output, job.mode) as stage,
+        staged_output(job.output, job.mode, commit_state) as stage,
         _job_group(spark) as group,
     ):
         total = None
@@ -795,11 +542,16 @@ def score(
             frame = frame.where(F.col(CORRUPT_RECORD).isNull())
         kept = [*data_columns, CORRUPT_RECORD] if corrupt and job.bad_records == "keep" else []
         frame = frame.select(*[F.col(f"`{c}`") for c in kept or data_columns])
-        if job.progress:
-            if total is None:
-                total = frame.count()
-            frame = _split(frame, spark)
-        udf = spark_udf(spark, job.model, result_type=dtype, params=job.params, scope=job.scope)
+        udf = spark_udf(
+            spark,
+            job.model,
+            result_type=dtype,
+            params=job.params,
+            scope=job.scope,
+            method=job.method,
+            model_config=job.model_config,
+            batch_size=job.batch_size,
+        )
         inputs = F.struct(*[F.col(f"`{column}`").alias(name) for column, name in pairs])
         scored = frame.withColumn(job.output_column, udf(inputs))
         if job.output_format == "csv" and isinstance(udf.result_type, StructType):
@@ -816,15 +568,9 @@ def score(
         writer = writer.format(job.output_format).mode("error")
         if job.output_format == "csv":
             writer = writer.option("header", True)
-        if job.progress and total is not None:
-            tasks = frame.rdd.getNumPartitions()
-            with _Progress(spark, group, total, tasks) as progress:
-                writer.save(str(stage))
-                rows = int(observation.get["rows"])
-                progress.finish(rows)
-        else:
+        with Progress(spark, group) if job.progress else contextlib.nullcontext():
             writer.save(str(stage))
-            rows = int(observation.get["rows"])
+        rows = int(observation.get["rows"])
     seconds = time.perf_counter() - started
     hosts = None
     if udf.scope == "executor":  # what the hosts did, while the session is up

@@ -166,6 +166,7 @@ def test_an_error_from_the_host_is_rebuilt_by_the_documented_rule(name, rebuilt)
     assert "the text" in str(exc)
     if rebuilt is errors.PredictionError:
         assert f"raised {name}" in str(exc) and "(pid 1234)" in str(exc)
+        assert str(exc).endswith(f"{name}: the text")
 
 
 @pytest.mark.parametrize(
@@ -175,26 +176,56 @@ def test_an_error_from_the_host_is_rebuilt_by_the_documented_rule(name, rebuilt)
         ("models.Refused: bad\nsecond line", "Refused"),
     ],
 )
-def test_a_model_error_says_its_message_once(closing: str, name: str) -> None:
-    """The traceback's closing ``Type: message`` repeats the error's first line: a Spark
-    stack trace shows it once, and ``remote_traceback`` keeps it whole."""
+def test_a_model_error_ends_with_its_own_line_once(closing: str, name: str) -> None:
+    """The message ends as the model's traceback does: its frames, then its ``Type: message``
+    (said once); the host's relay frames are left out, ``remote_traceback`` keeps them."""
     from spark_pyfunc._client import _remote_error
 
-    tb = f'Traceback (most recent call last):\n  File "m.py", line 3, in predict\n{closing}\n'
+    tb = (
+        "Traceback (most recent call last):\n"
+        '  File "/x/site-packages/spark_pyfunc/_host.py", line 140, in handle\n'
+        "    output = self.model.invoke(method, frame)\n"
+        '  File "m.py", line 3, in predict\n'
+        f"{closing}\n"
+    )
     reply = {"error": name, "message": "bad\nsecond line", "traceback": tb}
     text = str(_remote_error(reply, "predict", 7))
     assert text.count("bad\nsecond line") == 1, text
-    assert text.startswith(f"the model's predict raised {name}: bad\nsecond line\n")
-    assert text.endswith('File "m.py", line 3, in predict'), text
+    assert text.startswith(f"the model's predict raised {name} in the model host (pid 7):\n")
+    assert text.endswith(f'  File "m.py", line 3, in predict\n{closing}'), text
+    assert "_host.py" not in text and "invoke" not in text
     assert _remote_error(reply, "predict", 7).remote_traceback == tb
 
 
-def test_a_traceback_that_ends_otherwise_is_kept_whole() -> None:
+def test_a_traceback_that_ends_otherwise_gets_the_closing_line() -> None:
     from spark_pyfunc._client import _remote_error
 
     tb = "Traceback (most recent call last):\nValueError: other text"
     reply = {"error": "ValueError", "message": "bad", "traceback": tb}
-    assert str(_remote_error(reply, "predict", 7)).endswith(tb)
+    assert str(_remote_error(reply, "predict", 7)).endswith(f"{tb}\nValueError: bad")
+
+
+def test_a_load_failure_ends_with_the_models_traceback() -> None:
+    from spark_pyfunc._launcher import ending_with_traceback as _ending_with_traceback
+
+    tail = (
+        "2026-01-01 00:00:00,000 1 INFO spark_pyfunc._host: starting\n"
+        "2026-01-01 00:00:01,000 1 ERROR spark_pyfunc._host: model host failed\n"
+        "Traceback (most recent call last):\n"
+        '  File "/x/spark_pyfunc/_host.py", line 773, in main\n'
+        "    model = load_model(args.model_dir)\n"
+        '  File "model.py", line 9, in load_context\n'
+        "    raise RuntimeError('corrupt')\n"
+        "RuntimeError: corrupt\n"
+        "2026-01-01 00:00:01,100 1 INFO spark_pyfunc._host: model host 1 stopped"
+    )
+    cut = _ending_with_traceback(tail)
+    assert cut.endswith(
+        '  File "model.py", line 9, in load_context\n'
+        "    raise RuntimeError('corrupt')\nRuntimeError: corrupt"
+    ), cut
+    assert "_host.py" not in cut and "starting" in cut
+    assert _ending_with_traceback("no traceback here") == "no traceback here"
 
 
 def test_an_error_raised_here_has_no_remote_traceback() -> None:

@@ -34,6 +34,9 @@ from spark_pyfunc.schema import ColSpec, DataType, ModelSignature, Schema
 
 CONF_HOST_LOG_DIR = "spark.pyfunc.host.logDir"
 
+#: Printed before an error that --verbose would tell more about (the error stays last).
+VERBOSE_HINT = "spark-pyfunc: run with --verbose for details"
+
 CONSOLE_SCRIPT = Path(sys.executable).with_name("spark-pyfunc")
 
 # The models below are pickled by value, so Spark's workers need no tests directory on their path.
@@ -109,7 +112,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
+    lines = [x for x in err.strip().splitlines() if x != VERBOSE_HINT]
     assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
     assert lines[0].startswith("spark-pyfunc: error: ")
     return lines[0]
@@ -317,13 +320,28 @@ def test_info_text(capsys, model_dir):
     assert "weights" in out and "requirements:" in out and "cloudpickle" in out
 
 
+def test_info_shows_model_config(capsys, sized_model, tmp_path):
+    model = tmp_path / "configured"
+    save_model(model, python_model=Sized(), model_config={"threshold": 0.8, "name": "x"})
+    code, out, _ = run_cli(capsys, "info", model)
+    assert code == 0
+    at = out.splitlines().index("model_config:")
+    shown = sorted(line.split() for line in out.splitlines()[at + 1 : at + 3])
+    assert shown == [["name", '"x"'], ["threshold", "0.8"]]
+    code, out, _ = run_cli(capsys, "info", model, "--json")
+    assert json.loads(out)["model_config"] == {"threshold": 0.8, "name": "x"}
+    code, out, _ = run_cli(capsys, "info", sized_model)
+    assert "model_config  -" in out
+
+
 def test_info_json_is_a_stable_dict(capsys, model_dir):
     code, out, _ = run_cli(capsys, "info", model_dir, "--json")
     assert code == 0
     info = json.loads(out)
     assert set(info) == {
-        "path", "flavors", "loader_module", "model_uuid", "utc_time_created",
-        "model_size_bytes", "python_version", "cloudpickle_version", "mlflow_version",
+        "model", "path", "model_config", "flavors", "loader_module", "model_uuid",
+        "utc_time_created", "model_size_bytes", "python_version", "cloudpickle_version",
+        "mlflow_version",
         "inputs", "outputs", "params", "artifacts", "requirements",
     }  # fmt: skip
     assert info["path"] == str(model_dir.resolve()) or info["path"] == str(model_dir)
@@ -438,29 +456,51 @@ def test_result_type_picks_a_scalar(spark, capsys, tmp_path, model_dir, parquet_
     np.testing.assert_allclose(got["p"], expected(model_dir, features)["probability"])
 
 
-def test_errors_found_once_spark_reads_the_input(spark, capsys, tmp_path, model_dir, features):
-    source = tmp_path / "in.parquet"
-    features.to_parquet(source, index=False)
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "json"])
+def test_column_errors_are_found_before_spark_starts(
+    capsys, tmp_path, model_dir, features, monkeypatch, fmt
+):
+    import spark_pyfunc.cli
+
+    def no_spark(*args, **kwargs):
+        raise AssertionError("Spark was started")
+
+    monkeypatch.setattr(spark_pyfunc.cli, "spark_session", no_spark)
+    source = tmp_path / f"in.{fmt}"
+    write = {
+        "parquet": lambda f, p: f.to_parquet(p, index=False),
+        "csv": lambda f, p: f.to_csv(p, index=False),
+        "json": lambda f, p: f.to_json(p, orient="records", lines=True),
+    }[fmt]
+    write(features, source)
     out = tmp_path / "o.parquet"
     columns = ",".join([*FEATURES[:-1], "nope"])
     code, _, err = run_cli(capsys, "score", model_dir, source, out, "--columns", columns)
-    assert code == 2
+    # a column INPUT lacks is about INPUT, as a missing signature column is: status 1 both
+    assert code == 1
     assert "--columns names nope, not in INPUT" in one_error_line(err)
 
     code, _, err = run_cli(capsys, "score", model_dir, source, out, "--output-column", "id")
     assert code == 2
     assert "already has a column 'id'" in one_error_line(err)
 
+    write(features.drop(columns=["f3"]), source)
+    code, _, err = run_cli(capsys, "score", model_dir, source, out)
+    assert code == 1
+    assert "has no column f3, required by the model's signature" in one_error_line(err)
+    assert not out.exists()
+
+
+def test_errors_found_once_spark_reads_the_input(spark, capsys, tmp_path, model_dir, features):
+    source = tmp_path / "in.parquet"
+    features.to_parquet(source, index=False)
+    out = tmp_path / "o.parquet"
+
     code, _, err = run_cli(capsys, "score", model_dir, source, out, "--result-type", "doubel")
     assert code == 2
     line = one_error_line(err)
     assert "--result-type 'doubel' is not a valid Spark type: [PARSE_SYNTAX_ERROR]" in line
     assert "end of input" in line  # Spark's reason, not an empty one
-
-    features.drop(columns=["f3"]).to_parquet(source, index=False)
-    code, _, err = run_cli(capsys, "score", model_dir, source, out)
-    assert code == 1
-    assert "has no column f3, required by the model's signature" in one_error_line(err)
 
 
 def test_failure_inside_spark_is_one_line(spark, capsys, tmp_path, model_dir, features):
@@ -858,11 +898,16 @@ def test_missing_loader_module_is_found_before_spark_starts(
 # --------------------------------------------------------------------- progress, host logs
 
 
-def test_progress_shows_rows_of_total_only_when_asked(
+def parts_of(out: Path) -> list[pd.DataFrame]:
+    """The part files of an output directory, in partition order."""
+    return [pd.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))]
+
+
+def test_progress_writes_the_same_files_as_no_progress(
     spark, capsys, tmp_path, model_dir, parquet_input, features
 ):
     code, _, err = run_cli(capsys, "score", model_dir, parquet_input, tmp_path / "quiet.parquet")
-    assert code == 0 and "scoring" not in err and "rows/s" not in err  # not a terminal
+    assert code == 0 and "scoring" not in err  # not a terminal: no progress
     code, _, err = run_cli(
         capsys, "score", model_dir, parquet_input, tmp_path / "no.parquet", "--no-progress"
     )
@@ -871,26 +916,29 @@ def test_progress_shows_rows_of_total_only_when_asked(
     out = tmp_path / "shown.parquet"
     code, _, err = run_cli(capsys, "score", model_dir, parquet_input, out, "--progress")
     assert code == 0, err
-    total = len(features)
-    assert f"{total}/{total}" in err and "rows/s" in err  # tqdm's bar, at 100%
-    # The one input file was split so that the bar moves: 4 tasks per core.
-    parts = list(out.glob("part-*.parquet"))
-    assert len(parts) == 4 * spark.sparkContext.defaultParallelism
-    pd.testing.assert_frame_equal(read_output(out, "parquet")[features.columns], features)
+    assert "scoring (finished tasks)" in err  # tqdm's bar, labelled as what it counts
+    # the same part files, the same rows in the same order: progress only watches
+    with_progress, without = parts_of(out), parts_of(tmp_path / "no.parquet")
+    assert len(with_progress) == len(without)
+    for shown, quiet in zip(with_progress, without, strict=True):
+        pd.testing.assert_frame_equal(shown, quiet)
+    pd.testing.assert_frame_equal(pd.read_parquet(out)[features.columns], features)
 
 
 def test_progress_without_tqdm_prints_plain_lines(
     spark, capsys, tmp_path, model_dir, parquet_input, features, monkeypatch
 ):
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now fails
-    code, _, err = run_cli(
+    code, out, err = run_cli(
         capsys, "score", model_dir, parquet_input, tmp_path / "o.parquet", "--progress"
     )
     assert code == 0, err
-    last = err.strip().splitlines()[-1]
-    total = len(features)
-    assert last.startswith(f"spark-pyfunc: scored {total:,} / {total:,} rows (100%), ")
-    assert last.endswith(" rows/s")
+    lines = [x for x in err.splitlines() if x.startswith("spark-pyfunc: scoring: ")]
+    assert lines, err
+    done, total = lines[-1].split(": ")[2].split(" tasks")[0].split(" / ")
+    assert done == total and int(total) >= 1, lines
+    assert lines[-1].endswith("(Spark counts a task when it ends)")
+    assert "rows/s" in out  # the rate is the summary's, over the whole run
 
 
 def test_host_log_dir_is_set_for_the_job_and_named_at_the_end(
@@ -974,3 +1022,105 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path, parquet_input)
         time.sleep(0.5)
     leftover = _tagged(tag)
     assert not leftover, [p.cmdline() for p in leftover]
+
+
+# ------------------------------------------------- --method, --model-config, --batch-size, --conf
+
+
+class Sized(PythonModel):
+    """predict: 7 (a long, as the signature says); predict_proba: the rows of the call plus
+    model_config["offset"], a double."""
+
+    def predict(self, context, model_input, params=None):
+        return pd.Series(np.full(len(model_input), 7, dtype=np.int64))
+
+    def predict_proba(self, context, model_input, params=None):
+        offset = (context.model_config or {}).get("offset", 0.0)
+        return pd.Series(np.full(len(model_input), len(model_input) + offset, dtype=float))
+
+
+@pytest.fixture(scope="module")
+def sized_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sized") / "model"
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(DataType.double, "x")]), outputs=Schema([ColSpec(DataType.long)])
+    )
+    save_model(path, python_model=Sized(), signature=signature)
+    return path
+
+
+@pytest.fixture(scope="module")
+def x_input(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("x") / "x.parquet"
+    pd.DataFrame({"x": np.arange(40.0)}).to_parquet(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("scope", ["process", "executor"])
+def test_method_model_config_batch_size_and_conf(
+    spark, capsys, tmp_path, sized_model, x_input, scope, monkeypatch
+):
+    config = tmp_path / "config.json"
+    config.write_text('{"offset": 1000.0}')
+    out = tmp_path / "o.parquet"
+    key = "spark.pyfunc.host.mode"
+    before = spark.conf.get(key, None)
+    code, _, err = run_cli(
+        capsys, "score", sized_model, x_input, out, "--scope", scope,
+        "--method", "predict_proba", "--model-config", f"@{config}", "--batch-size", "6",
+    )  # fmt: skip
+    assert code == 0, err
+    # predict_proba's own type (double, MLflow's default), not predict's long
+    got = pd.read_parquet(out)["prediction"]
+    assert got.dtype == np.float64 and got.min() >= 1000.0 and got.max() <= 1006.0, got
+
+    import spark_pyfunc._udf
+
+    seen = []
+    real = spark_pyfunc._udf.spark_udf
+
+    def spy(session, *args, **kwargs):
+        seen.append(session.conf.get(key, None))
+        return real(session, *args, **kwargs)
+
+    monkeypatch.setattr(spark_pyfunc._udf, "spark_udf", spy)
+    code, _, err = run_cli(
+        capsys, "score", sized_model, x_input, tmp_path / "c.parquet", "--scope", scope,
+        "--method", "predict_proba", "--model-config", '{"offset": 0}', "--conf", f"{key}=prefork",
+    )  # fmt: skip
+    assert code == 0, err
+    assert seen == ["prefork"]  # --conf set for the run
+    assert spark.conf.get(key, None) == before  # and only for the run
+    assert pd.read_parquet(tmp_path / "c.parquet")["prediction"].max() <= 40.0
+
+    code, _, err = run_cli(capsys, "score", sized_model, x_input, tmp_path / "p.parquet")
+    assert code == 0 and pd.read_parquet(tmp_path / "p.parquet")["prediction"].dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model-config", "[1]"], "must be a JSON object"),
+        (["--model-config", "{nope"], "is not JSON"),
+        (["--model-config", "@/no/such/file.json"], "cannot read the file"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer: 0"),
+        (["--batch-size", "two"], "invalid int value"),
+        (["--method", "_private"], "--method must name a method of the model"),
+        (["--conf", "novalue"], "must look like KEY=VALUE"),
+        (["--conf", "a=1", "--conf", "a=2"], "'a' is given twice"),
+    ],
+)
+def test_bad_new_flags_are_usage_errors(capsys, tmp_path, sized_model, x_input, flags, message):
+    code, _, err = run_cli(capsys, "score", sized_model, x_input, tmp_path / "o.parquet", *flags)
+    assert code == 2, err
+    assert message in one_error_line(err)
+
+
+def test_exit_statuses_are_in_help_and_readme(capsys):
+    from spark_pyfunc.cli import EXIT_STATUSES
+
+    assert main(["score", "--help"]) == 0
+    assert EXIT_STATUSES in capsys.readouterr().out
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for status in ("| 0 |", "| 1 |", "| 2 |", "| 130 |"):
+        assert status in readme, status

@@ -215,10 +215,11 @@ def test_model_error_is_a_prediction_error_and_the_host_keeps_serving(
         assert "ValueError" in str(info.value)
         assert "host_models.py" in info.value.remote_traceback
         assert "Traceback (most recent call last)" in str(info.value)
-        # the model's message once: the traceback's closing line repeats the first line
+        # the model's message once, at the end, as its own traceback ends
         assert str(info.value).count("predict refused: on purpose") == 1, str(info.value)
         assert "host_models.py" in str(info.value)  # the frames stay
         assert info.value.remote_traceback.rstrip().endswith("predict refused: on purpose")
+        assert str(info.value).endswith("ValueError: predict refused: on purpose")
         # the package's own errors keep their type
         with pytest.raises(SchemaEnforcementError, match="b"):
             client.predict(FRAME[["a"]])

@@ -27,6 +27,7 @@ TIERS: list[list[str]] = [
     ["errors", "_version"],
     ["_config", "_paths", "_locks", "_faultpoints", "_sizing"],
     ["schema._types", "_wire", "_spark_session", "_uris"],
+    ["_progress", "_commit", "_input", "_error_line"],
     ["schema._coerce", "_rendezvous", "_shipping", "_batching", "_cache"],
     ["schema._specs", "_status", "_distribution"],
     ["schema._infer", "schema._enforce"],
@@ -39,6 +40,7 @@ TIERS: list[list[str]] = [
     ["_udf", "_report"],
     ["scoring", "_demo", ""],
     ["cli"],
+    ["score_job"],
 ]
 
 #: Module -> layer.

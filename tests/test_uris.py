@@ -392,6 +392,8 @@ def test_cli_info_takes_a_model_uri_and_names_a_bad_one(s3, registry, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["loader_module"] == "mlflow.pyfunc.model"
     assert [c["name"] for c in info["inputs"]] == FEATURES
+    # the URI the user gave, not the temporary download deleted at exit
+    assert info["model"] == f"s3://{BUCKET}/model" and info["path"] is None
     assert cli_main(["info", f"models:/{NAME}@nope"]) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert error[-1].startswith("spark-pyfunc: error: cannot resolve model URI")
