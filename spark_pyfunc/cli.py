@@ -84,7 +84,7 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
     return params
 
 
-def parse_model_config(text: str) -> dict[str, Any]:
+def _parse_model_config(text: str) -> dict[str, Any]:
     """``'{"k": 1}'`` or ``@file.json`` -> the JSON object, refusing anything else."""
     source = f"--model-config {text!r}"
     if text.startswith("@"):
@@ -101,7 +101,7 @@ def parse_model_config(text: str) -> dict[str, Any]:
     return value
 
 
-def parse_conf(items: Sequence[str]) -> dict[str, str]:
+def _parse_conf(items: Sequence[str]) -> dict[str, str]:
     """``["spark.k=v", ...]`` -> dict, refusing items without ``=`` and repeated keys."""
     conf: dict[str, str] = {}
     for item in items:
@@ -291,7 +291,7 @@ def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model-config",
-        type=parse_model_config,
+        type=_parse_model_config,
         metavar="JSON|@FILE",
         help="model_config given to the model: a JSON object, or @FILE holding one",
     )
@@ -380,7 +380,7 @@ def _run_score_command(
     options["host_log_dir"] = _host_log_dir(args)
     if options["host_log_dir"] is not None:
         logger.info("model host logs go to %s", options["host_log_dir"])
-    conf = parse_conf(args.conf)
+    conf = _parse_conf(args.conf)
     gate("before-spark")
     state = CommitState()
     summary = None
