@@ -153,6 +153,8 @@ class Host:
             if batcher is None
             else BatchedServing(server, batcher).serve_connection
         )
+        #: The host's figures (_status.HostStatus), written as the supervising loop ticks.
+        self.status: HostStatus | None = None
         # prefork only: the serving processes (made before any fork: see _prefork._Activity)
         self.prefork = (
             Prefork(server.serve_connection, self.processes, fork=self._fork)
@@ -169,8 +171,6 @@ class Host:
     def activity(self) -> _Activity | None:
         """prefork only: the other modes see every connection in this process."""
         return self.prefork.activity if self.prefork is not None else None
-        #: The host's figures (_status.HostStatus), written as the supervising loop ticks.
-        self.status: HostStatus | None = None
 
     def bind(self) -> None:
         """Listen on a temporary name, then rename it into place: a client that finds the
