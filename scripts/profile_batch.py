@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models as bm  # noqa: E402
 
 from spark_pyfunc import load_model  # noqa: E402
+from spark_pyfunc._relay import _bind  # noqa: E402
 from spark_pyfunc._result_types import fit_arrow_result, fit_prediction, to_arrow  # noqa: E402
 from spark_pyfunc._serving import ModelServer  # noqa: E402
-from spark_pyfunc._udf import _bind  # noqa: E402
 from spark_pyfunc._wire import (  # noqa: E402
     arrow_bytes_to_frame,
     arrow_bytes_to_table,

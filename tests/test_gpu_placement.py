@@ -21,8 +21,9 @@ from host_models import Environ
 
 from spark_pyfunc import load_model, save_model, spark_udf
 from spark_pyfunc._launcher import host_key
+from spark_pyfunc._placement import ScoringPlan as _Plan
+from spark_pyfunc._placement import host_variant
 from spark_pyfunc._shipping import ShippedModel
-from spark_pyfunc._udf import _Plan, host_variant
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import standalone  # noqa: E402

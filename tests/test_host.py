@@ -1068,7 +1068,7 @@ def test_processes_setting_reaches_the_host(spark, probe_dir: str, tmp_path: Pat
 def test_no_more_serving_processes_than_cpus_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     # An executor of 4 task slots on 2 CPUs: 2 serving processes (a third and fourth would add
     # private pages, not parallelism); spark.pyfunc.host.processes is taken as set.
-    from spark_pyfunc._udf import _serving_processes
+    from spark_pyfunc._placement import serving_processes as _serving_processes
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert _serving_processes(None, 4) == 2

@@ -37,6 +37,8 @@ TIERS: list[list[str]] = [
     ["_loading", "_saving", "_env_spec", "_serving"],
     ["_launcher", "_environments", "_prefork"],
     ["_host", "_client", "_describe", "_env_prebuilt"],
+    ["_placement"],
+    ["_relay"],
     ["_udf", "_report"],
     ["scoring", "_demo", ""],
     ["cli"],
@@ -58,6 +60,8 @@ CHECKED = [""]
 #: ``info``, ``--help`` and the host's archive code start without it.
 PYSPARK_IMPORTERS = {
     "spark_pyfunc._udf",
+    "spark_pyfunc._relay",
+    "spark_pyfunc._placement",
     "spark_pyfunc._result_types",
     "spark_pyfunc._report",
     "spark_pyfunc._shipping",
@@ -67,7 +71,11 @@ PYSPARK_IMPORTERS = {
     "spark_pyfunc._demo",
     "spark_pyfunc.cli",
 }
-PYSPARK_AT_MODULE_LEVEL = {"spark_pyfunc._udf", "spark_pyfunc._result_types"}
+PYSPARK_AT_MODULE_LEVEL = {
+    "spark_pyfunc._udf",
+    "spark_pyfunc._relay",
+    "spark_pyfunc._result_types",
+}
 
 
 def module_name(path: Path, package_dir: Path) -> str:
