@@ -41,6 +41,7 @@ TIERS: list[list[str]] = [
     ["_relay"],
     ["_udf", "_report"],
     ["scoring", "_demo", ""],
+    ["_cli_args"],
     ["cli"],
     ["score_job"],
 ]
