@@ -5,10 +5,10 @@ runs with ``spark.task.maxFailures=1`` beside a CPU hog (``--hog`` busy processe
 every stage of a host's life is slow enough to be hit). Each round scores ``y = 2x + id``
 with ``spark_udf(..., scope="executor")`` on a model saved with ``spark_pyfunc.save_model``,
 on a freshly started host (the previous round's is stopped), and at a uniformly random
-instant between the job's first task and its expected end (a warm-up job's duration) SIGKILLs
-one process of the executor's: the launcher (``python -m spark_pyfunc._host --detach``), the
-host (prefork supervisor), a serving child or a relaying Python worker; the class is drawn
-uniformly among those present at that instant (see scripts/_chaos_procs.py for the stages).
+instant between the job's first task and its expected end (the median of the last 5 jobs')
+SIGKILLs one process of the executor's: the launcher (``python -m spark_pyfunc._host
+--detach``), the host (prefork supervisor), a serving child or a relaying Python worker; the
+class is drawn uniformly among those present at that instant (see scripts/_chaos_procs.py).
 
 Each round checks that the result is exact (against pandas), records the stage hit, the
 outcome, the time to recover (the job's duration minus the warm baseline) and whether the
@@ -379,6 +379,8 @@ def run_round(spark, udf_df, expected, args, tag, span, rng, aim, logs) -> dict:
         only = "worker" if args.worker_max_failures > 1 else ""
         kill = kill_random(job, tag, start, span, rng, only)
     job.done.wait()
+    if not aim:
+        kill["span_s"] = round(job.ended - start, 3)  # first task to end, this round
     stderr, hosts = logs.new()
     named, lines = evidence(kill, stderr, hosts) if kill.get("pid") else (False, [])
     outcome = "failed" if job.error else "ok" if job.exact else "wrong"
@@ -442,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
                 stop_hosts(tag)
             # the first job also starts the executor's Python daemon: not a baseline
             warm = slice(1 if args.warmups > 1 else 0, None)
-            span, baseline = statistics.median(spans[warm]), statistics.median(durations[warm])
+            spans = spans[warm]
+            span, baseline = statistics.median(spans), statistics.median(durations[warm])
             print(f"warm-up: job {baseline:.2f}s, first task to end {span:.2f}s", flush=True)
             kills = 0
             stop_at = time.monotonic() + args.minutes * 60
@@ -452,6 +455,11 @@ def main(argv: list[str] | None = None) -> int:
                 aim = args.aims[kills % len(args.aims)] if args.aims else ""
                 r = run_round(spark, scored, expected, args, tag, span, rng, aim, logs)
                 r["round"], r["recover_s"] = i, round(r["duration_s"] - baseline, 3)
+                if r.get("span_s") and r["outcome"] == "ok":
+                    # A busy machine's load drifts: the window follows the recent jobs
+                    # (a warm-up's span drawn hours ago left many rounds without a kill).
+                    spans = [*spans[-4:], r["span_s"]]
+                    span = statistics.median(spans)
                 rounds.append(r)
                 kills += not r["hit"].startswith("none/")
                 with open(run / "rounds.jsonl", "a") as fh:  # kept if the run is cut short
