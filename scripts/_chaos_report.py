@@ -15,15 +15,14 @@ REQUIRED = (
     "host/loading",
     "host/ready",
     "child/starting",
+    "child/idle",
+    "child/serving",
     "host/replacing",
 )
 MIN_HITS = 5
 
 
 def _required_of(hit: str) -> str | None:
-    """The required stage a hit counts for (any serving child's stage counts as a child's)."""
-    if hit.startswith("child/") and hit != "child/vanished":
-        return "child/starting"
     return hit if hit in REQUIRED else None
 
 

@@ -56,7 +56,7 @@ import _chaos_procs as cp  # noqa: E402
 from _chaos_report import REQUIRED, report  # noqa: E402
 from standalone import TAG_VAR, reap_tagged, standalone_cluster  # noqa: E402
 
-AIMS = (*REQUIRED, "child/serving", "child/idle", "host/serving", "worker/relaying")
+AIMS = (*REQUIRED, "host/serving", "host/idle", "worker/relaying")
 POLL = 0.005
 
 
@@ -244,7 +244,7 @@ def kill_aimed(job: Job, tag: str, aim: str, rng: random.Random) -> dict:
         snap = cp.snapshot(tag, TAG_VAR, with_stages=cls != "launcher" or stage != "after-fork")
         if aim == "launcher/after-fork":
             for proc in snap.of("launcher"):
-                host = cp.kill_launcher_after_fork(proc.pid, timeout=120)
+                host = cp.kill_at_fork(proc.pid, timeout=120)
                 if host is not None:
                     return {
                         "hit": aim,
@@ -269,21 +269,12 @@ def kill_aimed(job: Job, tag: str, aim: str, rng: random.Random) -> dict:
 
 
 def _kill_first_child(job: Job, host: cp.Proc, start: float) -> dict:
-    """Watch a host that is still starting for its first forked child and SIGKILL it at
-    once, before it says it is ready (checked in the host's log after the kill)."""
-    while not job.done.is_set():
-        kids = cp.children_of(host.pid)
-        if kids is None:
-            return {"hit": "none/host-gone", "host": host.pid}
-        if kids:
-            pid = min(kids)
-            cp.kill(pid)
-            log = Path(host.arg("--log") or "/nonexistent")
-            said = log.exists() and f"serving process {pid} ready" in log.read_text()
-            hit = "child/idle" if said else "child/starting"
-            return {"hit": hit, "pid": pid, "offset_s": round(time.monotonic() - start, 3)}
-        time.sleep(0.0005)
-    return {"hit": "none/job-ended-first", "host": host.pid}
+    """Trace a host that is still starting and SIGKILL its first serving process at its
+    fork, before it ran a line of its own (so before it said it is ready)."""
+    child = cp.kill_at_fork(host.pid, timeout=120, victim="child")
+    if child is None:
+        return {"hit": "none/no-fork", "host": host.pid}
+    return {"hit": "child/starting", "pid": child, "offset_s": round(time.monotonic() - start, 3)}
 
 
 def _kill_while_replacing(job: Job, tag: str, snap: cp.Snapshot, start: float) -> dict | None:
