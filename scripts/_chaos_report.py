@@ -26,6 +26,13 @@ def _required_of(hit: str) -> str | None:
     return hit if hit in REQUIRED else None
 
 
+def _gist(error: str) -> str:
+    """The line of a job's error that says what failed (a Python worker's traceback ends in
+    the package's own error; Spark's first line says only where it was thrown)."""
+    found = [ln for ln in error.splitlines() if "spark_pyfunc.errors." in ln or "Exception:" in ln]
+    return (found[-1] if found else error.split("\n", 1)[0])[:300]
+
+
 def report(rounds: list[dict], meta: dict, worker_max_failures: int) -> str:
     """The table, the distribution of the stages hit and the warnings, as text."""
     by_hit: dict[str, list[dict]] = defaultdict(list)
@@ -70,7 +77,7 @@ def report(rounds: list[dict], meta: dict, worker_max_failures: int) -> str:
     if missing:
         lines.append(f"aim at the missing ones with --aim {','.join(missing)}")
     for r in bad[:20]:
-        lines.append(f"FAILED round {r['round']} {r['hit']}: {r['error'][:300]}")
+        lines.append(f"FAILED round {r['round']} {r['hit']}: {_gist(r['error'])}")
     return "\n".join(lines) + "\n"
 
 
@@ -81,11 +88,13 @@ def main(argv: list[str]) -> int:
     from pathlib import Path
 
     out = Path(argv[0])
-    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
-    meta = {"baseline_s": float("nan"), "span_s": float("nan"), "args": str(out)}
-    meta["leaked_after_stop"] = ["(not checked: the run has not ended)"]
-    if (out / "rounds.json").exists():
-        meta = json.loads((out / "rounds.json").read_text())["meta"]
+    if (out / "rounds.json").exists():  # the run ended
+        whole = json.loads((out / "rounds.json").read_text())
+        rounds, meta = whole["rounds"], whole["meta"]
+    else:
+        rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+        meta = {"baseline_s": float("nan"), "span_s": float("nan"), "args": str(out)}
+        meta["leaked_after_stop"] = ["(not checked: the run has not ended)"]
     print(report(rounds, meta, 1))
     return 0
 

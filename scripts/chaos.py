@@ -380,7 +380,7 @@ def run_round(spark, udf_df, expected, args, tag, span, rng, aim, logs) -> dict:
         "aim": aim or "random",
         "outcome": outcome,
         "duration_s": round(job.ended - job.started, 3),
-        "error": (job.error or "")[:600],
+        "error": (job.error or "")[:4000],
         "logs_name_it": named,
         "log_lines": lines,
         "teardown_killed": stop_hosts(tag),
