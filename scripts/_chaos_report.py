@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 
-__all__ = ["REQUIRED", "report"]
+__all__ = ["REQUIRED", "killed_one", "report"]
 
 #: The stages issue 25 requires to be hit at least MIN_HITS times each.
 REQUIRED = (
@@ -24,6 +24,11 @@ MIN_HITS = 5
 
 def _required_of(hit: str) -> str | None:
     return hit if hit in REQUIRED else None
+
+
+def killed_one(r: dict) -> bool:
+    """Whether the round's SIGKILL reached a process (not: no kill, or the target had gone)."""
+    return not r["hit"].startswith("none/") and not r["hit"].endswith("/vanished")
 
 
 def _gist(error: str) -> str:
@@ -54,7 +59,7 @@ def report(rounds: list[dict], meta: dict, worker_max_failures: int) -> str:
             f"{hit:24} {len(rs):5} {out['ok']:4} {out['failed']:6} {out['wrong']:5} {named:7} "
             f"{statistics.median(rec):10.2f}s {max(rec):10.2f}s"
         )
-    killed = [r for r in rounds if not r["hit"].startswith("none/")]
+    killed = [r for r in rounds if killed_one(r)]
     ours = [r for r in killed if not r["hit"].startswith("worker/")]
     workers = [r for r in killed if r["hit"].startswith("worker/")]
     bad = [r for r in ours if r["outcome"] != "ok"]

@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _chaos_procs as cp  # noqa: E402
-from _chaos_report import REQUIRED, report  # noqa: E402
+from _chaos_report import REQUIRED, killed_one, report  # noqa: E402
 from standalone import TAG_VAR, reap_tagged, standalone_cluster  # noqa: E402
 
 AIMS = (*REQUIRED, "host/serving", "host/idle", "worker/relaying")
@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                     spans = [*spans[-4:], r["span_s"]]
                     span = statistics.median(spans)
                 rounds.append(r)
-                kills += not r["hit"].startswith("none/")
+                kills += killed_one(r)
                 with open(run / "rounds.jsonl", "a") as fh:  # kept if the run is cut short
                     fh.write(json.dumps(r) + "\n")
                 print(
