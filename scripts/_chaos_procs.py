@@ -38,7 +38,7 @@ __all__ = [
     "Proc",
     "Snapshot",
     "Watcher",
-    "kill_launcher_after_fork",
+    "kill_at_fork",
     "children_of",
     "new_text",
     "snapshot",
@@ -184,10 +184,16 @@ def _classify(snap: Snapshot) -> None:
         parent = procs.get(proc.ppid)
         parent_cmd = " ".join(parent.cmdline) if parent else ""
         if HOST_MARKER in joined:
+            grandparent = procs.get(parent.ppid) if parent else None
+            parent_is_launcher = grandparent is not None and HOST_MARKER not in " ".join(
+                grandparent.cmdline
+            )
             if proc.comm == CHILD_COMM:
                 proc.cls = "child"
             elif "pyspark" in parent_cmd:
                 proc.cls = "launcher"
+            elif HOST_MARKER in parent_cmd and not parent_is_launcher:
+                proc.cls = "child"  # forked by a host, not yet renamed (or a fork-mode child)
             else:
                 proc.cls = "host"
         elif "pyspark" in joined:
@@ -313,10 +319,12 @@ _PTRACE_SEIZE, _PTRACE_GETEVENTMSG, _PTRACE_DETACH, _PTRACE_CONT = 0x4206, 0x420
 _O_TRACEFORK, _EVENT_FORK, _WALL = 0x2, 1, 0x40000000
 
 
-def kill_launcher_after_fork(pid: int, timeout: float) -> int | None:
-    """Stop the launcher ``pid`` the moment it forks the host (ptrace's fork event), SIGKILL
-    it there, and let the forked host go on. Returns the host's pid, None if the launcher
-    ended or could not be traced first. Needs ptrace over the launcher (same user, root)."""
+def kill_at_fork(pid: int, timeout: float, victim: str = "parent") -> int | None:
+    """Stop ``pid`` the moment it forks (ptrace's fork event) and SIGKILL there either the
+    parent (a launcher after its fork, before it printed the host's pid) or the new child
+    (a host's serving process before it ran a line of its own); the other one goes on.
+    Returns the child's pid, None if ``pid`` ended, did not fork in ``timeout`` or could not
+    be traced. Needs ptrace over it (same user, root)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
     libc.ptrace.restype = ctypes.c_long
@@ -334,15 +342,22 @@ def kill_launcher_after_fork(pid: int, timeout: float) -> int | None:
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             return None
         if (status >> 16) == _EVENT_FORK:
-            child = ctypes.c_ulong()
-            libc.ptrace(_PTRACE_GETEVENTMSG, pid, None, ctypes.byref(child))
-            os.kill(pid, signal.SIGKILL)  # stopped inside fork(): after it, before the print
+            msg = ctypes.c_ulong()
+            libc.ptrace(_PTRACE_GETEVENTMSG, pid, None, ctypes.byref(msg))
+            child = int(msg.value)
             with contextlib.suppress(OSError):
-                os.waitpid(child.value, _WALL)  # the host starts traced and stopped
-            libc.ptrace(_PTRACE_DETACH, child.value, None, None)
-            with contextlib.suppress(OSError):
-                os.waitpid(pid, _WALL)
-            return int(child.value)
+                os.waitpid(child, _WALL)  # the child starts traced and stopped
+            if victim == "parent":
+                os.kill(pid, signal.SIGKILL)  # stopped inside fork(): after it, before the print
+                libc.ptrace(_PTRACE_DETACH, child, None, None)
+                with contextlib.suppress(OSError):
+                    os.waitpid(pid, _WALL)
+            else:
+                os.kill(child, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    os.waitpid(child, _WALL)
+                libc.ptrace(_PTRACE_DETACH, pid, None, None)
+            return child
         libc.ptrace(_PTRACE_CONT, pid, None, ctypes.c_void_p(os.WSTOPSIG(status)))
     libc.ptrace(_PTRACE_DETACH, pid, None, None)
     return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 
-__all__ = ["REQUIRED", "report"]
+__all__ = ["REQUIRED", "killed_one", "report"]
 
 #: The stages issue 25 requires to be hit at least MIN_HITS times each.
 REQUIRED = (
@@ -15,16 +15,27 @@ REQUIRED = (
     "host/loading",
     "host/ready",
     "child/starting",
+    "child/idle",
+    "child/serving",
     "host/replacing",
 )
 MIN_HITS = 5
 
 
 def _required_of(hit: str) -> str | None:
-    """The required stage a hit counts for (any serving child's stage counts as a child's)."""
-    if hit.startswith("child/") and hit != "child/vanished":
-        return "child/starting"
     return hit if hit in REQUIRED else None
+
+
+def killed_one(r: dict) -> bool:
+    """Whether the round's SIGKILL reached a process (not: no kill, or the target had gone)."""
+    return not r["hit"].startswith("none/") and not r["hit"].endswith("/vanished")
+
+
+def _gist(error: str) -> str:
+    """The line of a job's error that says what failed (a Python worker's traceback ends in
+    the package's own error; Spark's first line says only where it was thrown)."""
+    found = [ln for ln in error.splitlines() if "spark_pyfunc.errors." in ln or "Exception:" in ln]
+    return (found[-1] if found else error.split("\n", 1)[0])[:300]
 
 
 def report(rounds: list[dict], meta: dict, worker_max_failures: int) -> str:
@@ -48,7 +59,7 @@ def report(rounds: list[dict], meta: dict, worker_max_failures: int) -> str:
             f"{hit:24} {len(rs):5} {out['ok']:4} {out['failed']:6} {out['wrong']:5} {named:7} "
             f"{statistics.median(rec):10.2f}s {max(rec):10.2f}s"
         )
-    killed = [r for r in rounds if not r["hit"].startswith("none/")]
+    killed = [r for r in rounds if killed_one(r)]
     ours = [r for r in killed if not r["hit"].startswith("worker/")]
     workers = [r for r in killed if r["hit"].startswith("worker/")]
     bad = [r for r in ours if r["outcome"] != "ok"]
@@ -71,7 +82,7 @@ def report(rounds: list[dict], meta: dict, worker_max_failures: int) -> str:
     if missing:
         lines.append(f"aim at the missing ones with --aim {','.join(missing)}")
     for r in bad[:20]:
-        lines.append(f"FAILED round {r['round']} {r['hit']}: {r['error'][:300]}")
+        lines.append(f"FAILED round {r['round']} {r['hit']}: {_gist(r['error'])}")
     return "\n".join(lines) + "\n"
 
 
@@ -82,11 +93,13 @@ def main(argv: list[str]) -> int:
     from pathlib import Path
 
     out = Path(argv[0])
-    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
-    meta = {"baseline_s": float("nan"), "span_s": float("nan"), "args": str(out)}
-    meta["leaked_after_stop"] = ["(not checked: the run has not ended)"]
-    if (out / "rounds.json").exists():
-        meta = json.loads((out / "rounds.json").read_text())["meta"]
+    if (out / "rounds.json").exists():  # the run ended
+        whole = json.loads((out / "rounds.json").read_text())
+        rounds, meta = whole["rounds"], whole["meta"]
+    else:
+        rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+        meta = {"baseline_s": float("nan"), "span_s": float("nan"), "args": str(out)}
+        meta["leaked_after_stop"] = ["(not checked: the run has not ended)"]
     print(report(rounds, meta, 1))
     return 0
 
