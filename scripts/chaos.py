@@ -51,6 +51,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+# Loopback only: without this the driver binds to the machine's first interface address.
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 import _chaos_procs as cp  # noqa: E402
 from _chaos_report import REQUIRED, killed_one, report  # noqa: E402

@@ -350,6 +350,11 @@ class HostLauncher:
         """Under the lock, no host answered. A host still loading (its starter died) is
         waited for; a hung one is killed; then stale files go, so a new host can start."""
         proc = self._host_process()
+        gone = read_pid_file(str(self.pid_path))
+        if proc is None and gone is not None:
+            # The host died with no request in flight (killed while idle): say so, or its
+            # replacement would be the only trace.
+            logger.warning("the model host pid %d is gone (%s)", gone, self._how_it_ended(gone))
         if proc is not None and not self.socket_path.exists():
             logger.info(
                 "the model host pid %d is still loading and its starter died: waiting for it",
@@ -447,6 +452,15 @@ class HostLauncher:
             log_path=str(self.log_path),
             log_tail=ending_with_traceback(tail) if model_error else tail,
         )
+
+    def _how_it_ended(self, pid: int) -> str:
+        """How host ``pid`` ended, from its exit status or, without one, its last stage."""
+        status = read_exit_status(str(self.pid_path), pid)
+        if status is None:
+            stage = read_stage(str(self.pid_path), pid) or "starting"
+            return f"killed while {stage}, by SIGKILL or another signal it cannot catch"
+        by = f" by {status['signal']}" if status.get("signal") else ""
+        return f"exited with code {status.get('code')}{by} while {status.get('stage')}"
 
     def _ended(self, pid: int) -> HostError:
         """The error for host ``pid``, gone before it was ready, saying how it ended: a

@@ -304,6 +304,24 @@ def test_host_killed_between_requests_is_restarted(hosts: Hosts, model_dir: str)
         assert client.host_pid != first
 
 
+def test_a_host_killed_while_idle_is_named_when_the_next_task_replaces_it(
+    hosts: Hosts, model_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No request was in flight, so no worker saw the loss: the next task, finding the dead
+    host's pid file, says which host went and how, before it starts a new one."""
+    spec = hosts.spec(model_dir)
+    with hosts.client(spec) as client:
+        before = client.predict(FRAME)
+        first = client.host_pid
+    os.kill(first, signal.SIGKILL)
+    assert wait_until(lambda: not alive_pid(first), 10)
+    caplog.set_level("WARNING", logger="spark_pyfunc")
+    with hosts.client(spec) as client:
+        pd.testing.assert_frame_equal(client.predict(FRAME), before)
+        assert client.host_pid != first
+    assert f"the model host pid {first} is gone (killed while serving, by SIGKILL" in caplog.text
+
+
 @pytest.mark.parametrize(("mode", "hosts_loaded"), [("thread", 3), ("fork", 1), ("prefork", 1)])
 def test_a_request_that_keeps_killing_its_server_fails_after_three_tries(
     hosts: Hosts, model_dir: str, tmp_path, mode: str, hosts_loaded: int
