@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -37,12 +36,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spark_pyfunc._locks import file_lock
+from spark_pyfunc._paths import sha256_file
 from spark_pyfunc.errors import ShippingError
 
 __all__ = ["ModelCache", "default_cache_dir", "file_manifest", "read_events"]
 
 _log = logging.getLogger(__name__)
-_CHUNK = 1 << 20
 _MANIFEST = "MANIFEST.json"
 
 _lock = threading.Lock()
@@ -56,15 +55,6 @@ def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/spark_pyfunc/models``, else ``~/.cache/spark_pyfunc/models``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "spark_pyfunc" / "models"
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 of one file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def file_manifest(root: Path) -> dict[str, list]:

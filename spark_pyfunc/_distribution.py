@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from spark_pyfunc import _config
-from spark_pyfunc._cache import ModelCache, sha256_file
+from spark_pyfunc._cache import ModelCache
+from spark_pyfunc._paths import sha256_file
 from spark_pyfunc._shipping import (
     ShippedModel,
     _is_connect,

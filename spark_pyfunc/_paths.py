@@ -7,13 +7,16 @@ code paths) must read ``file:/tmp/m`` as ``/tmp/m`` and not as a relative path n
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from urllib.parse import urlparse
 
 from spark_pyfunc.errors import InvalidArgumentError
 
-__all__ = ["is_remote", "local_path"]
+__all__ = ["is_remote", "local_path", "sha256_file"]
+
+_CHUNK = 1 << 20
 
 
 def is_remote(uri_or_path: str | os.PathLike) -> bool:
@@ -64,3 +67,13 @@ def local_path(uri_or_path: str | os.PathLike) -> Path:
             "example with mlflow.artifacts.download_artifacts) and pass the local path"
         )
     return Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 of one file, read in 1 MiB chunks: every shipped byte is checked against
+    the driver's."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from spark_pyfunc._locks import file_lock
+from spark_pyfunc._paths import sha256_file
 from spark_pyfunc.errors import ShippingError, UnsafePathError
 
 __all__ = [
@@ -51,7 +52,6 @@ ARCHIVE_PREFIX = "spark_pyfunc-model-"
 # *.tgz (with a deprecation warning), spilling the model into SparkFiles' root unchecked.
 ARCHIVE_SUFFIX = ".tarball"
 _HASH_CHARS = 24
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -316,7 +316,7 @@ def ship_file(spark: Any, path: str | os.PathLike[str], prefix: str) -> ShippedM
     unchecked), for :func:`fetch_file` to verify on the executors."""
     source = Path(path)
     try:
-        sha256 = _sha256_file(source)
+        sha256 = sha256_file(source)
     except OSError as exc:
         raise ShippingError(f"cannot read {os.fspath(path)!r}: {exc}") from exc
     shipped = ShippedModel(
@@ -403,14 +403,6 @@ _memo_lock = threading.Lock()
 _materialized: dict[tuple[str, str], Path] = {}
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _spark_files_root(archive_name: str) -> Path:
     from pyspark import SparkFiles
 
@@ -456,7 +448,7 @@ def fetch_file(shipped: ShippedModel) -> Path:
         return known
     if not archive.is_file():
         raise ShippingError(f"{shipped.archive_name!r} is missing from SparkFiles' root")
-    actual = _sha256_file(archive)
+    actual = sha256_file(archive)
     if actual != shipped.sha256:
         raise ShippingError(
             f"{str(archive)!r} is corrupt: sha256 {actual} does not match the shipped "
@@ -476,7 +468,7 @@ def _unpack(shipped: ShippedModel, base: Path, target: Path) -> None:
             f"model archive {shipped.archive_name!r} is missing from SparkFiles' root {str(base)!r}"
             " (was the model shipped with ship_model in this Spark session?)"
         )
-    actual = _sha256_file(archive)
+    actual = sha256_file(archive)
     if actual != shipped.sha256:
         raise ShippingError(
             f"model archive {str(archive)!r} is corrupt: sha256 {actual} does not match the "

@@ -286,7 +286,7 @@ def test_materialize_refuses_a_corrupt_archive(tmp_path):
 
     message = str(caught.value)
     assert str(archive) in message and shipped.sha256 in message
-    assert shipping._sha256_file(archive) in message
+    assert shipping.sha256_file(archive) in message
     assert not (root / shipped.stem).exists()
     assert not list(root.glob(f".{shipped.stem}-*"))
 
