@@ -230,18 +230,50 @@ def _fitted(
             yield fit(result, plan.result_type, rows.popleft())
 
 
+def _numeric_record(batch: Any, names: tuple[str, ...] | None) -> pa.RecordBatch | None:
+    """The UDF's arguments as the Arrow record the host would get from :func:`_bind`'s frame,
+    built straight from the Series' arrays, when every argument is a plain numeric Series
+    (the usual features); None otherwise.
+
+    Relaying to the host, the worker needs no DataFrame: building one copies the columns into
+    a 2-D block, and serialising it copies them out again, column by column (strided). A
+    numeric numpy array becomes an Arrow array without a copy.
+    """
+    parts = batch if isinstance(batch, tuple) else (batch,)
+    arrays, labels = [], []
+    for i, part in enumerate(parts):
+        if not isinstance(part, pd.Series):
+            return None
+        dtype = part.dtype
+        if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf":
+            return None
+        arrays.append(pa.array(part.to_numpy()))
+        labels.append(names[i] if names is not None and i < len(names) else str(i))
+    if len(set(labels)) != len(labels):
+        return None  # the frame keeps the last of a repeated name; let _bind decide
+    return pa.RecordBatch.from_arrays(arrays, names=labels)
+
+
 def score_batches(plan: ScoringPlan, batches: Iterator[Any]) -> Iterator[pd.Series | pd.DataFrame]:
     scorer: _InProcess | ModelHostClient | None = None
+    relayed = plan.scope != "process"
 
-    def split(batch: Any) -> list[pd.DataFrame]:
+    def split(batch: Any) -> list[pd.DataFrame] | list[pa.RecordBatch]:
+        record = _numeric_record(batch, plan.input_names) if relayed else None
+        if record is not None:
+            step = plan.batch_size or record.num_rows or 1
+            return [record.slice(start, step) for start in range(0, record.num_rows, step)]
         frame = _bind(batch, plan.input_names)
         step = plan.batch_size or len(frame) or 1
         return [frame.iloc[start : start + step] for start in range(0, len(frame), step)]
 
+    def rows_of(chunk: pd.DataFrame | pa.RecordBatch) -> int:
+        return chunk.num_rows if isinstance(chunk, pa.RecordBatch) else len(chunk)
+
     def score(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.Series | pd.DataFrame]:
         nonlocal scorer
         scorer = _InProcess(plan) if plan.scope == "process" else host_client(plan)
-        return _fitted(scorer, plan, chunks, len, fit_prediction)
+        return _fitted(scorer, plan, chunks, rows_of, fit_prediction)
 
     try:
         yield from _per_batch(

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from spark_pyfunc._relay import _bind, _numeric_record
 from spark_pyfunc._wire import (
     PeerClosed,
     arrow_bytes_to_frame,
@@ -285,3 +286,38 @@ def test_a_prediction_goes_to_arrow_as_its_rows_would(output):
 def test_a_byte_swapped_prediction_is_a_result_type_error():
     with pytest.raises(ResultTypeError, match="column '0' of the model output"):
         prediction_to_arrow_bytes(np.arange(3, dtype=">f8"))
+
+
+# The pandas relay's shortcut for plain numeric arguments (PySpark 3.5/4.0, scope="executor")
+# must put on the wire exactly what the DataFrame path puts there.
+_NUMERIC_DTYPES = ["int8", "int16", "int32", "int64", "uint8", "float32", "float64", "bool"]
+
+
+@given(
+    dtypes=st.lists(st.sampled_from(_NUMERIC_DTYPES), min_size=1, max_size=5),
+    rows=st.integers(0, 40),
+    named=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_numeric_arguments_travel_as_the_frame_path_sends_them(dtypes, rows, named, seed) -> None:
+    rng = np.random.default_rng(seed)
+    parts = tuple(pd.Series((rng.standard_normal(rows) * 50).astype(dtype)) for dtype in dtypes)
+    if any(d.startswith("float") for d in dtypes) and rows:
+        parts[[d.startswith("float") for d in dtypes].index(True)].iloc[0] = np.nan
+    names = tuple(f"f{i}" for i in range(len(parts))) if named else None
+    record = _numeric_record(parts if len(parts) > 1 else parts[0], names)
+    assert record is not None
+    via_frame = arrow_bytes_to_table(frame_to_arrow_bytes(_bind(parts, names)))
+    via_record = arrow_bytes_to_table(batch_to_arrow_bytes(record))
+    assert via_record.schema == via_frame.schema
+    for got, want in zip(via_record.columns, via_frame.columns, strict=True):
+        assert got.null_count == want.null_count
+        np.testing.assert_array_equal(got.to_numpy(), want.to_numpy())  # NaN == NaN here
+
+
+def test_arguments_other_than_plain_numbers_take_the_frame_path() -> None:
+    numbers = pd.Series([1.0, 2.0])
+    assert _numeric_record((numbers, pd.Series(["a", "b"])), ("x", "y")) is None
+    assert _numeric_record((numbers, pd.Series([1, None], dtype="Int64")), None) is None
+    assert _numeric_record(pd.DataFrame({"a": [1.0, 2.0]}), None) is None  # a struct
+    assert _numeric_record((numbers, numbers), ("x", "x")) is None  # a repeated name
