@@ -186,7 +186,8 @@ _seeded: set[tuple[str, str]] = set()
 
 
 def _seed(spark: Any, delivery: Delivery) -> None:
-    """Get the chunks to one executor, then drop the driver's own pieces of them.
+    """Get the chunks to one executor, then withdraw the driver's offer of its own pieces
+    (_pieces.py: it keeps them, and offers them again if every executor holding one is lost).
 
     TorrentBroadcast fetches each 4 MiB piece from a random holder, the driver included, so
     executors arriving one after another would take 1/2, 1/3, ... of a copy from the driver
@@ -212,45 +213,15 @@ def _seed(spark: Any, delivery: Delivery) -> None:
             return
         finally:
             sc.setJobDescription(None)
-        dropped = _drop_driver_pieces(sc, delivery.chunks)
+        from spark_pyfunc._pieces import withdraw_and_watch
+
+        withdrawn = withdraw_and_watch(sc, delivery.archive_name, delivery.chunks)
         _seeded.add(key)
     _log.info(
-        "seeded %s on one executor; the driver dropped %d pieces", delivery.archive_name, dropped
+        "seeded %s on one executor; the driver withdrew its offer of %d pieces",
+        delivery.archive_name,
+        withdrawn,
     )
-
-
-def _driver_block_manager(sc: Any) -> Any:
-    """The driver's BlockManager, read through java.lang.reflect: py4j's own lookup of
-    SparkEnv's methods loads classes the pip PySpark lacks (protobuf) and kills the gateway
-    thread, so neither ``sc.env()`` nor ``SparkEnv.get()`` can be called through it."""
-    forname = sc._jvm.java.lang.Class.forName
-    module_class = forname("org.apache.spark.SparkEnv$")
-    module = module_class.getDeclaredField("MODULE$").get(None)
-    env_field = module_class.getDeclaredField("env")
-    env_field.setAccessible(True)
-    manager_field = forname("org.apache.spark.SparkEnv").getDeclaredField("blockManager")
-    manager_field.setAccessible(True)
-    return manager_field.get(env_field.get(module))
-
-
-def _drop_driver_pieces(sc: Any, chunks: tuple[Any, ...]) -> int:
-    """Remove the driver's copies of the chunks' broadcast pieces, telling the master, so
-    executors fetch them from each other; 0 (and a log line) where Spark's internals differ."""
-    try:
-        manager = _driver_block_manager(sc)
-        block_id = sc._jvm.org.apache.spark.storage.BroadcastBlockId
-        dropped = 0
-        for chunk in chunks:
-            bid = chunk._jbroadcast.id()
-            piece = 0
-            while manager.getStatus(block_id(bid, f"piece{piece}")).isDefined():
-                manager.removeBlock(block_id(bid, f"piece{piece}"), True)
-                dropped += 1
-                piece += 1
-        return dropped
-    except Exception as exc:  # noqa: BLE001 - py4j's errors; the driver then serves on
-        _log.info("the driver keeps its broadcast pieces (cannot reach its block manager): %s", exc)
-        return 0
 
 
 # --------------------------------------------------------------------------- executor

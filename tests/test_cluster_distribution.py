@@ -196,3 +196,36 @@ def test_driver_sends_about_one_copy_to_three_executors(spark_tmp, tmp_path):
     # At least one copy left the driver (the count is real), and far fewer than three.
     assert 0.9 * size < sent < 1.5 * size, f"driver sent {sent / size:.2f} model sizes"
     stop_active_session()
+
+
+@pytest.mark.parametrize("scope", ["process", "executor"])
+def test_executors_that_replace_every_holder_of_the_pieces_still_get_the_model(
+    spark_tmp, tmp_path, model, scope
+):
+    """Every executor that fetched the broadcast is lost (a machine gone, or dynamic
+    allocation releasing idle executors); the driver had dropped its own pieces after
+    seeding. The executors Spark starts in their place must still get the model."""
+    from support.faults import executor_jvms
+    from support.wait import wait_until
+
+    path, digest = model
+    spark = _session(spark_tmp, tmp_path / "cache")
+    sc = spark.sparkContext
+    predict = spark_udf(spark, str(path), result_type="long", scope=scope)
+
+    def score() -> list[int]:
+        frame = spark.range(0, 16, numPartitions=8).select(predict("id").alias("n"))
+        return [row.n for row in frame.collect()]
+
+    assert score() == [digest] * 16
+    lost = executor_jvms()
+    assert len(lost) == 2
+    for jvm in lost:
+        jvm.kill()
+    assert wait_until(
+        lambda: len(executor_jvms()) == 2
+        and not {p.pid for p in lost} & {p.pid for p in executor_jvms()}
+        and sc._jsc.sc().getExecutorMemoryStatus().size() == 3,
+        timeout=120,
+    ), "the cluster did not start two new executors"
+    assert score() == [digest] * 16

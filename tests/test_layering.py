@@ -26,7 +26,7 @@ PACKAGE_DIR = Path(spark_pyfunc.__file__).parent
 TIERS: list[list[str]] = [
     ["errors", "_version"],
     ["_config", "_paths", "_locks", "_faultpoints", "_sizing"],
-    ["schema._types", "_wire", "_spark_session", "_uris"],
+    ["schema._types", "_wire", "_spark_session", "_uris", "_pieces"],
     ["_progress", "_commit", "_input", "_error_line"],
     ["schema._coerce", "_rendezvous", "_shipping", "_batching", "_cache"],
     ["schema._specs", "_status", "_distribution"],
