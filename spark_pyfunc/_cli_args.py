@@ -155,7 +155,8 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         "--method",
         default="predict",
         help="the model's method to call, e.g. predict_proba (default: predict); its result "
-        "type defaults to double, as MLflow's: the signature describes predict",
+        "type defaults to double, as MLflow's: the signature describes predict. Checked "
+        "before Spark starts when the model lists its methods ('info' shows them)",
     )
     parser.add_argument(
         "--model-config",

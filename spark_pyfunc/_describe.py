@@ -48,6 +48,7 @@ def describe(model: str | os.PathLike) -> dict[str, Any]:
         ]
 
     params = metadata.get_params_schema()
+    methods = metadata.declared_methods
     artifacts = metadata.pyfunc_conf.get("artifacts") or {}
     return {
         "model": text,
@@ -61,6 +62,7 @@ def describe(model: str | os.PathLike) -> dict[str, Any]:
         "python_version": metadata.python_version,
         "cloudpickle_version": metadata.cloudpickle_version,
         "mlflow_version": metadata.mlflow_version,
+        "methods": list(methods) if methods is not None else None,
         "inputs": columns(metadata.get_input_schema()),
         "outputs": columns(metadata.get_output_schema()),
         "params": (
@@ -120,6 +122,13 @@ def info_lines(info: dict[str, Any]) -> list[str]:
     ]
     if info["mlflow_version"]:
         lines.append(f"mlflow        {info['mlflow_version']}")
+    # Recorded by save_model: what spark_udf checks method= against before any task runs.
+    methods = info["methods"]
+    lines.append(
+        f"methods       {', '.join(methods)}"
+        if methods is not None
+        else "methods       not recorded (a wrong method fails where the model loads)"
+    )
     for title in ("inputs", "outputs"):
         columns = info[title]
         if columns is None:

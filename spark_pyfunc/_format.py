@@ -7,6 +7,7 @@ imports it: ``..``, absolute paths and symbolic links that lead out are refused.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,7 +16,13 @@ from typing import Any
 
 import yaml
 
-from spark_pyfunc.errors import ModelFormatError, SchemaError, SparkPyfuncError, UnsafePathError
+from spark_pyfunc.errors import (
+    InvalidArgumentError,
+    ModelFormatError,
+    SchemaError,
+    SparkPyfuncError,
+    UnsafePathError,
+)
 from spark_pyfunc.schema import ModelSignature, ParamSchema, Schema
 
 MLMODEL_FILE = "MLmodel"
@@ -23,6 +30,44 @@ PYFUNC_FLAVOR = "python_function"
 #: The loader module of custom pyfunc models (a pickled PythonModel), MLflow's and ours.
 CUSTOM_PYFUNC_LOADER = "mlflow.pyfunc.model"
 REQUIREMENTS_FILE = "requirements.txt"
+#: The python_function flavor's list of the python model's inference methods, written by
+#: save_model so that ``method`` is checked on the driver without unpickling the model.
+#: MLflow records no such list (only ``predict_fn`` and ``streamable``) and its loader
+#: ignores flavor keys it does not know; the prefix keeps clear of any key MLflow may add.
+METHODS_KEY = "spark_pyfunc_methods"
+#: Public methods of a python model that are not inference methods.
+_NOT_INFERENCE = frozenset({"load_context", "predict_type_hints"})
+
+
+def is_inference_name(name: Any) -> bool:
+    """Whether ``name`` may name an inference method: public, and not one of the hooks."""
+    return (
+        isinstance(name, str)
+        and name.isidentifier()
+        and not name.startswith("_")
+        and name not in _NOT_INFERENCE
+    )
+
+
+def inference_methods(python_model: Any) -> list[str] | None:
+    """The names ``PyFuncModel.invoke`` can call on ``python_model``, sorted, as recorded
+    under :data:`METHODS_KEY`: its class's public callables, read statically (no property
+    runs), and the callables set on the instance. None when a ``__getattr__`` can answer
+    any name: the model's methods cannot be known, and are checked where it is loaded."""
+    cls = type(python_model)
+    if getattr(cls, "__getattr__", None) is not None:
+        return None
+    own = getattr(python_model, "__dict__", {})
+    names = {name for name in dir(cls) if _callable(inspect.getattr_static(cls, name))}
+    names |= {name for name, value in own.items() if _callable(value)}
+    return sorted(name for name in names if is_inference_name(name))
+
+
+def _callable(attr: Any) -> bool:
+    """A function, method or callable object; not a class, which invoke would instantiate."""
+    return isinstance(attr, (staticmethod, classmethod)) or (
+        callable(attr) and not isinstance(attr, type)
+    )
 
 
 def resolve_inside(model_dir: str | os.PathLike[str], relpath: Any, what: str) -> Path:
@@ -140,6 +185,32 @@ class ModelMetadata:
         whose python model is a script that only MLflow can run)."""
         return (
             self.loader_module == CUSTOM_PYFUNC_LOADER and "model_code_path" not in self.pyfunc_conf
+        )
+
+    @property
+    def declared_methods(self) -> tuple[str, ...] | None:
+        """The inference methods save_model recorded, or None where the model does not say
+        (saved by MLflow or an older spark_pyfunc, or another flavor)."""
+        methods = self.pyfunc_conf.get(METHODS_KEY)
+        if methods is None:
+            return None
+        if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+            raise ModelFormatError(
+                f"{self.mlmodel_path}: field {PYFUNC_FLAVOR}.{METHODS_KEY} must be a list of "
+                f"method names, not {methods!r}"
+            )
+        return tuple(methods)
+
+    def check_method(self, method: str, model: str) -> None:
+        """Refuse, on the driver, a ``method`` the model declares it does not have, rather
+        than fail every task; ``model`` names the model as the user gave it. A model that
+        declares no methods is left to fail where it is loaded, as before."""
+        methods = self.declared_methods
+        if methods is None or method in methods:
+            return
+        raise InvalidArgumentError(
+            f"method={method!r} is not a method of {model}; its methods are "
+            f"{', '.join(methods) or 'none'}"
         )
 
     def python_model_path(self) -> Path:

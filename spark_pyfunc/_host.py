@@ -456,11 +456,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             # Imported here, not at the top: the client imports this module too.
-            from spark_pyfunc._loading import load_model
+            from spark_pyfunc._loading import load_for_scoring
 
             threads_before = _thread_count()  # numpy's BLAS pool and the like: the host's own
             started = time.perf_counter()
-            model = load_model(args.model_dir, model_config=model_config)
+            model = load_for_scoring(args.model_dir, model_config, args.model_uri)
             load_seconds = time.perf_counter() - started
             size = getattr(model.metadata, "model_size_bytes", None)
             logger.info(

@@ -33,7 +33,13 @@ from typing import Any
 
 import cloudpickle
 
-from spark_pyfunc._format import ModelMetadata, read_metadata, read_model_config
+from spark_pyfunc._format import (
+    ModelMetadata,
+    inference_methods,
+    is_inference_name,
+    read_metadata,
+    read_model_config,
+)
 from spark_pyfunc._uris import resolve_model_uri
 from spark_pyfunc.errors import MissingDependencyError, ModelExitError, ModelFormatError
 from spark_pyfunc.python_model import PythonModel, PythonModelContext, bind_inference
@@ -46,8 +52,6 @@ logger.addHandler(logging.NullHandler())
 _OPENERS: dict[str, Callable[..., Any]] = {"lzma": lzma.open, "bzip2": bz2.open, "gzip": gzip.open}
 #: Modules whose pip distribution has another name.
 _PIP_NAMES = {"sklearn": "scikit-learn", "yaml": "PyYAML", "PIL": "Pillow", "cv2": "opencv-python"}
-#: Methods of a python model that are not inference methods.
-_NOT_INFERENCE = {"load_context", "predict_type_hints"}
 
 
 class PyFuncModel:
@@ -67,6 +71,9 @@ class PyFuncModel:
         self._context = context
         self._impl = impl
         self._calls: dict[str, Callable[[Any, dict[str, Any] | None], Any]] = {}
+        #: The model as the user named it (spark_udf's model_uri), where it was loaded from
+        #: a copy (an executor's cache): errors name both. See :func:`load_for_scoring`.
+        self._model_uri: str | None = None
 
     @property
     def metadata(self) -> ModelMetadata:
@@ -172,22 +179,16 @@ class PyFuncModel:
         name = method
         if self._python_model is None and method == "predict":
             name = self._metadata.pyfunc_conf.get("predict_fn", "predict")
-        fn = getattr(target, name, None) if _is_public_name(name) else None
+        fn = getattr(target, name, None) if is_inference_name(name) else None
         if not callable(fn):
-            raise ModelFormatError(
-                f"the model {self._metadata.path} ({type(target).__qualname__}) has no "
-                f"inference method {method!r}"
-            )
+            kind = type(target).__qualname__
+            shown = f"{self._metadata.path} ({kind})"
+            if self._model_uri is not None:
+                shown = f"{self._model_uri!r} ({kind}, loaded from {self._metadata.path})"
+            methods = inference_methods(target) if self._python_model is not None else None
+            listed = f"; its methods are {', '.join(methods)}" if methods else ""
+            raise ModelFormatError(f"the model {shown} has no inference method {method!r}{listed}")
         return bind_inference(fn, self._context if self._python_model is not None else None)
-
-
-def _is_public_name(name: Any) -> bool:
-    return (
-        isinstance(name, str)
-        and name.isidentifier()
-        and not name.startswith("_")
-        and name not in _NOT_INFERENCE
-    )
 
 
 def _model_traceback(exc: BaseException) -> str:
@@ -261,6 +262,16 @@ def load_model(
         metadata.loader_module,
         time.perf_counter() - started,
     )
+    return model
+
+
+def load_for_scoring(
+    path: str | os.PathLike[str], model_config: Mapping[str, Any] | None, model_uri: str | None
+) -> PyFuncModel:
+    """:func:`load_model` of an executor's copy of the model, whose errors name the model as
+    the user gave it to spark_udf (``model_uri``) as well as the copy's path."""
+    model = load_model(path, model_config=model_config)
+    model._model_uri = model_uri or None
     return model
 
 

@@ -60,10 +60,12 @@ class _InProcess:
         key = (plan.shipped.sha256, plan.config_key, json.dumps(self._env, sort_keys=True))
         model = _PROCESS_MODELS.get(key)
         if model is None:
-            from spark_pyfunc._loading import load_model
+            from spark_pyfunc._loading import load_for_scoring
 
             with self._environment():
-                model = load_model(materialize(plan.shipped), model_config=plan.model_config)
+                model = load_for_scoring(
+                    materialize(plan.shipped), plan.model_config, plan.model_uri
+                )
             _PROCESS_MODELS[key] = model
         self._model = model
 

@@ -32,9 +32,11 @@ import yaml
 
 from spark_pyfunc._format import (
     CUSTOM_PYFUNC_LOADER,
+    METHODS_KEY,
     PYFUNC_FLAVOR,
     REQUIREMENTS_FILE,
     ModelMetadata,
+    inference_methods,
     read_metadata,
     read_model_config,
     write_mlmodel,
@@ -561,6 +563,8 @@ def _write(
         flavor["artifacts"] = artifacts
     if config:
         flavor["config"] = config
+    if (methods := inference_methods(python_model)) is not None:
+        flavor[METHODS_KEY] = methods  # so spark_udf checks method= without unpickling
     mlmodel: dict[str, Any] = {
         "flavors": {PYFUNC_FLAVOR: flavor},
         "model_id": None,

@@ -171,7 +171,8 @@ def spark_udf(
         model_config: given to the model as ``context.model_config`` on the executors.
         method: the python model's method to call (``"predict_proba"``, ...). Its default
             result type is ``double`` (MLflow's without a signature): MLflow records the
-            outputs of ``predict`` only.
+            outputs of ``predict`` only. Checked here when the model lists its methods
+            (``save_model`` records them); otherwise a wrong name fails the tasks.
         scope: ``"executor"`` (one host per executor), ``"process"`` (one copy per Python
             worker, like MLflow) or ``"auto"`` (the host for models of at least
             ``spark.pyfunc.scope.autoThresholdBytes``, default 64 MiB, on disk).
@@ -187,8 +188,8 @@ def spark_udf(
         input names), with none (the columns named in the signature) or with one struct.
 
     Raises:
-        InvalidArgumentError: an argument or a ``spark.pyfunc.*`` setting is invalid; the
-            message names it.
+        InvalidArgumentError: an argument or a ``spark.pyfunc.*`` setting is invalid, or
+            ``method`` is not among the methods the model lists; the message names it.
         ModelURIError: ``model_uri`` cannot be resolved (unknown run, model, alias, bucket;
             MLflow or the store's extra not installed); the message names it and why.
         EnvironmentSetupError: ``env_manager`` is not local and the model describes no
@@ -226,6 +227,7 @@ def spark_udf(
     path = resolve_model_uri(model_uri)
     resolved = time.perf_counter()
     metadata = read_metadata(path)
+    metadata.check_method(method, f"model {os.fspath(model_uri)!r}")
     if manager == "local":  # else the loader module comes with the model's environment
         check_loader(metadata, f"model {os.fspath(model_uri)!r}")
     checked_params = sch.enforce_params(params, metadata.get_params_schema())

@@ -184,6 +184,7 @@ def prepare_score(
     model_path = resolve_model_uri(model_text)
     metadata = read_metadata(model_path)
     check_loader(metadata, f"MODEL {model_text!r}")
+    metadata.check_method(method, f"MODEL {model_text!r}")
     local_in = check_input(input)
     local_out = _local_output(output)
     in_format = resolve_format(input, input_format, local_in, "INPUT")

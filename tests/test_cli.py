@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -341,7 +342,7 @@ def test_info_json_is_a_stable_dict(capsys, model_dir):
     assert set(info) == {
         "model", "path", "model_config", "flavors", "loader_module", "model_uuid",
         "utc_time_created", "model_size_bytes", "python_version", "cloudpickle_version",
-        "mlflow_version",
+        "mlflow_version", "methods",
         "inputs", "outputs", "params", "artifacts", "requirements",
     }  # fmt: skip
     assert info["path"] == str(model_dir.resolve()) or info["path"] == str(model_dir)
@@ -1114,6 +1115,37 @@ def test_bad_new_flags_are_usage_errors(capsys, tmp_path, sized_model, x_input, 
     code, _, err = run_cli(capsys, "score", sized_model, x_input, tmp_path / "o.parquet", *flags)
     assert code == 2, err
     assert message in one_error_line(err)
+
+
+def test_info_shows_the_methods_the_model_records(capsys, sized_model, tmp_path):
+    code, out, _ = run_cli(capsys, "info", sized_model)
+    assert code == 0 and "methods       predict, predict_proba" in out.splitlines()
+    assert json.loads(run_cli(capsys, "info", sized_model, "--json")[1])["methods"] == [
+        "predict",
+        "predict_proba",
+    ]
+    unrecorded = tmp_path / "unrecorded"
+    shutil.copytree(sized_model, unrecorded)
+    doc = yaml.safe_load((unrecorded / "MLmodel").read_text())
+    del doc["flavors"]["python_function"]["spark_pyfunc_methods"]  # as MLflow writes it
+    (unrecorded / "MLmodel").write_text(yaml.safe_dump(doc))
+    code, out, _ = run_cli(capsys, "info", unrecorded)
+    assert code == 0 and any(
+        line.startswith("methods       not recorded") for line in out.splitlines()
+    ), out
+    assert json.loads(run_cli(capsys, "info", unrecorded, "--json")[1])["methods"] is None
+
+
+def test_an_unknown_method_fails_before_spark_starts(capsys, tmp_path, sized_model, x_input):
+    out = tmp_path / "o.parquet"
+    code, _, err = run_cli(
+        capsys, "score", sized_model, x_input, out, "--method", "predict_probaa", "--master", "x"
+    )  # a master that cannot start: nothing gets that far
+    assert code == 1, err  # the model cannot do it: not a malformed flag (2)
+    line = one_error_line(err)
+    assert f"--method predict_probaa is not a method of MODEL '{sized_model}'" in line
+    assert line.endswith("its methods are predict, predict_proba")
+    assert not out.exists()
 
 
 def test_exit_statuses_are_in_help_and_readme(capsys):

@@ -39,6 +39,8 @@ from spark_pyfunc import (
     load_model,
     save_model,
 )
+from spark_pyfunc._format import METHODS_KEY, read_metadata
+from spark_pyfunc.python_model import PythonModel
 
 HERE = Path(__file__).resolve().parent
 
@@ -178,6 +180,79 @@ def test_custom_inference_methods_get_the_same_enforcement(tmp_path):
         model.invoke("load_context", data)
     with pytest.raises(ModelFormatError, match="no inference method 'nope'"):
         model.invoke("nope", data)
+
+
+class _Kinds(PythonModel):
+    """Every kind of attribute a python model may have: which are inference methods."""
+
+    class Nested:  # a class: invoke would instantiate it, not an inference method
+        pass
+
+    def __init__(self):
+        self.scorer = lambda context, model_input: model_input  # set on the instance
+        self.threshold = 0.5
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+    @staticmethod
+    def as_static(model_input):
+        return model_input
+
+    @classmethod
+    def as_class(cls, model_input):
+        return model_input
+
+    @property
+    def loud(self):  # a property is never run to find out
+        raise AssertionError("save_model ran a property")
+
+    def _private(self, context, model_input):
+        return model_input
+
+
+class _Dynamic(PythonModel):
+    """Answers any name: its methods cannot be listed."""
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+    def __getattr__(self, name):
+        return self.predict
+
+
+def test_save_model_records_the_inference_methods_that_spark_udf_checks(tmp_path):
+    saved = save_model(tmp_path / "m", python_model=Methods())
+    flavor = yaml.safe_load((tmp_path / "m" / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["spark_pyfunc_methods"] == ["logits", "predict", "predict_proba"]
+    assert saved.declared_methods == ("logits", "predict", "predict_proba")
+    kinds = save_model(tmp_path / "k", python_model=_Kinds())
+    assert kinds.declared_methods == ("as_class", "as_static", "predict", "scorer")
+    assert save_model(tmp_path / "d", python_model=_Dynamic()).declared_methods is None
+    assert METHODS_KEY not in read_metadata(tmp_path / "d").pyfunc_conf
+
+
+def test_a_malformed_methods_field_is_a_format_error(tmp_path):
+    save_model(tmp_path / "m", python_model=Methods())
+    mlmodel = tmp_path / "m" / "MLmodel"
+    doc = yaml.safe_load(mlmodel.read_text())
+    doc["flavors"]["python_function"]["spark_pyfunc_methods"] = "predict"
+    mlmodel.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ModelFormatError, match="spark_pyfunc_methods must be a list"):
+        _ = read_metadata(tmp_path / "m").declared_methods
+
+
+def test_a_model_without_the_methods_field_names_its_methods_where_it_loads(tmp_path):
+    save_model(tmp_path / "m", python_model=Methods())
+    mlmodel = tmp_path / "m" / "MLmodel"
+    doc = yaml.safe_load(mlmodel.read_text())
+    del doc["flavors"]["python_function"]["spark_pyfunc_methods"]  # as MLflow writes it
+    mlmodel.write_text(yaml.safe_dump(doc))
+    model = load_model(tmp_path / "m")
+    assert model.metadata.declared_methods is None
+    model.metadata.check_method("nope", "model 'm'")  # not declared: left to the loaded model
+    with pytest.raises(ModelFormatError, match="its methods are logits, predict, predict_proba"):
+        model.invoke("nope", frame(2))
 
 
 def test_predict_without_context_or_params_arguments(tmp_path, caplog):
@@ -404,6 +479,23 @@ def test_we_load_an_mlflow_written_model_and_predict_the_same(mlflow, tmp_path, 
         load_model(path, model_config={"offset": 2.0}).predict(data),
         mlflow.pyfunc.load_model(str(path), model_config={"offset": 2.0}).predict(data),
     )
+
+
+@pytest.mark.mlflow
+def test_mlflow_loads_a_model_that_records_its_methods(mlflow, tmp_path):
+    from mlflow_models import MlflowMethods
+
+    save_model(tmp_path / "ours", python_model=Methods())
+    assert load_model(tmp_path / "ours").metadata.declared_methods is not None
+    data = frame(4)
+    theirs = mlflow.pyfunc.load_model(str(tmp_path / "ours"))
+    np.testing.assert_array_equal(theirs.predict(data), load_model(tmp_path / "ours").predict(data))
+    np.testing.assert_allclose(
+        theirs.unwrap_python_model().logits(None, data), data.a.to_numpy() - data.b.to_numpy()
+    )
+    # MLflow records no methods: such a model is checked where it loads, as before
+    mlflow.pyfunc.save_model(str(tmp_path / "mlflow"), python_model=MlflowMethods())
+    assert read_metadata(tmp_path / "mlflow").declared_methods is None
 
 
 @pytest.mark.mlflow

@@ -7,12 +7,14 @@ pandas UDF for dates, timestamps and maps): a bug of one path must not hide behi
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import psutil
 import pytest
+import yaml
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, LongType, StructType
 from support.processes import alive_pid
@@ -33,7 +35,7 @@ from udf_models import (
 )
 
 from spark_pyfunc import load_model, spark_udf
-from spark_pyfunc.errors import SchemaEnforcementError, SparkPyfuncError
+from spark_pyfunc.errors import InvalidArgumentError, SchemaEnforcementError, SparkPyfuncError
 from spark_pyfunc.schema import ColSpec, DataType, ModelSignature, ParamSchema, ParamSpec, Schema
 
 BOTH_SCOPES = pytest.mark.parametrize("scope", ["process", "executor"])
@@ -108,6 +110,48 @@ def test_params_model_config_and_method(spark, linear_model, features, scope):
     np.testing.assert_allclose(np.sort(out["scaled"]), np.sort(xw + 0.5 * 4))
     np.testing.assert_allclose(np.sort(out["bias10"]), np.sort(xw + 10.0))
     np.testing.assert_allclose(np.sort(out["logits"]), np.sort(-(xw + 0.5)))
+
+
+@BOTH_SCOPES
+def test_an_unknown_method_is_refused_on_the_driver_before_any_job(
+    spark, linear_model, features, scope
+):
+    sc = spark.sparkContext
+    group = f"method-check-{scope}"
+    files_before = set(sc.listFiles)
+    sc.setJobGroup(group, "spark_udf with a typo in method=")
+    try:
+        with pytest.raises(InvalidArgumentError) as caught:
+            spark_udf(spark, linear_model, method="logitz", scope=scope)
+        assert sc.statusTracker().getJobIdsForGroup(group) == []
+        assert set(sc.listFiles) == files_before  # not even shipped
+        message = str(caught.value)
+        assert f"'{linear_model}'" in message and "'logitz'" in message
+        assert "its methods are logits, predict" in message
+        # the method the model declares scores, and the group does see the jobs it runs
+        logits = spark_udf(spark, linear_model, method="logits", scope=scope)
+        out = spark.createDataFrame(features.head(20)).select(logits().alias("l")).toPandas()
+        assert sc.statusTracker().getJobIdsForGroup(group) != []
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    expected = -(features.head(20).to_numpy() @ np.arange(1, 9) + 0.5)
+    np.testing.assert_allclose(np.sort(out["l"]), np.sort(expected))
+
+
+@BOTH_SCOPES
+def test_a_model_that_lists_no_methods_names_the_users_uri_when_a_task_fails(
+    spark, linear_model, features, tmp_path, scope
+):
+    undeclared = tmp_path / "saved-by-mlflow"
+    shutil.copytree(linear_model, undeclared)
+    mlmodel = undeclared / "MLmodel"
+    doc = yaml.safe_load(mlmodel.read_text())
+    del doc["flavors"]["python_function"]["spark_pyfunc_methods"]  # as MLflow writes it
+    mlmodel.write_text(yaml.safe_dump(doc))
+    typo = spark_udf(spark, undeclared, method="logitz", scope=scope)  # cannot be known here
+    with pytest.raises(Exception, match="no inference method 'logitz'") as caught:
+        spark.createDataFrame(features.head(4)).select(typo()).collect()
+    assert f"the model '{undeclared}'" in str(caught.value)
 
 
 @BOTH_SCOPES
