@@ -223,9 +223,11 @@ def test_executors_that_replace_every_holder_of_the_pieces_still_get_the_model(
     for jvm in lost:
         jvm.kill()
     assert wait_until(
-        lambda: len(executor_jvms()) == 2
-        and not {p.pid for p in lost} & {p.pid for p in executor_jvms()}
-        and sc._jsc.sc().getExecutorMemoryStatus().size() == 3,
+        lambda: (
+            len(executor_jvms()) == 2
+            and not {p.pid for p in lost} & {p.pid for p in executor_jvms()}
+            and sc._jsc.sc().getExecutorMemoryStatus().size() == 3
+        ),
         timeout=120,
     ), "the cluster did not start two new executors"
     assert score() == [digest] * 16
