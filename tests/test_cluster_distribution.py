@@ -200,7 +200,7 @@ def test_driver_sends_about_one_copy_to_three_executors(spark_tmp, tmp_path):
 
 @pytest.mark.parametrize("scope", ["process", "executor"])
 def test_executors_that_replace_every_holder_of_the_pieces_still_get_the_model(
-    spark_tmp, tmp_path, model, scope
+    spark_tmp, tmp_path, model, scope, caplog
 ):
     """Every executor that fetched the broadcast is lost (a machine gone, or dynamic
     allocation releasing idle executors); the driver had dropped its own pieces after
@@ -217,6 +217,7 @@ def test_executors_that_replace_every_holder_of_the_pieces_still_get_the_model(
         frame = spark.range(0, 16, numPartitions=8).select(predict("id").alias("n"))
         return [row.n for row in frame.collect()]
 
+    caplog.set_level("INFO", logger="spark_pyfunc._pieces")
     assert score() == [digest] * 16
     lost = executor_jvms()
     assert len(lost) == 2
@@ -230,4 +231,12 @@ def test_executors_that_replace_every_holder_of_the_pieces_still_get_the_model(
         ),
         timeout=120,
     ), "the cluster did not start two new executors"
+    # The fault landed where claimed: no executor held the pieces, so the driver re-offered.
+    assert wait_until(
+        lambda: any("offers its copy again" in r.getMessage() for r in caplog.records),
+        timeout=30,
+    ), [r.getMessage() for r in caplog.records]
     assert score() == [digest] * 16
+    assert wait_until(
+        lambda: any("withdrew its copy" in r.getMessage() for r in caplog.records), timeout=30
+    ), "the driver kept offering its pieces after the new executors fetched them"
