@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from spark_pyfunc._faultpoints import hold
 from spark_pyfunc._locks import file_lock
 from spark_pyfunc._paths import sha256_file
 from spark_pyfunc.errors import ShippingError
@@ -227,6 +228,7 @@ class ModelCache:
             model = staging / "model"
             model.mkdir()
             fill(model)
+            hold("cache.filling")  # a test's kill lands here: files staged, entry not renamed in
             manifest = file_manifest(model)
             if expected is not None and manifest != expected:
                 raise ShippingError(

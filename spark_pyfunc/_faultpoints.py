@@ -22,6 +22,9 @@ The stages, in the order a host lives them (``STAGES``):
 - ``supervisor.replacing``: a prefork supervisor that saw a serving process die, before it
   forks the replacement.
 
+One stage is not a host's: ``cache.filling``, a process filling the machine's model cache
+(_cache.py) with the model's files staged and not yet renamed into place.
+
 The model's own import and load are held by the model's code (tests/host_models.py).
 """
 
@@ -41,6 +44,7 @@ STAGES = (
     "host.ready",
     "child.started",
     "supervisor.replacing",
+    "cache.filling",
 )
 
 _POLL = 0.01

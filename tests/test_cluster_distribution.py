@@ -240,3 +240,56 @@ def test_executors_that_replace_every_holder_of_the_pieces_still_get_the_model(
     assert wait_until(
         lambda: any("withdrew its copy" in r.getMessage() for r in caplog.records), timeout=30
     ), "the driver kept offering its pieces after the new executors fetched them"
+
+
+@pytest.mark.parametrize("scope", ["process", "executor"])
+def test_an_executor_killed_while_it_fills_the_cache_leaves_nothing_half_written(
+    spark_tmp, tmp_path, model, scope
+):
+    """The executor (its JVM and the Python worker filling the machine's cache) is killed
+    with the model's files staged but not yet renamed in: the replacement executor fills
+    the entry again from scratch, nobody ever loads the staged files, results are exact."""
+    import threading
+
+    import psutil
+    from support.faults import executor_jvms
+    from support.wait import wait_until
+
+    path, digest = model
+    cache, evidence = tmp_path / "cache", tmp_path / "evidence"
+    evidence.mkdir()
+    spark = _session(
+        spark_tmp,
+        cache,
+        "local-cluster[1,1,1024]",
+        **{"spark.executorEnv.SPARK_PYFUNC_FAULTPOINTS": f"{evidence}:cache.filling"},
+    )
+    built: dict = {}
+    # spark_udf seeds the broadcast on an executor, which fills the cache: held there.
+    thread = threading.Thread(
+        target=lambda: built.setdefault(
+            "udf", spark_udf(spark, str(path), result_type="long", scope=scope)
+        )
+    )
+    thread.start()
+    assert wait_until(lambda: any(evidence.glob("at-cache.filling-*")), timeout=120)
+    filler = int(next(evidence.glob("at-cache.filling-*")).name.rsplit("-", 1)[1])
+    assert list((cache / "staging").glob("*/model/*")), "nothing staged at the stage"
+    entries = cache / "entries"
+    assert not entries.exists() or not any(entries.iterdir())
+    jvms = executor_jvms()
+    psutil.Process(filler).kill()
+    for jvm in jvms:
+        jvm.kill()
+    thread.join(timeout=120)
+    assert "udf" in built, "spark_udf did not return after its seed job failed"
+    assert wait_until(
+        lambda: len(executor_jvms()) == 1 and executor_jvms()[0].pid not in {j.pid for j in jvms},
+        timeout=120,
+    )
+    (evidence / "go-cache.filling").touch()  # the replacement's fill goes through
+    frame = spark.range(0, 16, numPartitions=4).select(built["udf"]("id").alias("n"))
+    assert [row.n for row in frame.collect()] == [digest] * 16
+    assert _count(cache, "fill") == 1  # only the replacement's fill completed
+    assert not list((cache / "staging").iterdir())  # the killed fill's staging is gone
+    assert len(list(evidence.glob("at-cache.filling-*"))) == 2  # the kill landed at the stage
