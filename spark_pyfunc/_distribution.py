@@ -31,7 +31,6 @@ from typing import Any
 
 from spark_pyfunc import _config
 from spark_pyfunc._cache import ModelCache
-from spark_pyfunc._paths import sha256_file
 from spark_pyfunc._shipping import (
     ShippedModel,
     _is_connect,
@@ -39,6 +38,7 @@ from spark_pyfunc._shipping import (
     _spark_files_root,
     build_archive,
     safe_extract,
+    verify_archive,
 )
 from spark_pyfunc.errors import ShippingError
 
@@ -243,29 +243,18 @@ def materialize(shipped: ShippedModel) -> Path:
     def fill(dest: Path) -> None:
         if shipped.route == "files":
             archive = _spark_files_root(shipped.archive_name) / shipped.archive_name
-            _verify(archive, shipped)
+            verify_archive(archive, shipped, "SparkFiles' root")
             safe_extract(archive, dest)
             return
         archive = dest.parent / "archive"
         try:
             _assemble(shipped, archive)
-            _verify(archive, shipped)
+            verify_archive(archive, shipped, "the assembled broadcast chunks")
             safe_extract(archive, dest)
         finally:
             archive.unlink(missing_ok=True)
 
     return cache.get(shipped.sha256, fill, kind=shipped.route)
-
-
-def _verify(archive: Path, shipped: ShippedModel) -> None:
-    if not archive.is_file():
-        raise ShippingError(f"model archive {shipped.archive_name!r} is missing from {archive}")
-    actual = sha256_file(archive)
-    if actual != shipped.sha256:
-        raise ShippingError(
-            f"model archive {str(archive)!r} is corrupt: sha256 {actual} does not match the "
-            f"shipped sha256 {shipped.sha256}"
-        )
 
 
 def _assemble(shipped: Delivery, out: Path) -> None:

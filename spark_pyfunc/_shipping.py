@@ -42,6 +42,7 @@ __all__ = [
     "ship_file",
     "ship_model",
     "ship_package",
+    "verify_archive",
     "package_zips",
 ]
 
@@ -437,6 +438,23 @@ def materialize(shipped: ShippedModel, root: str | os.PathLike[str] | None = Non
 _fetched: dict[tuple[str, str], Path] = {}
 
 
+def verify_archive(archive: Path, shipped: ShippedModel, where: str) -> None:
+    """Refuse ``archive`` unless it is there and has the sha256 the driver computed for
+    ``shipped``: no shipped byte is unpacked or used unchecked, whatever route brought it.
+
+    Raises:
+        ShippingError: the archive is missing from ``where``, or its sha256 differs.
+    """
+    if not archive.is_file():
+        raise ShippingError(f"{shipped.archive_name!r} is missing from {where}")
+    actual = sha256_file(archive)
+    if actual != shipped.sha256:
+        raise ShippingError(
+            f"{str(archive)!r} is corrupt: sha256 {actual} does not match the shipped "
+            f"sha256 {shipped.sha256}"
+        )
+
+
 def fetch_file(shipped: ShippedModel) -> Path:
     """The shipped file (see :func:`ship_file`) in SparkFiles' root, its sha256 verified
     once per process."""
@@ -446,14 +464,7 @@ def fetch_file(shipped: ShippedModel) -> Path:
         known = _fetched.get(memo_key)
     if known is not None:
         return known
-    if not archive.is_file():
-        raise ShippingError(f"{shipped.archive_name!r} is missing from SparkFiles' root")
-    actual = sha256_file(archive)
-    if actual != shipped.sha256:
-        raise ShippingError(
-            f"{str(archive)!r} is corrupt: sha256 {actual} does not match the shipped "
-            f"sha256 {shipped.sha256}"
-        )
+    verify_archive(archive, shipped, "SparkFiles' root")
     with _memo_lock:
         _fetched[memo_key] = archive
     return archive
@@ -463,17 +474,12 @@ def _unpack(shipped: ShippedModel, base: Path, target: Path) -> None:
     """Verify the archive and unpack it into ``target``; the caller holds the file lock."""
     started = time.perf_counter()
     archive = base / shipped.archive_name
-    if not archive.is_file():
-        raise ShippingError(
-            f"model archive {shipped.archive_name!r} is missing from SparkFiles' root {str(base)!r}"
-            " (was the model shipped with ship_model in this Spark session?)"
-        )
-    actual = sha256_file(archive)
-    if actual != shipped.sha256:
-        raise ShippingError(
-            f"model archive {str(archive)!r} is corrupt: sha256 {actual} does not match the "
-            f"shipped sha256 {shipped.sha256}"
-        )
+    verify_archive(
+        archive,
+        shipped,
+        f"SparkFiles' root {str(base)!r} (was the model shipped with ship_model in this Spark "
+        "session?)",
+    )
     # Leftovers of a worker killed mid-unpack; nobody else unpacks this model while we hold
     # the lock.
     for stale in base.glob(f".{shipped.stem}-*"):
