@@ -32,7 +32,7 @@ class Progress:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spark-pyfunc-progress", daemon=True)
         self._started = time.monotonic()
-        self._shown: tuple[int, int] = (-1, -1)
+        self._shown: tuple[int, int, int] = (-1, -1, -1)
         self._last_line = self._started
         try:
             from tqdm import tqdm
@@ -55,9 +55,10 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
 
-    def tasks(self) -> tuple[int, int]:
-        """(finished, total) tasks of the group's jobs started since this object was made."""
-        done = total = 0
+    def tasks(self) -> tuple[int, int, int]:
+        """(finished, running, total) tasks of the group's jobs started since this object
+        was made: the running count is what moves while long tasks score."""
+        done = running = total = 0
         for job_id in self._tracker.getJobIdsForGroup(self._group):
             if job_id in self._known:
                 continue
@@ -66,8 +67,9 @@ class Progress:
                 stage = self._tracker.getStageInfo(stage_id)
                 if stage is not None:
                     done += stage.numCompletedTasks
+                    running += stage.numActiveTasks
                     total += stage.numTasks
-        return done, total
+        return done, running, total
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
@@ -76,18 +78,20 @@ class Progress:
             except Exception:  # the context is going away: the job's outcome says the rest
                 return
 
-    def _show(self, done: int, total: int, final: bool = False) -> None:
+    def _show(self, done: int, running: int, total: int, final: bool = False) -> None:
         if not total:
             return
         if self._bar is not None:
             self._bar.total = total
+            self._bar.set_postfix_str(f"{running} running", refresh=False)
             self._bar.update(done - self._bar.n)
             return
         now = time.monotonic()
-        if final or (done, total) != self._shown or now - self._last_line >= self._interval:
-            self._last_line, self._shown = now, (done, total)
+        shown = (done, running, total)
+        if final or shown != self._shown or now - self._last_line >= self._interval:
+            self._last_line, self._shown = now, shown
             print(
-                f"{PROG}: scoring: {done} / {total} tasks finished after "
+                f"{PROG}: scoring: {done} / {total} tasks finished, {running} running, after "
                 f"{now - self._started:,.0f} s (Spark counts a task when it ends)",
                 file=sys.stderr,
                 flush=True,

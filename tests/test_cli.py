@@ -939,6 +939,7 @@ def test_progress_without_tqdm_prints_plain_lines(
     done, total = lines[-1].split(": ")[2].split(" tasks")[0].split(" / ")
     assert done == total and int(total) >= 1, lines
     assert lines[-1].endswith("(Spark counts a task when it ends)")
+    assert ", 0 running, after " in lines[-1]  # the final line: nothing runs any more
     assert "rows/s" in out  # the rate is the summary's, over the whole run
 
 
