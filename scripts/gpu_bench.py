@@ -47,6 +47,7 @@ sessions and jobs, a fake GPU address for Spark, the model on the CPU, no memory
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -500,10 +501,11 @@ def run_without_spark(
     approach: str, tasks: int, args: argparse.Namespace, model: Path, root: Path,
     uuid: str | None,
 ) -> Result:  # fmt: skip
-    """One approach with k (or 1) worker processes and no Spark: see the module's doc."""
+    """One approach with k (or 1) worker processes and no Spark: see the module's doc. The
+    host and the clients are scripts/_host_harness.py's, as in the other no-Spark harnesses."""
     import multiprocessing
 
-    from spark_pyfunc._launcher import HostSpec
+    from _host_harness import Clients, Host, host_spec
 
     # spawn: the workers start from a clean interpreter, as CUDA wants (never forked after
     # this process has touched the driver).
@@ -511,40 +513,40 @@ def run_without_spark(
     workers = 1 if approach == "one task per GPU" else tasks
     batches = max(1, args.rows // (workers * args.arrow_batch))
     go, out = ctx.Barrier(workers + 1), ctx.Queue()
+    host: Any = contextlib.nullcontext()
     if approach.startswith("spark_pyfunc"):
-        spec = HostSpec(
-            model_dir=str(model),
-            key=f"gpu-bench-{len(approach)}-{os.getpid()}",
-            state_dir=str(root / "host-state"),
-            watch_pid=os.getpid(),
+        spec = host_spec(
+            model,
+            root / "host-state",
             mode="thread",
             env={"CUDA_VISIBLE_DEVICES": args.gpu} if args.device == "cuda" else None,
             batching="batching on" in approach,
             batch_calls=args.batch_calls,
         )
+        host = Host(spec)  # started here through the launcher, as a worker starts it
         target, first = _relaying_worker, spec
     else:
         target, first = _copy_worker, str(model)
     before = set(gpu_processes(uuid)) if uuid else set()
-    with GpuSampler(uuid) as sampler:
-        procs = [
-            ctx.Process(target=target, args=(first, args, 7 + i, batches, go, out))
-            for i in range(workers)
-        ]
-        for proc in procs:
-            proc.start()
-        samples = dict(out.get(timeout=900) for _ in procs)  # seed -> its predictions
+    with (
+        host,
+        GpuSampler(uuid) as sampler,
+        Clients(
+            workers,
+            target,
+            lambda i: (first, args, 7 + i, batches, go, out),
+            context="spawn",
+        ) as clients,
+    ):
+        samples = dict(out.get(timeout=900) for _ in range(workers))  # seed -> predictions
         times = []
         for _ in range(args.runs):
             go.wait()
             began = time.perf_counter()
-            for _ in procs:
+            for _ in range(workers):
                 out.get(timeout=900)
             times.append(time.perf_counter() - began)
-        for proc in procs:
-            proc.join(120)
-    if approach.startswith("spark_pyfunc"):
-        stop_host(root / "host-state")
+        clients.join(120)
     left = gone(uuid, before) if uuid else []
     if left:
         print(f"gpu_bench: still on the GPU 60 s after {approach}: pids {left}")
@@ -560,17 +562,6 @@ def run_without_spark(
         0,
         samples[7],  # the first worker's, the same batch in every approach
     )
-
-
-def stop_host(state: Path) -> None:
-    """SIGTERM the host whose pid file is in ``state`` and wait for it to go."""
-    for pid_file in state.glob("*.pid"):
-        try:
-            host = psutil.Process(int(pid_file.read_text().split()[0]))
-        except (OSError, ValueError, psutil.NoSuchProcess):
-            continue
-        host.terminate()
-        psutil.wait_procs([host], timeout=30)
 
 
 def report(r: Result) -> None:
