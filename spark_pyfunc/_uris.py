@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 from spark_pyfunc._paths import is_remote, local_path
 from spark_pyfunc.errors import ModelURIError
 
-__all__ = ["cache_root", "resolve_model_uri"]
+__all__ = ["cache_root", "resolve_model_uri", "storage_location"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,9 @@ class _Cache:
 
 
 _cache = _Cache()
+#: The URI MLflow downloaded for each registry URI a user passed (a moving reference pinned to
+#: its version), so that :func:`storage_location` names the same artifacts.
+_pinned: dict[str, str] = {}
 #: Distinct keys for downloads that must not be reused.
 _unkeyed = itertools.count()
 
@@ -165,6 +168,29 @@ def resolve_model_uri(uri: str | os.PathLike) -> Path:
     )
 
 
+def storage_location(uri: str | os.PathLike) -> str | None:
+    """Where MLflow stores the artifacts behind a ``runs:/`` or ``models:/`` URI (for example
+    ``s3://bucket/1/abc/artifacts/model``), so executors can read them there themselves; None
+    for other URIs, without MLflow, or when MLflow cannot say. The version a moving
+    reference had when :func:`resolve_model_uri` downloaded it is the one located."""
+    text = os.fspath(uri)
+    scheme = urlparse(text).scheme.lower()
+    if scheme not in ("runs", "models") or _import_mlflow() is None:
+        return None
+    pinned = _pinned.get(text, text)
+    try:
+        if scheme == "runs":
+            from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+            return str(RunsArtifactRepository.get_underlying_uri(pinned))
+        from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+        return str(ModelsArtifactRepository.get_underlying_uri(pinned))
+    except Exception as exc:  # noqa: BLE001 - MLflow's errors: then the driver ships it
+        logger.info("no storage location for model URI %s: %s", text, _reason(exc))
+        return None
+
+
 def _import_mlflow() -> Any:
     """``mlflow.artifacts`` if MLflow is importable on this driver, else None."""
     try:
@@ -203,6 +229,7 @@ def _through_mlflow(mlflow: Any, uri: str, scheme: str) -> Path:
         elif reference.moves:
             version = _resolve_version(mlflow, uri, reference)
             key = f"models:/{reference.name}/{version}"
+    _pinned[uri] = key
 
     def download(staging: Path) -> Path:
         try:
