@@ -340,3 +340,34 @@ def test_auto_falls_back_to_files_with_one_line_when_executors_cannot_reach_the_
     with pytest.raises(ShippingError, match=rf"shipping=direct: an executor cannot read .*{uri}"):
         deliver(spark, s3["model"], _setting(asked), uri)
     assert spark.added == []
+
+
+@pytest.mark.mlflow
+def test_a_registered_model_stored_in_s3_is_read_there(s3, tmp_path, monkeypatch):
+    """models:/ and an alias resolve on the driver to where MLflow stored the artifacts (a
+    sqlite registry whose experiment keeps them in the S3 bucket), which executors read."""
+    import mlflow
+    from mlflow_models import MlflowLinear
+
+    from spark_pyfunc._uris import resolve_model_uri
+
+    weights = tmp_path / "w.npy"
+    weights.write_bytes(b"\x93NUMPY")  # never loaded: only shipped and compared
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    experiment = mlflow.create_experiment("direct", artifact_location=f"s3://{BUCKET}/mlruns")
+    with mlflow.start_run(experiment_id=experiment):
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=MlflowLinear(),
+            artifacts={"weights": str(weights)},
+            registered_model_name="directed",
+        )
+    mlflow.MlflowClient().set_registered_model_alias("directed", "champion", "1")
+    uri = "models:/directed@champion"
+    driver_copy = resolve_model_uri(uri)
+    location, why = direct_location(uri, declared=False)
+    assert location is not None and location.startswith(f"s3://{BUCKET}/mlruns/"), why
+    source = build_source(location, driver_copy)
+    got = materialize(_delivery(source, tmp_path / "cache"))
+    assert (got / "MLmodel").read_bytes() == (driver_copy / "MLmodel").read_bytes()
