@@ -1,8 +1,10 @@
 """Every model URI users pass to ``mlflow.pyfunc.spark_udf``, resolved once on the driver.
 
-The executors get the model through Spark's file distribution (``_shipping``), so they need
-no tracking server, registry or cloud credentials: everything remote is downloaded here, on
-the driver, with the user's own settings. With MLflow importable, through
+Everything remote is downloaded here, on the driver, with the user's own settings; the
+executors get that copy through Spark (``_distribution``), needing no tracking server,
+registry or cloud credentials, unless the ``direct`` route has them read the store
+themselves (:func:`storage_location` says where MLflow keeps a registry URI's artifacts).
+With MLflow importable, downloads go through
 ``mlflow.artifacts.download_artifacts`` (tracking URI, registry URI and store credentials
 apply as they do for MLflow); without it, object stores through fsspec, one optional extra
 per store. MLflow is imported only for a URI that needs it, never for a local path: the
