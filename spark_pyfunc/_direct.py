@@ -243,7 +243,13 @@ def read_into(source: DirectSource, dest: Path) -> None:
     """
     for rel, _, _ in source.files:
         check_relpath(rel, source.location)
-    reader = _open(source)
+    try:
+        reader = _open(source)
+    except StoreUnreachable as exc:
+        raise StoreUnreachable(
+            f"model {source.location!r} cannot be read from this executor: {exc} (give every "
+            "executor access, or set spark.pyfunc.shipping=files to ship it from the driver)"
+        ) from exc
     for rel, size, digest in source.files:
         target = dest.joinpath(*check_relpath(rel, source.location).parts)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -194,10 +194,12 @@ def deliver(
     route, why = choose_route(spark, wanted, location, where)
     if route == "direct":
         assert location is not None
-        direct = _deliver_direct(spark, build_source(location, model_dir), why, **common())
-        if direct.route == "direct" or wanted == "direct":
+        direct = _deliver_direct(
+            spark, build_source(location, model_dir), why, wanted == "direct", **common()
+        )
+        if isinstance(direct, Delivery):
             return direct
-        route, why = "files", direct.archive_name  # the fallback's reason, logged below
+        route, why = "files", f"fallback from direct: {direct}"  # logged below, at WARNING
     shipped, archive = build_archive(model_dir)
     chunks: tuple[Any, ...] = ()
     sizes: tuple[int, ...] = ()
@@ -233,11 +235,12 @@ def deliver(
 _probed: dict[tuple[str, str], str | None] = {}
 
 
-def _deliver_direct(spark: Any, source: DirectSource, why: str, **cache: Any) -> Delivery:
+def _deliver_direct(
+    spark: Any, source: DirectSource, why: str, explicit: bool, **cache: Any
+) -> Delivery | str:
     """The ``direct`` delivery of ``source`` once a one-task probe has read it on an executor
-    (which fills that machine's cache), else a stand-in whose ``route`` is ``files`` and whose
-    ``archive_name`` says why, for :func:`deliver` to fall back; an explicit ``direct`` then
-    fails instead.
+    (which fills that machine's cache); else, under ``auto``, why not, for :func:`deliver`
+    to fall back to ``files``.
 
     Raises:
         ShippingError: the probe found the model in the store but not matching the driver's
@@ -268,19 +271,13 @@ def _deliver_direct(spark: Any, source: DirectSource, why: str, **cache: Any) ->
             why,
         )
         return delivery
-    if why.startswith("asked for"):
+    if explicit:
         raise ShippingError(
             f"spark.pyfunc.shipping=direct: an executor cannot read model {source.location!r}: "
             f"{unreachable} (auto falls back to files; files or broadcast ship it from the "
             "driver)"
         )
-    return Delivery(
-        archive_name=f"fallback from direct: an executor cannot read {source.location} "
-        f"({unreachable})",
-        sha256=key,
-        model_size=source.size,
-        route="files",
-    )
+    return f"an executor cannot read {source.location} ({unreachable})"
 
 
 def _session_id(spark: Any) -> str:

@@ -274,7 +274,10 @@ def test_an_unreachable_endpoint_or_mount_is_told_apart(s3, tmp_path, monkeypatc
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody there
     reason = probe(source)
     assert reason and "127.0.0.1" in reason
-    with pytest.raises(StoreUnreachable):
+    # A task on an executor that cannot reach it (where the probe's could) names the URI.
+    with pytest.raises(
+        StoreUnreachable, match=rf"'s3://{BUCKET}/model' cannot be read from this executor: "
+    ):
         materialize(_delivery(source, tmp_path / "cache"))
     missing = DirectSource(str(tmp_path / "not-mounted"), source.files)
     assert "not-mounted" in (probe(missing) or "")
