@@ -5,6 +5,7 @@ checked, a store changed after the manifest, and the fallback when the store is 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections import namedtuple
@@ -290,11 +291,15 @@ class _LocalSession:
     """A classic session on a cluster as ``deliver`` sees it, whose one-task jobs run here,
     in this process, with this process's environment (the executor's, for the test)."""
 
+    _apps = itertools.count()
+
     def __init__(self) -> None:
         self.added: list[str] = []
         self.sparkContext = SimpleNamespace(
             master="spark://cluster:7077",
-            applicationId=f"app-{id(self)}",
+            # Unique like Spark's (not id(self): a freed session's id comes back, and with it
+            # that session's probe result).
+            applicationId=f"app-{next(self._apps)}",
             listFiles=[],
             addFile=self.added.append,
         )
