@@ -190,7 +190,9 @@ def deliver(
         }
 
     wanted = read(_config.SHIPPING)
-    location, where = direct_location(model_uri, declared=wanted == "direct")
+    location, where = None, ""
+    if wanted in ("auto", "direct"):  # a pinned route needs no registry look-up
+        location, where = direct_location(model_uri, declared=wanted == "direct")
     route, why = choose_route(spark, wanted, location, where)
     if route == "direct":
         assert location is not None
