@@ -13,9 +13,13 @@ size once, and reports:
 * the time from ``spark_udf`` (which seeds the broadcast route) to the first result
   (``take(1)`` of the scored frame), and to all results (every executor has the model).
 
+Route ``direct`` puts the model in moto's S3 server on 127.0.0.1 first (the executors read
+it from there, the driver ships a manifest); its driver figure is what the driver sent, not
+what the store did.
+
 Usage::
 
-    python scripts/ship_bench.py --workers 1 2 4 --size-mib 256 [--routes files broadcast]
+    python scripts/ship_bench.py --workers 1 2 4 --size-mib 256 [--routes files broadcast direct]
 
 The machine is shared by other work: figures are medians only where repeated, and noisy.
 """
@@ -23,6 +27,7 @@ The machine is shared by other work: figures are medians only where repeated, an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -227,16 +232,17 @@ def executor_pids(app_id: str) -> dict[int, str]:
 def run_once(
     master: str,
     route: str,
-    model: Path,
+    model: Path | str,
     workers: int,
     cache_dir: str,
     digest: int,
     cluster_root: Path,
+    extra: dict | None = None,
 ) -> dict:
-    """One application scoring ``model`` once on every executor; its figures."""
+    """One application scoring ``model`` (a path or a store URI) once on every executor."""
     from spark_pyfunc import spark_udf
 
-    spark = session(master, f"ship-{route}-{workers}", route, cache_dir)
+    spark = session(master, f"ship-{route}-{workers}", route, cache_dir, extra)
     try:
         sc = spark.sparkContext
         deadline = time.monotonic() + 120
@@ -284,11 +290,42 @@ def run_once(
         spark.stop()
 
 
+@contextmanager
+def s3_store(model: Path, root: Path) -> Iterator[tuple[str, dict]]:
+    """moto's S3 server on 127.0.0.1 holding ``model``: its URI and the executors' settings
+    (``spark.executorEnv.*``) that point them at it. The driver's environment points there
+    too while it runs."""
+    import boto3
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support.moto_s3 import moto_server, s3_env, upload_dir
+
+    with moto_server(root / "moto.log") as endpoint:
+        env = s3_env(endpoint)
+        saved = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
+        try:
+            boto3.client("s3").create_bucket(Bucket="bench")
+            upload_dir(boto3.client("s3"), "bench", "model", model)
+            yield "s3://bench/model", {f"spark.executorEnv.{k}": v for k, v in env.items()}
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--size-mib", type=int, default=256)
-    parser.add_argument("--routes", nargs="+", default=["files", "broadcast"])
+    parser.add_argument(
+        "--routes",
+        nargs="+",
+        default=["files", "broadcast"],
+        choices=["files", "broadcast", "direct"],
+    )
     parser.add_argument("--second-app", action="store_true", help="run each route twice")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     args = parser.parse_args(argv)
@@ -297,17 +334,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, digest = make_model(root / "model", args.size_mib << 20)
         size = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
-        for workers in args.workers:
-            for route in args.routes:
-                where = root / f"c{workers}-{route}"
-                with cluster(workers, where) as master:
-                    cache = f"${MACHINE_VAR}/cache"
-                    for attempt in range(2 if args.second_app else 1):
-                        result = run_once(master, route, model, workers, cache, digest, where)
-                        result.update(model_bytes=size, app=attempt + 1)
-                        result["driver_copies"] = round(result["driver_sent"] / size, 2)
-                        print(json.dumps(result), flush=True)
-                        results.append(result)
+        store = s3_store(model, root) if "direct" in args.routes else None
+        with store or contextlib.nullcontext((None, None)) as (uri, executor_env):
+            for workers in args.workers:
+                for route in args.routes:
+                    where = root / f"c{workers}-{route}"
+                    source, extra = (uri, executor_env) if route == "direct" else (model, None)
+                    with cluster(workers, where) as master:
+                        cache = f"${MACHINE_VAR}/cache"
+                        for attempt in range(2 if args.second_app else 1):
+                            result = run_once(
+                                master, route, source, workers, cache, digest, where, extra
+                            )
+                            result.update(model_bytes=size, app=attempt + 1)
+                            result["driver_copies"] = round(result["driver_sent"] / size, 2)
+                            print(json.dumps(result), flush=True)
+                            results.append(result)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if args.out:

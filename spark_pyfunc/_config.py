@@ -238,9 +238,10 @@ def _shipping(text: str) -> str:
 SHIPPING = Setting(
     "spark.pyfunc.shipping", "auto", _shipping, f"one of {list(SHIPPING_CHOICES)}",
     doc="how the model reaches the executors: `files` (the driver serves each executor), "
-    "`broadcast` (Spark's TorrentBroadcast: executors fetch from each other), or `auto` "
-    "(broadcast on a classic cluster, files on local mode, Connect or with I/O encryption; "
-    "logged); `direct` is not built yet",
+    "`broadcast` (Spark's TorrentBroadcast: executors fetch from each other), `direct` (each "
+    "machine reads the model's store or shared mount itself; for a local path, declares it "
+    "shared), or `auto` (direct for a model in a store, else broadcast on a classic cluster, "
+    "files on local mode, Connect or with I/O encryption; logged)",
 )
 SHIPPING_CHUNK_BYTES = Setting(
     "spark.pyfunc.shipping.chunkBytes", 64 << 20, _positive_int, "a positive integer (bytes)",

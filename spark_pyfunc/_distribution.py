@@ -11,16 +11,24 @@ Routes (``spark.pyfunc.shipping``; docs/distribution.md has the design and the f
   worker copies the raw bytes out of that file into the archive without unpickling them,
   verifies the archive's sha256 and unpacks it, once per machine.
 
-Either way the unpacked model lands in the machine-wide cache (_cache.py), keyed by the
+* ``direct``: nothing crosses from the driver but a manifest (_direct.py): each executor
+  machine reads the model's files from where they already are (an object store, a
+  distributed file system, a mount every node sees) and checks each against it.
+
+Every way the unpacked model lands in the machine-wide cache (_cache.py), keyed by the
 archive's sha256, so a second executor or application on the machine fetches nothing.
 
 ``auto`` picks ``files`` on Spark Connect (no broadcasts there) and in local mode (the driver
 is the executor), ``broadcast`` on a classic cluster unless I/O encryption is on (encrypted
-broadcasts reach Python workers only through a socket that unpickles each chunk).
+broadcasts reach Python workers only through a socket that unpickles each chunk), and
+``direct`` wherever executors can read the model themselves, outside local mode. A one-task
+probe checks that an executor can; if not, ``auto`` falls back to ``files`` with one warning,
+while an explicit ``direct`` fails (the user asked the driver not to serve the model).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import struct
@@ -31,6 +39,14 @@ from typing import Any
 
 from spark_pyfunc import _config
 from spark_pyfunc._cache import ModelCache
+from spark_pyfunc._direct import (
+    DirectSource,
+    StoreUnreachable,
+    build_source,
+    direct_location,
+    probe,
+    read_into,
+)
 from spark_pyfunc._shipping import (
     ShippedModel,
     _is_connect,
@@ -58,6 +74,7 @@ class Delivery(ShippedModel):
     chunk_sizes: tuple[int, ...] = ()
     cache_dir: str | None = None
     cache_max_bytes: int = _config.CACHE_MAX_BYTES.default
+    direct: DirectSource | None = None
 
 
 # --------------------------------------------------------------------------- driver
@@ -71,11 +88,15 @@ def _conf(spark: Any, key: str) -> str | None:
     return None if value is None else str(value)
 
 
-def choose_route(spark: Any, wanted: str) -> tuple[str, str]:
-    """The route for this session and why, given the setting's value ``wanted``.
+def choose_route(
+    spark: Any, wanted: str, location: str | None = None, where: str = ""
+) -> tuple[str, str]:
+    """The route for this session and why, given the setting's value ``wanted``, and
+    ``location``, where executors could read the model themselves (``where`` says why).
 
     Raises:
-        ShippingError: ``broadcast`` was asked for where it cannot work (Spark Connect).
+        ShippingError: ``broadcast`` was asked for where it cannot work (Spark Connect), or
+            ``direct`` for a model executors cannot read themselves.
     """
     connect = _is_connect(spark)
     if wanted == "broadcast" and connect:
@@ -83,18 +104,23 @@ def choose_route(spark: Any, wanted: str) -> tuple[str, str]:
             "spark.pyfunc.shipping=broadcast needs a classic session: Spark Connect has no "
             "broadcast variables (use files or auto)"
         )
-    if wanted == "direct":
+    if wanted == "direct" and location is None:
         raise ShippingError(
-            "spark.pyfunc.shipping=direct is not available in this version: use files, "
-            "broadcast or auto"
+            f"spark.pyfunc.shipping=direct: executors cannot read this model themselves "
+            f"({where}); direct takes s3://, s3a://, gs://, abfss://, hdfs://, dbfs:/, "
+            "runs:/ and models:/ stored there, or a local path on a shared mount"
         )
+    if wanted == "direct":
+        return wanted, f"asked for by spark.pyfunc.shipping: {where}"
     if wanted != "auto":
         return wanted, "asked for by spark.pyfunc.shipping"
-    if connect:
-        return "files", "Spark Connect ships with addArtifacts"
-    master = spark.sparkContext.master or ""
+    master = "" if connect else spark.sparkContext.master or ""
     if master.startswith("local") and not master.startswith("local-cluster"):
         return "files", "local mode: the driver is the only executor"
+    if location is not None:
+        return "direct", where
+    if connect:
+        return "files", "Spark Connect ships with addArtifacts"
     if (_conf(spark, "spark.io.encryption.enabled") or "").lower() == "true":
         return "files", "I/O encryption makes Python workers unpickle broadcasts"
     return "broadcast", "classic cluster: executors fetch from each other"
@@ -128,7 +154,12 @@ def _broadcast_chunks(
         return _broadcasts[key]
 
 
-def deliver(spark: Any, model_dir: str | os.PathLike[str], setting: Any = None) -> Delivery:
+def deliver(
+    spark: Any,
+    model_dir: str | os.PathLike[str],
+    setting: Any = None,
+    model_uri: str | os.PathLike[str] | None = None,
+) -> Delivery:
     """Ship ``model_dir`` to the executors by the route the session's settings pick.
 
     Args:
@@ -136,6 +167,8 @@ def deliver(spark: Any, model_dir: str | os.PathLike[str], setting: Any = None) 
         model_dir: The model directory on the driver.
         setting: A callable reading a :class:`_config.Setting` from the session (``_udf``'s
             ``_setting``); None reads the defaults.
+        model_uri: The URI the user passed (``model_dir`` is its resolved copy): where
+            executors may read the model themselves (the ``direct`` route).
 
     Returns:
         The :class:`Delivery` the workers' :func:`materialize` takes.
@@ -150,7 +183,25 @@ def deliver(spark: Any, model_dir: str | os.PathLike[str], setting: Any = None) 
     def read(item: _config.Setting) -> Any:
         return item.default if setting is None else setting(spark, item)
 
-    route, why = choose_route(spark, read(_config.SHIPPING))
+    def common() -> dict[str, Any]:
+        return {
+            "cache_dir": read(_config.CACHE_DIR),
+            "cache_max_bytes": read(_config.CACHE_MAX_BYTES),
+        }
+
+    wanted = read(_config.SHIPPING)
+    location, where = None, ""
+    if wanted in ("auto", "direct"):  # a pinned route needs no registry look-up
+        location, where = direct_location(model_uri, declared=wanted == "direct")
+    route, why = choose_route(spark, wanted, location, where)
+    if route == "direct":
+        assert location is not None
+        direct = _deliver_direct(
+            spark, build_source(location, model_dir), why, wanted == "direct", **common()
+        )
+        if isinstance(direct, Delivery):
+            return direct
+        route, why = "files", f"fallback from direct: {direct}"  # logged below, at WARNING
     shipped, archive = build_archive(model_dir)
     chunks: tuple[Any, ...] = ()
     sizes: tuple[int, ...] = ()
@@ -159,7 +210,8 @@ def deliver(spark: Any, model_dir: str | os.PathLike[str], setting: Any = None) 
     else:
         chunk_bytes = min(read(_config.SHIPPING_CHUNK_BYTES), (1 << 31) - (1 << 20))
         chunks, sizes = _broadcast_chunks(spark, archive, shipped.sha256, chunk_bytes)
-    _log.info(
+    _log.log(
+        logging.WARNING if why.startswith("fallback") else logging.INFO,
         "spark_pyfunc shipping: %s route for %s (%d bytes, %d chunks): %s",
         route,
         shipped.archive_name,
@@ -174,12 +226,100 @@ def deliver(spark: Any, model_dir: str | os.PathLike[str], setting: Any = None) 
         route=route,
         chunks=chunks,
         chunk_sizes=sizes,
-        cache_dir=read(_config.CACHE_DIR),
-        cache_max_bytes=read(_config.CACHE_MAX_BYTES),
+        **common(),
     )
     if chunks:
         _seed(spark, delivery)
     return delivery
+
+
+# (session, manifest key) -> None (an executor read the model) or why it could not
+_probed: dict[tuple[str, str], str | None] = {}
+
+
+def _deliver_direct(
+    spark: Any, source: DirectSource, why: str, explicit: bool, **cache: Any
+) -> Delivery | str:
+    """The ``direct`` delivery of ``source`` once a one-task probe has read it on an executor
+    (which fills that machine's cache); else, under ``auto``, why not, for :func:`deliver`
+    to fall back to ``files``.
+
+    Raises:
+        ShippingError: the probe found the model in the store but not matching the driver's
+            copy, or it cannot be read and ``direct`` was asked for explicitly.
+    """
+    key = source.key
+    delivery = Delivery(
+        archive_name=f"direct-{key[:24]}",
+        sha256=key,
+        model_size=source.size,
+        route="direct",
+        direct=source,
+        **cache,
+    )
+    memo = (_session_id(spark), key)
+    with _lock:
+        if memo not in _probed:
+            _probed[memo] = _probe(spark, delivery)
+        unreachable = _probed[memo]
+    if unreachable is None:
+        _log.info(
+            "spark_pyfunc shipping: direct route for %s (%d files, %d bytes; the driver ships "
+            "a manifest of %d bytes): %s",
+            source.location,
+            len(source.files),
+            source.size,
+            len(json.dumps(source.files)),
+            why,
+        )
+        return delivery
+    if explicit:
+        raise ShippingError(
+            f"spark.pyfunc.shipping=direct: an executor cannot read model {source.location!r}: "
+            f"{unreachable} (auto falls back to files; files or broadcast ship it from the "
+            "driver)"
+        )
+    return f"an executor cannot read {source.location} ({unreachable})"
+
+
+def _session_id(spark: Any) -> str:
+    try:
+        return str(spark.sparkContext.applicationId)
+    except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext
+        return str(getattr(spark, "session_id", id(spark)))
+
+
+def _probe(spark: Any, delivery: Delivery) -> str | None:
+    """Fill one executor machine's cache by a direct read: None if it worked, why not if that
+    executor cannot reach the location. Works on classic sessions and Spark Connect alike.
+
+    Raises:
+        ShippingError: anything else, such as a file that does not match the manifest.
+    """
+
+    def run(batches: Any) -> Any:
+        import pandas as pd
+
+        for _ in batches:
+            pass
+        try:
+            assert delivery.direct is not None
+            unreachable = probe(delivery.direct)  # even where this machine has it cached
+            if unreachable is not None:
+                raise StoreUnreachable(unreachable)
+            materialize(delivery)
+            status, detail = "ok", ""
+        except StoreUnreachable as exc:
+            status, detail = "unreachable", str(exc)
+        except Exception as exc:  # noqa: BLE001 - sent back as it is, raised on the driver
+            status, detail = "error", f"{type(exc).__name__}: {exc}"
+        yield pd.DataFrame({"status": [status], "detail": [detail]})
+
+    frame = spark.range(0, 1, 1, 1).mapInPandas(run, "status string, detail string")
+    [row] = frame.collect()
+    if row.status == "error":
+        raise ShippingError(f"reading the model directly on an executor failed: {row.detail}")
+    return row.detail if row.status == "unreachable" else None
 
 
 _seeded: set[tuple[str, str]] = set()
@@ -239,6 +379,14 @@ def materialize(shipped: ShippedModel) -> Path:
 
         return unpack_in_spark_files(shipped)
     cache = ModelCache(shipped.cache_dir, shipped.cache_max_bytes)
+    direct = shipped.direct
+    if shipped.route == "direct" and direct is not None:
+        return cache.get(
+            shipped.sha256,
+            lambda dest: read_into(direct, dest),
+            expected=direct.expected,
+            kind="direct",
+        )
 
     def fill(dest: Path) -> None:
         if shipped.route == "files":

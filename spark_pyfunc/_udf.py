@@ -253,7 +253,7 @@ def spark_udf(
         env = read_environment(path, manager)
     checked = time.perf_counter()
     _ship_package_if_needed(spark)
-    shipped = deliver(spark, path, _setting)
+    shipped = deliver(spark, path, _setting, model_uri)
     logger.debug(
         "spark_udf on the driver: model URI resolved in %.3fs, model and environment read in "
         "%.3fs, package and model shipped in %.3fs",

@@ -1,8 +1,10 @@
 """Every model URI users pass to ``mlflow.pyfunc.spark_udf``, resolved once on the driver.
 
-The executors get the model through Spark's file distribution (``_shipping``), so they need
-no tracking server, registry or cloud credentials: everything remote is downloaded here, on
-the driver, with the user's own settings. With MLflow importable, through
+Everything remote is downloaded here, on the driver, with the user's own settings; the
+executors get that copy through Spark (``_distribution``), needing no tracking server,
+registry or cloud credentials, unless the ``direct`` route has them read the store
+themselves (:func:`storage_location` says where MLflow keeps a registry URI's artifacts).
+With MLflow importable, downloads go through
 ``mlflow.artifacts.download_artifacts`` (tracking URI, registry URI and store credentials
 apply as they do for MLflow); without it, object stores through fsspec, one optional extra
 per store. MLflow is imported only for a URI that needs it, never for a local path: the
@@ -34,7 +36,7 @@ from urllib.parse import urlparse
 from spark_pyfunc._paths import is_remote, local_path
 from spark_pyfunc.errors import ModelURIError
 
-__all__ = ["cache_root", "resolve_model_uri"]
+__all__ = ["cache_root", "resolve_model_uri", "storage_location"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,9 @@ class _Cache:
 
 
 _cache = _Cache()
+#: The URI MLflow downloaded for each registry URI a user passed (a moving reference pinned to
+#: its version), so that :func:`storage_location` names the same artifacts.
+_pinned: dict[str, str] = {}
 #: Distinct keys for downloads that must not be reused.
 _unkeyed = itertools.count()
 
@@ -165,6 +170,29 @@ def resolve_model_uri(uri: str | os.PathLike) -> Path:
     )
 
 
+def storage_location(uri: str | os.PathLike) -> str | None:
+    """Where MLflow stores the artifacts behind a ``runs:/`` or ``models:/`` URI (for example
+    ``s3://bucket/1/abc/artifacts/model``), so executors can read them there themselves; None
+    for other URIs, without MLflow, or when MLflow cannot say. The version a moving
+    reference had when :func:`resolve_model_uri` downloaded it is the one located."""
+    text = os.fspath(uri)
+    scheme = urlparse(text).scheme.lower()
+    if scheme not in ("runs", "models") or _import_mlflow() is None:
+        return None
+    pinned = _pinned.get(text, text)
+    try:
+        if scheme == "runs":
+            from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+            return str(RunsArtifactRepository.get_underlying_uri(pinned))
+        from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+        return str(ModelsArtifactRepository.get_underlying_uri(pinned))
+    except Exception as exc:  # noqa: BLE001 - MLflow's errors: then the driver ships it
+        logger.info("no storage location for model URI %s: %s", text, _reason(exc))
+        return None
+
+
 def _import_mlflow() -> Any:
     """``mlflow.artifacts`` if MLflow is importable on this driver, else None."""
     try:
@@ -203,6 +231,7 @@ def _through_mlflow(mlflow: Any, uri: str, scheme: str) -> Path:
         elif reference.moves:
             version = _resolve_version(mlflow, uri, reference)
             key = f"models:/{reference.name}/{version}"
+    _pinned[uri] = key
 
     def download(staging: Path) -> Path:
         try:

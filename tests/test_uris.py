@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +23,7 @@ import pandas as pd
 import pytest
 from format_models import FEATURES
 from mlflow_models import MlflowLinear
+from support.moto_s3 import moto_server, s3_env, upload_dir
 
 from spark_pyfunc import ModelURIError, _uris, load_model, spark_udf
 from spark_pyfunc._describe import describe
@@ -238,72 +236,32 @@ def _re(text: str) -> str:
 # -------------------------------------------------------------------------- S3 (moto)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory) -> Iterator[str]:
     """moto's S3 server on 127.0.0.1, with bucket BUCKET holding a model under ``model/``
     (offset 1, as registry version 1); yields the endpoint URL. Stopped at the end."""
-    port = _free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=5).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not start: {log.read_text()}") from None
-                time.sleep(0.2)
-        with pytest.MonkeyPatch.context() as mp:
-            for key, value in {
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_ENDPOINT_URL": endpoint,  # boto3 and s3fs (botocore's setting)
-                "MLFLOW_S3_ENDPOINT_URL": endpoint,  # MLflow's own
-            }.items():
-                mp.setenv(key, value)
-            for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-                mp.delenv(key, raising=False)
-            model = tmp_path_factory.mktemp("s3-model") / "model"
-            from mlflow_models import MlflowLinear as Linear
+    with moto_server(log) as endpoint, pytest.MonkeyPatch.context() as mp:
+        for key, value in s3_env(endpoint).items():
+            mp.setenv(key, value)
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            mp.delenv(key, raising=False)
+        model = tmp_path_factory.mktemp("s3-model") / "model"
+        from mlflow_models import MlflowLinear as Linear
 
-            weights = model.parent / "w.npy"
-            np.save(weights, np.array([1.0, -2.0]))
-            mlflow.pyfunc.save_model(
-                str(model),
-                python_model=Linear(),
-                artifacts={"weights": str(weights)},
-                input_example=_frame(3),
-                model_config={"offset": 1.0},
-            )
-            client = boto3.client("s3")
-            client.create_bucket(Bucket=BUCKET)
-            for path in model.rglob("*"):
-                if path.is_file():
-                    key = f"model/{path.relative_to(model).as_posix()}"
-                    client.upload_file(str(path), BUCKET, key)
-            yield endpoint
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=60)
+        weights = model.parent / "w.npy"
+        np.save(weights, np.array([1.0, -2.0]))
+        mlflow.pyfunc.save_model(
+            str(model),
+            python_model=Linear(),
+            artifacts={"weights": str(weights)},
+            input_example=_frame(3),
+            model_config={"offset": 1.0},
+        )
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=BUCKET)
+        upload_dir(client, BUCKET, "model", model)
+        yield endpoint
 
 
 def _expected_s3() -> pd.DataFrame:
