@@ -35,7 +35,6 @@ import json
 import logging
 import threading
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from spark_pyfunc._protocol import Reply, error_reply, ipc_stream
 from spark_pyfunc._wire import arrow_bytes_to_table
 
 logger = logging.getLogger("spark_pyfunc._batching")
@@ -64,23 +64,6 @@ class _Request:
     connection: int | None = None  # None: a connection of its own
     answered: bool = False
     reply: tuple[dict, Any] = ({}, b"")
-
-
-def _ipc(table: pa.Table) -> pa.Buffer:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue()
-
-
-def _error(exc: BaseException, tb: str | None = None) -> dict:
-    """An error response in the server's form, for a failure of the batcher itself."""
-    return {
-        "ok": False,
-        "error": type(exc).__name__,
-        "message": str(exc),
-        "traceback": tb if tb is not None else traceback.format_exc(),
-    }
 
 
 class Batcher:
@@ -151,7 +134,7 @@ class Batcher:
                 dropped = [r for r in self._queue if r.connection == connection]
                 for request in dropped:
                     self._queue.remove(request)
-                    request.reply = (_error(ConnectionError("the connection closed"), ""), b"")
+                    request.reply = (error_reply(ConnectionError("the connection closed"), ""), b"")
                     request.answered = True
             self._cond.notify_all()  # the others may now be all there is to wait for
 
@@ -253,7 +236,7 @@ class Batcher:
             replies = self._call(batch)
         except Exception as exc:
             logger.exception("a batch of %d requests failed", len(batch))
-            replies = [(_error(exc), b"")] * len(batch)
+            replies = [(error_reply(exc), b"")] * len(batch)
         for request, reply in zip(batch, replies, strict=True):
             request.reply = reply
             request.answered = True
@@ -271,8 +254,8 @@ class Batcher:
         tables = [r.table for r in batch if r.table is not None]
         metadata = tables[0].schema.metadata
         joined = pa.concat_tables([t.replace_schema_metadata(metadata) for t in tables])
-        header, body = self.handle(dict(batch[0].header, rows=rows), _ipc(joined))
-        if not header.get("ok"):
+        header, body = self.handle(dict(batch[0].header, rows=rows), ipc_stream(joined))
+        if not Reply.from_header(header).ok:
             return [(header, b"")] * len(batch)
         result = arrow_bytes_to_table(body)
         if result.num_rows != rows:
@@ -284,7 +267,7 @@ class Batcher:
         replies, start = [], 0
         for request in batch:
             part = result.slice(start, request.rows)
-            replies.append((dict(header, rows=request.rows), _ipc(part)))
+            replies.append((dict(header, rows=request.rows), ipc_stream(part)))
             start += request.rows
         return replies
 

@@ -28,6 +28,7 @@ import pyarrow as pa
 from spark_pyfunc import errors
 from spark_pyfunc._config import PIPELINE_DEPTH
 from spark_pyfunc._launcher import HostKilled, HostLauncher, HostSpec, without_own_frames
+from spark_pyfunc._protocol import Reply, Request
 from spark_pyfunc._wire import (
     arrow_bytes_to_frame,
     arrow_bytes_to_table,
@@ -59,9 +60,8 @@ def _remote_error(reply: dict, method: str, host_pid: int | None) -> Exception:
     frames (the host's relay frames left out), then its ``Type: message``, so that the last
     line a user sees, in any scope, is the model's error.
     """
-    name = str(reply.get("error", "Exception"))
-    message = str(reply.get("message", ""))
-    remote_tb = str(reply.get("traceback", ""))
+    answer = Reply.from_header(reply)
+    name, message, remote_tb = answer.error, answer.message, answer.traceback
     cls = getattr(errors, name, None)
     if (
         isinstance(cls, type)
@@ -114,9 +114,8 @@ def _request(
 ) -> _Request:
     """The wire form of one batch; SchemaEnforcementError for what cannot travel."""
     rows = frame.num_rows if isinstance(frame, pa.RecordBatch) else len(frame)
-    header: dict[str, Any] = {"method": method, "params": params, "rows": rows}
-    if result_type is not None:
-        header["result_type"] = encode_arrow_type(result_type)
+    encoded = encode_arrow_type(result_type) if result_type is not None else None
+    header = Request(method, params, rows, encoded).header()
     try:
         encode_header(header)
     except (TypeError, ValueError) as exc:
@@ -376,7 +375,7 @@ class ModelHostClient:
     def _result(
         self, reply: dict, body: bytearray, method: str, arrow: bool
     ) -> pd.DataFrame | pa.Table:
-        if not reply.get("ok"):
+        if not Reply.from_header(reply).ok:
             raise _remote_error(reply, method, self._host_pid)
         return arrow_bytes_to_table(body) if arrow else arrow_bytes_to_frame(body)
 

@@ -49,6 +49,7 @@ from spark_pyfunc._config import (
     host_argv,
 )
 from spark_pyfunc._locks import file_lock
+from spark_pyfunc._protocol import Greeting
 from spark_pyfunc._rendezvous import (
     STATUS_ZOMBIE,
     NoSuchProcess,
@@ -301,7 +302,7 @@ class HostLauncher:
             sock.connect(str(self.socket_path))
             greeting, _ = recv_message(sock)
             sock.settimeout(None)
-            return sock, int(greeting["pid"])
+            return sock, Greeting.from_header(greeting).pid
         except (OSError, KeyError, TypeError, ValueError):
             sock.close()
             return None

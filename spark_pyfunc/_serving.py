@@ -25,7 +25,6 @@ import queue
 import socket
 import struct
 import threading
-import traceback
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,6 +33,7 @@ import pyarrow as pa
 
 from spark_pyfunc._batching import Batcher
 from spark_pyfunc._faultpoints import hold
+from spark_pyfunc._protocol import Greeting, Reply, Request, error_reply
 from spark_pyfunc._wire import (
     PeerClosed,
     decode_arrow_type,
@@ -77,35 +77,30 @@ class ModelServer:
         """One request -> (response header, response payload); a failure becomes an error
         response carrying its type, message and traceback, so the host keeps serving."""
         try:
-            method = header["method"]
-            rows = int(header["rows"])
+            request = Request.from_header(header)
+            rows = request.rows
             frame = request_to_frame(payload)
             if len(frame.columns) == 0:  # Arrow keeps no row count without columns
                 frame = frame.reindex(range(rows))
             if len(frame) != rows:
                 raise ValueError(f"request says {rows} rows but its batch has {len(frame)}")
-            output = self.model.invoke(method, frame, header.get("params"))
+            output = self.model.invoke(request.method, frame, request.params)
             # The UDF's result type, when the request carries it, types the nested outputs
             # (a column of dicts is a map, not a struct of every key seen).
-            hint = header.get("result_type")
+            hint = request.result_type
             count, body = prediction_to_arrow_bytes(
                 output,
-                what=f"output of the model's {method}",
+                what=f"output of the model's {request.method}",
                 result_type=decode_arrow_type(hint) if hint else None,
             )
         except Exception as exc:  # the model's own errors are answered, not fatal
             logger.warning("%s failed: %s: %s", header.get("method"), type(exc).__name__, exc)
-            return {
-                "ok": False,
-                "error": type(exc).__name__,
-                "message": str(exc),
-                "traceback": traceback.format_exc(),
-            }, b""
-        return {"ok": True, "rows": count}, body
+            return error_reply(exc), b""
+        return Reply(ok=True, rows=count).header(), body
 
     def greet(self, conn: socket.socket) -> None:
         """Tell a new client that the host is ready, and its pid."""
-        send_message(conn, {"ok": True, "pid": self.host_pid})
+        send_message(conn, Greeting(self.host_pid).header())
         hold("host.ready")
 
     def serve_connection(self, conn: socket.socket) -> None:

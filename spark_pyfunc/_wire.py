@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from spark_pyfunc._protocol import ipc_stream as _ipc_stream
 from spark_pyfunc.errors import ResultTypeError, SparkPyfuncError
 
 # header length (bytes of JSON), payload length (bytes of Arrow IPC stream)
@@ -145,27 +146,6 @@ def batch_to_arrow_bytes(
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise error(f"the model input has duplicate column names: {dupes}")
     return _ipc_stream(batch)
-
-
-#: From this many bytes of data, a stream is measured first and written into one buffer of
-#: its exact size: a growing buffer would copy a 10,000-row request several times over.
-_PRESIZE_FROM = 64 * 1024
-
-
-def _ipc_stream(data: pa.Table | pa.RecordBatch) -> pa.Buffer:
-    """``data`` as one Arrow IPC stream in memory."""
-    if data.nbytes < _PRESIZE_FROM:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, data.schema) as writer:
-            writer.write(data)
-        return sink.getvalue()
-    size = pa.MockOutputStream()  # counts the bytes, copies none
-    with pa.ipc.new_stream(size, data.schema) as writer:
-        writer.write(data)
-    buf = pa.allocate_buffer(size.size())
-    with pa.ipc.new_stream(pa.FixedSizeBufferWriter(buf), data.schema) as writer:
-        writer.write(data)
-    return buf
 
 
 def arrow_bytes_to_table(buf: Buffer) -> pa.Table:

@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 from hypothesis import HealthCheck, settings
+from support.processes import wait_exited
 
 # Property tests: the same examples on every run ("ci", the default: derandomized, no example
 # database), so that the suite cannot pass or fail by luck. `HYPOTHESIS_PROFILE=explore` draws
@@ -136,16 +137,17 @@ def _model_hosts(under: str) -> list[psutil.Process]:
 
 
 def stop_model_hosts(under: str) -> None:
-    """SIGTERM (hosts then remove their socket), SIGKILL what is left after a while."""
+    """SIGTERM (hosts then remove their socket), SIGKILL what is left after a while. A host
+    has stopped once it has exited: its zombie is init's to reap (see support.processes)."""
     hosts = _model_hosts(under)
     for proc in hosts:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
-    _, alive = psutil.wait_procs(hosts, timeout=30)
-    for proc in alive:
+    running = wait_exited(hosts, timeout=30)
+    for proc in running:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-    psutil.wait_procs(alive, timeout=30)
+    wait_exited(running, timeout=30)
 
 
 @pytest.fixture(autouse=True)

@@ -269,6 +269,7 @@ def test_two_processes_building_one_environment_build_it_once(tmp_path):
     assert len(builds(Path(cache))) == 1
 
 
+@pytest.mark.slow  # a full venv + pip install of the host's stack: ~13 s (uv's tests stay fast)
 def test_virtualenv_builds_with_the_model_pins(tmp_path):
     spec = EnvSpec("virtualenv", None, (f"six=={PINNED}",))
     python = envs.ensure_env(spec, tmp_path / "cache", timeout=900)
@@ -282,6 +283,7 @@ def test_virtualenv_builds_with_the_model_pins(tmp_path):
 # ------------------------------------------------------------------ prebuilt archives
 
 
+@pytest.mark.slow  # build-env installs and packs the host's whole stack: ~40 s
 def test_a_prebuilt_archive_is_unpacked_once_into_a_working_environment(tmp_path):
     model = six_model(tmp_path / "m")
     archive = tmp_path / "env.tar.gz"

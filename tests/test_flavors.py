@@ -22,6 +22,7 @@ import psutil
 import pytest
 import yaml
 from sklearn.linear_model import LogisticRegression
+from support.processes import wait_exited
 
 from spark_pyfunc import MissingDependencyError, spark_udf
 from spark_pyfunc._format import read_metadata
@@ -146,4 +147,4 @@ def test_one_sklearn_host_per_executor_on_a_cluster(cluster_spark, sklearn_model
         for host in hosts:
             with contextlib.suppress(psutil.NoSuchProcess):
                 host.terminate()
-        psutil.wait_procs(hosts, timeout=60)
+        wait_exited(hosts, timeout=60)

@@ -25,7 +25,7 @@ PACKAGE_DIR = Path(spark_pyfunc.__file__).parent
 #: side of the UDF; the batch-scoring library; the console script.
 TIERS: list[list[str]] = [
     ["errors", "_version"],
-    ["_config", "_paths", "_locks", "_faultpoints", "_sizing"],
+    ["_config", "_paths", "_locks", "_faultpoints", "_sizing", "_protocol"],
     ["schema._types", "_wire", "_spark_session", "_uris", "_pieces"],
     ["_progress", "_commit", "_input", "_error_line"],
     ["schema._coerce", "_rendezvous", "_shipping", "_batching", "_cache"],

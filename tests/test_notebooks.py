@@ -60,6 +60,7 @@ def run_notebook(name: str, workdir: Path) -> None:
                 os.environ[key] = value
 
 
+@pytest.mark.slow  # a kernel with a JVM of its own: ~20 s
 def test_quickstart(tmp_path):
     run_notebook("quickstart.ipynb", tmp_path)
 

@@ -20,6 +20,7 @@ import pytest
 from conftest import LOCAL_MASTER, get_session
 from host_models import PARAMS, Counting
 from pyspark import SparkFiles
+from support.processes import alive_pid
 from udf_models import FEATURES, LINEAR_WEIGHTS, save_linear
 
 from spark_pyfunc import cli, host_report, save_model, spark_udf
@@ -184,7 +185,7 @@ def test_a_killed_host_restart_is_recorded_with_its_reason(hosts: Hosts, model_d
         first = client.host_pid
         wait_for_rows(client, 200)
         os.kill(first, signal.SIGKILL)
-        assert wait_until(lambda: not psutil.pid_exists(first), 10)
+        assert wait_until(lambda: not alive_pid(first), 10)
         client.predict(FRAME.head(10))  # the lost connection restarts the host
         assert client.host_pid != first
         status = wait_for_rows(client, 10)
@@ -244,7 +245,7 @@ def test_hosts_lists_the_machines_hosts_as_a_table_and_as_json(
         client.close()
     # a host killed without a word shows as dead
     os.kill(pids[1], signal.SIGKILL)
-    assert wait_until(lambda: not psutil.pid_exists(pids[1]), 10)
+    assert wait_until(lambda: not alive_pid(pids[1]), 10)
     assert cli.main(["hosts", "--json", "--dir", str(hosts.state_dir)]) == 0
     rows = {row["pid"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows[pids[1]]["state"] == "dead" and "SIGKILL" in rows[pids[1]]["exit_reason"]
@@ -349,7 +350,7 @@ def test_a_host_killed_between_jobs_is_reported_restarted_with_its_reason(
     score_rows(spark, linear_model, "executor", 1000)
     (first,) = host_report(spark).query("state == 'serving'").pid.tolist()
     os.kill(int(first), signal.SIGKILL)
-    assert wait_until(lambda: not psutil.pid_exists(int(first)), 10)
+    assert wait_until(lambda: not alive_pid(int(first)), 10)
     score_rows(spark, linear_model, "executor", 500)
     report = host_report(spark, since=time.time())
     (host,) = report.query("state == 'serving'").itertuples()
