@@ -45,7 +45,6 @@ MODEL_HELP = (
 )
 
 
-
 class Parser(argparse.ArgumentParser):
     """argparse that raises instead of printing usage, so every error is one line."""
 

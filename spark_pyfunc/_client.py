@@ -92,15 +92,12 @@ def _defines_init(cls: type) -> bool:
     return any("__init__" in vars(k) for k in cls.__mro__ if issubclass(k, errors.SparkPyfuncError))
 
 
-
 @dataclass(frozen=True)
 class _Request:
     """One request, encoded once: sent again as it is if the host is lost before answering."""
 
     header: dict
     payload: Any
-
-
 
 
 _END = object()  # the end of a stream's input
@@ -127,7 +124,6 @@ def _request(
     else:
         payload = frame_to_arrow_bytes(frame, what="model input", error=SchemaEnforcementError)
     return _Request(header, payload)
-
 
 
 class _Sender:

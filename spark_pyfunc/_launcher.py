@@ -137,7 +137,6 @@ class HostSpec:
             )
 
 
-
 def host_key(
     executor_dir: str, model_sha256: str, model_config: dict | None, **variant: Any
 ) -> str:
@@ -153,13 +152,11 @@ def host_key(
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-
 def _alive(proc: Any) -> bool:
     try:
         return proc.is_running() and proc.status() != STATUS_ZOMBIE
     except ProcessError:
         return False
-
 
 
 def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
@@ -171,7 +168,6 @@ def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
-
 
 
 def _read_until_eof(pipe: Any, deadline: float) -> bytes | None:
@@ -191,12 +187,10 @@ def _read_until_eof(pipe: Any, deadline: float) -> bytes | None:
         chunks.append(chunk)
 
 
-
 def _kill_group(pgid: int) -> None:
     """SIGKILL every process of group ``pgid`` (a launcher's: the host it forked)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-
 
 
 def _signal_name(number: int) -> str:
@@ -204,7 +198,6 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
-
 
 
 #: A traceback's frame line in one of spark_pyfunc's own modules (the host's relay).
@@ -249,7 +242,6 @@ _LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 class HostKilled(HostError):
     """The host ended before it was ready by a signal, not by a failure of its own: the
     kind of loss another start can cure (the client's retry budget decides)."""
-
 
 
 class HostLauncher:
@@ -307,7 +299,6 @@ class HostLauncher:
             sock.close()
             return None
 
-
     def _connect_or_start(self) -> tuple[socket.socket, int]:
         wait = self.spec.start_timeout + _LOCK_MARGIN
         try:
@@ -328,7 +319,6 @@ class HostLauncher:
                 log_tail=_log_tail(self.log_path),
             ) from exc
 
-
     def _host_process(self) -> Any:
         """The live host named by the pid file, if it is really ours (pid reuse guard)."""
         pid = read_pid_file(str(self.pid_path))
@@ -345,7 +335,6 @@ class HostLauncher:
         except ProcessError:
             return None
         return proc if ours and _alive(proc) else None
-
 
     def _adopt_or_clear(self) -> tuple[socket.socket, int] | None:
         """Under the lock, no host answered. A host still loading (its starter died) is
@@ -377,7 +366,6 @@ class HostLauncher:
                 path.unlink()
         return None
 
-
     def _kill(self, proc: Any) -> None:
         """SIGKILL and wait until it is dead (a zombie counts: init, its parent, reaps it)."""
         with contextlib.suppress(*NoSuchProcess):
@@ -387,7 +375,6 @@ class HostLauncher:
             if time.monotonic() > deadline:
                 raise HostError(f"could not kill the model host pid {proc.pid}")
             time.sleep(0.02)
-
 
     def _await_ready(self, proc: Any, deadline: float) -> tuple[socket.socket, int] | None:
         """Poll until the host answers; None once it is gone or the deadline passed."""
@@ -402,7 +389,6 @@ class HostLauncher:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)  # a host is often ready within 1 s: check often
         return None
-
 
     def _command(self) -> list[str]:
         spec = self.spec
@@ -435,12 +421,10 @@ class HostLauncher:
             })  # fmt: skip
         return cmd + host_argv(settings)
 
-
     @property
     def status_path(self) -> Path:
         """Where the host records how it ended (see _rendezvous.write_exit_status)."""
         return Path(exit_status_path(str(self.pid_path)))
-
 
     def _fail(
         self, message: str, cls: type[HostError] = HostError, *, model_error: bool = False
@@ -487,7 +471,6 @@ class HostLauncher:
             f"ready; loading the model failed{error}",
             model_error=True,
         )
-
 
     def _launch(self, env: dict[str, str], deadline: float) -> int:
         """Run the launcher, which forks the host, prints its pid and exits (host --detach);
@@ -537,7 +520,6 @@ class HostLauncher:
             launcher.stdout.close()  # type: ignore[union-attr]
             launcher.wait()
 
-
     def _host_environ(self) -> dict[str, str]:
         """The host's environment variables: the worker's, with ``spec.env`` on top.
 
@@ -555,7 +537,6 @@ class HostLauncher:
         env.update(PYTHONNOUSERSITE="1", PYTHONPATH="")
         env.update(extra)
         return env
-
 
     def _start(self) -> tuple[socket.socket, int]:
         """Start the host and wait until it answers; HostError with its log tail if it dies
@@ -583,4 +564,3 @@ class HostLauncher:
             self._kill(proc)
             raise self._fail(f"the model host was not ready within {self.spec.start_timeout}s")
         raise self._ended(pid)
-
