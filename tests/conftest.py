@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,7 +90,6 @@ def get_session(master: str, tmp_root: str, conf: dict[str, str] | None = None):
     if master.startswith("local-cluster"):
         builder = (
             builder.config("spark.executor.memory", "512m")
-            .config("spark.worker.dir", os.path.join(tmp_root, "work"))
             # Spark's default, said explicitly: PySpark 3.5's builder keeps earlier options.
             .config("spark.task.maxFailures", "4")
         )
@@ -97,8 +97,16 @@ def get_session(master: str, tmp_root: str, conf: dict[str, str] | None = None):
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
+    if master.startswith("local-cluster"):
+        _cluster_apps.append(session.sparkContext.applicationId)
     _active.update(session=session, master=master, key=wanted)
     return session
+
+
+#: The local-cluster applications this run started. A local-cluster's Workers ignore
+#: ``spark.worker.dir`` and keep each application's executor directories (logs, fetched
+#: files) under $SPARK_HOME/work, inside the virtualenv's pyspark: removed at the end.
+_cluster_apps: list[str] = []
 
 
 @pytest.fixture(scope="session")
@@ -192,6 +200,11 @@ def _stop_spark_at_end() -> Iterator[None]:
     session = _active.pop("session", None)
     if session is not None:
         session.stop()
+    import pyspark
+
+    work = Path(os.environ.get("SPARK_HOME") or Path(pyspark.__file__).parent) / "work"
+    for app in _cluster_apps:
+        shutil.rmtree(work / app, ignore_errors=True)
 
 
 def stop_active_session() -> None:
