@@ -1,7 +1,8 @@
 """How many bytes the driver sends to get one model to N executors, per shipping route.
 
-Starts a standalone Master and N Workers on 127.0.0.1 from the pip PySpark, each Worker a
-simulated machine: its own SPARK_LOCAL_DIRS, work dir and model cache, one 1-core executor.
+Starts a standalone Master (127.0.0.1) and N Workers from the pip PySpark, each Worker a
+simulated machine: its own loopback address (127.0.0.2, .3, ...), SPARK_LOCAL_DIRS, work dir
+and model cache, one 1-core executor.
 For each route it starts an application with fixed driver ports, scores a model of the given
 size once, and reports:
 
@@ -80,7 +81,7 @@ class SocketSampler:
 
     def sample(self) -> None:
         out = subprocess.run(
-            ["ss", "-tinpH", "state", "established", "dst", "127.0.0.1"],
+            ["ss", "-tinpH", "state", "established", "dst", "127.0.0.0/8"],
             capture_output=True,
             text=True,
         ).stdout.splitlines()
@@ -122,7 +123,14 @@ class SocketSampler:
 
 @contextmanager
 def cluster(workers: int, root: Path, memory: str = "2g") -> Iterator[str]:
-    """A Master and ``workers`` 1-core Workers on 127.0.0.1; yields the master URL."""
+    """A Master on 127.0.0.1 and ``workers`` 1-core Workers, Worker ``i`` on 127.0.0.``i+2``;
+    yields the master URL.
+
+    Each simulated machine has an address of its own because Spark treats executors on one
+    host as neighbours: a block another executor of the same host holds on disk is read
+    straight from that executor's local directories, not over the network (all of a 2.5 GiB
+    model's broadcast pieces, which overflow memory), so on one address the sockets would
+    not see what machines would send each other."""
     procs: list[subprocess.Popen] = []
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
     env.pop("SPARK_HOME", None)
@@ -150,16 +158,18 @@ def cluster(workers: int, root: Path, memory: str = "2g") -> Iterator[str]:
             for sub in ("local", "work", "cache"):
                 (machine / sub).mkdir(parents=True, exist_ok=True)
             log = logs / f"worker{index}.log"
+            address = f"127.0.0.{index + 2}"
             with log.open("wb") as out:
                 worker = subprocess.Popen(
                     [launcher, "org.apache.spark.deploy.worker.Worker", master_url]
-                    + ["--host", "127.0.0.1", "--webui-port", "0", "--cores", "1"]
+                    + ["--host", address, "--webui-port", "0", "--cores", "1"]
                     + ["--memory", memory, "--work-dir", str(machine / "work")],
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     env={
                         **env,
+                        "SPARK_LOCAL_IP": address,
                         "SPARK_LOCAL_DIRS": str(machine / "local"),
                         MACHINE_VAR: str(machine),
                     },
