@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import boto3
 import pytest
-from support.moto_s3 import free_port, gets, moto_server, s3_env, upload_dir
+from support.moto_s3 import free_port, gets, moto_server, point_at, upload_dir
 
 from spark_pyfunc import _direct
 from spark_pyfunc._cache import read_events
@@ -47,10 +47,7 @@ def s3(tmp_path_factory) -> Iterator[dict]:
     """moto's S3 server with a model under ``model/``; the environment points at it."""
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with moto_server(log) as endpoint, pytest.MonkeyPatch.context() as mp:
-        for key, value in s3_env(endpoint).items():
-            mp.setenv(key, value)
-        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            mp.delenv(key, raising=False)
+        point_at(mp, endpoint)
         model = _model(tmp_path_factory.mktemp("driver") / "model")
         client = boto3.client("s3")
         client.create_bucket(Bucket=BUCKET)

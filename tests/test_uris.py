@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from format_models import FEATURES
 from mlflow_models import MlflowLinear
-from support.moto_s3 import moto_server, s3_env, upload_dir
+from support.moto_s3 import moto_server, point_at, upload_dir
 
 from spark_pyfunc import ModelURIError, _uris, load_model, spark_udf
 from spark_pyfunc._describe import describe
@@ -242,10 +242,7 @@ def s3(tmp_path_factory) -> Iterator[str]:
     (offset 1, as registry version 1); yields the endpoint URL. Stopped at the end."""
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with moto_server(log) as endpoint, pytest.MonkeyPatch.context() as mp:
-        for key, value in s3_env(endpoint).items():
-            mp.setenv(key, value)
-        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            mp.delenv(key, raising=False)
+        point_at(mp, endpoint)
         model = tmp_path_factory.mktemp("s3-model") / "model"
         from mlflow_models import MlflowLinear as Linear
 

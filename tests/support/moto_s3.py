@@ -30,6 +30,15 @@ def s3_env(endpoint: str) -> dict[str, str]:
     }
 
 
+def point_at(mp: object, endpoint: str) -> None:
+    """Point this process's S3 clients (boto3, s3fs) at moto's ``endpoint`` through
+    ``mp`` (a pytest MonkeyPatch), with no profile or session token of the machine's."""
+    for key, value in s3_env(endpoint).items():
+        mp.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        mp.delenv(key, raising=False)
+
+
 @contextlib.contextmanager
 def moto_server(log: Path) -> Iterator[str]:
     """Start moto's server (its request log in ``log``), yield its endpoint URL, stop it."""
