@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +78,6 @@ class _Watch:
         self.thread = threading.Thread(
             target=self._run, name="spark_pyfunc-broadcast-pieces", daemon=True
         )
-        self.stopped = threading.Event()
         self._extra: tuple[Any, ...] | None = None
 
     def _tell(self, block_id: Any, offered: bool) -> None:
@@ -136,7 +136,8 @@ class _Watch:
             )
 
     def _run(self) -> None:
-        while not self.stopped.wait(WATCH_INTERVAL):
+        while True:
+            time.sleep(WATCH_INTERVAL)
             if self.sc._jsc is None:
                 return
             with self.lock:
@@ -160,7 +161,7 @@ def withdraw_and_watch(sc: Any, name: str, chunks: tuple[Any, ...]) -> int:
     try:
         with _watches_lock:
             watch = _watches.get(str(sc.applicationId))
-            if watch is None or watch.sc._jsc is None:
+            if watch is None or not watch.thread.is_alive():  # none yet, or it stopped
                 watch = _Watch(sc)
                 _watches[str(sc.applicationId)] = watch
                 watch.thread.start()
